@@ -1,0 +1,582 @@
+//! aggregate: kernel observations of one interval → flow-log records.
+//!
+//! Takes: a [`CaptureBatch`] per flush interval. Gives: [`FlowRecord`]s, one per connection and
+//! reporter (level 0) or per group of connections (level 1). Must never: count a packet twice in
+//! one record, touch the kernel or files, or look up identity (that is enrich's job).
+//!
+//! How a record is built (documented in `docs/flow-logs.md`):
+//! - **Connections.** Observations of both directions of a connection share one entry, keyed by
+//!   protocol and the two endpoints (ICMP echo: the identifier). The initiator (the record's
+//!   source) is the sender of the first SYN (TCP), of the echo request (ICMP echo), or of the
+//!   first packet seen (others). A connection seen with no SYN (it was open before the agent
+//!   started, or its SYN fell in a forgotten interval): the endpoint with the higher port is the
+//!   initiator (servers listen on low ports); equal ports: the sender of the earliest packet.
+//! - **Sides.** Each observation belongs to one side: cgroup egress and TC ingress on a pod
+//!   interface to the packet's sender, cgroup ingress and TC egress on a pod interface to its
+//!   receiver; TC on a host interface is transit. A side exists when it has an observation:
+//!   `src` (the initiator's side), `dst`, and `fwd` only when neither end is local.
+//! - **One observation wins** per side and direction, so each packet counts once: the pod
+//!   interface (the endpoint's own link, which also sees what the kernel sends for it, such as a
+//!   RST), then the socket (cgroup hook), then a host interface; among equals, the most packets,
+//!   then ingress, then the lowest interface index.
+//! - **Completion.** TCP completes on RST or a FIN from each side; others after `idle_timeout`
+//!   without packets, reported in the interval they expire in, with zero counts.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use flowaudit_common::{proto, tcp_flags};
+
+use crate::model::{
+    Action, AggregationLevel, CaptureBatch, FlowRecord, Hook, IfaceRole, Observation, Observed,
+    Policies, Reporter,
+};
+
+/// What aggregate needs to know.
+#[derive(Clone, Debug)]
+pub struct AggregateConfig {
+    /// Node name for `host` and record ids.
+    pub node: String,
+    /// Level for allowed flows.
+    pub aggregation_allowed: AggregationLevel,
+    /// Level for denied flows.
+    pub aggregation_denied: AggregationLevel,
+    /// Completion timeout of UDP/ICMP/other flows.
+    pub idle_timeout: Duration,
+    /// A TCP connection with no packets and no FIN/RST for this long is forgotten.
+    pub tcp_idle_timeout: Duration,
+}
+
+/// How long a completed TCP connection is remembered, so late packets (the last ACK, a
+/// retransmitted FIN) join it instead of opening a new one. Linux's TIME_WAIT length.
+const TCP_LINGER: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Endpoint {
+    ip: IpAddr,
+    port: u16,
+}
+
+/// ICMP echo flows are keyed by identifier; other ICMP messages by type and code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Extra {
+    None,
+    Echo(u16),
+    Icmp(u8, u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ConnKey {
+    proto: u8,
+    lo: Endpoint,
+    hi: Endpoint,
+    extra: Extra,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Side {
+    Src,
+    Dst,
+    Transit,
+}
+
+#[derive(Debug)]
+struct Conn {
+    initiator: Endpoint,
+    responder: Endpoint,
+    /// ICMP type/code of the initiator's messages.
+    icmp: Option<(u8, u8)>,
+    last_seen_ns: u64,
+    fwd_flags: u64,
+    rev_flags: u64,
+    replied: bool,
+    completed_at_ns: Option<u64>,
+    reporters: HashSet<Reporter>,
+    source_cgroup_id: Option<u64>,
+}
+
+/// The aggregate stage. Keeps connection state between intervals.
+pub struct Aggregator {
+    cfg: AggregateConfig,
+    conns: HashMap<ConnKey, Conn>,
+    first_batch: bool,
+}
+
+/// Counts of one direction chosen for one side.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    packets: u64,
+    bytes: u64,
+}
+
+/// One reporter's view of one connection in one interval, before aggregation.
+#[derive(Debug)]
+struct SideRecord {
+    key: ConnKey,
+    reporter: Reporter,
+    initiator: Endpoint,
+    responder: Endpoint,
+    icmp: Option<(u8, u8)>,
+    proto: u8,
+    out: Counts,
+    inc: Counts,
+    started: bool,
+    completed: bool,
+    observed: Observed,
+    source_cgroup_id: Option<u64>,
+}
+
+impl Aggregator {
+    /// A new stage with no connection state.
+    pub fn new(cfg: AggregateConfig) -> Self {
+        Self { cfg, conns: HashMap::new(), first_batch: true }
+    }
+
+    /// Connections currently remembered.
+    pub fn tracked(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Turns one interval's observations into records (sorted for stable output).
+    pub fn process(&mut self, batch: &CaptureBatch) -> Vec<FlowRecord> {
+        let mut groups: HashMap<ConnKey, Vec<&Observation>> = HashMap::new();
+        for obs in &batch.observations {
+            groups.entry(conn_key(obs)).or_default().push(obs);
+        }
+        let mut sides = Vec::new();
+        for (key, observations) in &groups {
+            self.account(*key, observations, &mut sides);
+        }
+        self.expire(batch.end_ns, &groups, &mut sides);
+        self.first_batch = false;
+        let mut records = self.build_records(batch, sides);
+        records.sort_by(|a, b| {
+            (a.source_ip, a.source_port, a.dest_ip, a.dest_port, &a.proto, a.reporter)
+                .cmp(&(b.source_ip, b.source_port, b.dest_ip, b.dest_port, &b.proto, b.reporter))
+        });
+        records
+    }
+
+    fn account(&mut self, key: ConnKey, observations: &[&Observation], out: &mut Vec<SideRecord>) {
+        let first_batch = self.first_batch;
+        let mut is_new = false;
+        let conn = self.conns.entry(key).or_insert_with(|| {
+            is_new = true;
+            new_conn(key, observations, first_batch)
+        });
+        let mut picks: HashMap<(Side, bool), &Observation> = HashMap::new();
+        let mut syn_now = false;
+        for obs in observations {
+            let forward = is_forward(conn, obs);
+            if forward {
+                conn.fwd_flags |= obs.tcp_flags;
+                syn_now |= obs.tcp_flags & tcp_flags::SYN_ONLY != 0;
+            } else {
+                conn.rev_flags |= obs.tcp_flags;
+                conn.replied |= obs.packets > 0;
+            }
+            conn.last_seen_ns = conn.last_seen_ns.max(obs.last_seen_ns);
+            let side = side_of(obs, forward);
+            let socket_hook = matches!(obs.hook, Hook::CgroupIngress | Hook::CgroupEgress);
+            if obs.cgroup_id != 0 && side == Side::Src && socket_hook {
+                conn.source_cgroup_id = Some(obs.cgroup_id);
+            }
+            let slot = picks.entry((side, forward)).or_insert(obs);
+            if better(obs, slot) {
+                *slot = obs;
+            }
+        }
+        let started = is_new && (key.proto != proto::TCP || syn_now);
+        let tcp_done = key.proto == proto::TCP
+            && ((conn.fwd_flags | conn.rev_flags) & tcp_flags::RST != 0
+                || (conn.fwd_flags & tcp_flags::FIN != 0 && conn.rev_flags & tcp_flags::FIN != 0));
+        let completed = tcp_done && conn.completed_at_ns.is_none();
+        if completed {
+            conn.completed_at_ns = Some(conn.last_seen_ns);
+        }
+        let observed = observed(key.proto, key.extra, conn);
+        let pick = |side: Side, forward: bool| {
+            picks
+                .get(&(side, forward))
+                .map(|o| Counts { packets: o.packets, bytes: o.bytes })
+                .unwrap_or_default()
+        };
+        let has = |side: Side| picks.contains_key(&(side, true)) || picks.contains_key(&(side, false));
+        let mut emit = |reporter: Reporter, out_counts: Counts, in_counts: Counts| {
+            conn.reporters.insert(reporter);
+            out.push(SideRecord {
+                key,
+                reporter,
+                initiator: conn.initiator,
+                responder: conn.responder,
+                icmp: conn.icmp,
+                proto: key.proto,
+                out: out_counts,
+                inc: in_counts,
+                started,
+                completed,
+                observed,
+                source_cgroup_id: conn.source_cgroup_id,
+            });
+        };
+        let local = has(Side::Src) || has(Side::Dst);
+        if has(Side::Src) {
+            emit(Reporter::Src, pick(Side::Src, true), pick(Side::Src, false));
+        }
+        if has(Side::Dst) {
+            emit(Reporter::Dst, pick(Side::Dst, false), pick(Side::Dst, true));
+        }
+        if !local && has(Side::Transit) {
+            emit(Reporter::Fwd, pick(Side::Transit, true), pick(Side::Transit, false));
+        }
+    }
+
+    /// Completes idle non-TCP flows (zero-count records) and forgets finished TCP connections.
+    fn expire(&mut self, now_ns: u64, seen: &HashMap<ConnKey, Vec<&Observation>>, out: &mut Vec<SideRecord>) {
+        let idle = self.cfg.idle_timeout.as_nanos() as u64;
+        let tcp_idle = self.cfg.tcp_idle_timeout.as_nanos() as u64;
+        let linger = TCP_LINGER.as_nanos() as u64;
+        self.conns.retain(|key, conn| {
+            if seen.contains_key(key) {
+                return true;
+            }
+            let quiet = now_ns.saturating_sub(conn.last_seen_ns);
+            if key.proto == proto::TCP {
+                return match conn.completed_at_ns {
+                    Some(at) => now_ns.saturating_sub(at) < linger,
+                    None => quiet < tcp_idle,
+                };
+            }
+            if quiet < idle {
+                return true;
+            }
+            let observed = observed(key.proto, key.extra, conn);
+            let mut reporters: Vec<_> = conn.reporters.iter().copied().collect();
+            reporters.sort();
+            for reporter in reporters {
+                out.push(SideRecord {
+                    key: *key,
+                    reporter,
+                    initiator: conn.initiator,
+                    responder: conn.responder,
+                    icmp: conn.icmp,
+                    proto: key.proto,
+                    out: Counts::default(),
+                    inc: Counts::default(),
+                    started: false,
+                    completed: true,
+                    observed,
+                    source_cgroup_id: conn.source_cgroup_id,
+                });
+            }
+            false
+        });
+    }
+
+    fn build_records(&self, batch: &CaptureBatch, sides: Vec<SideRecord>) -> Vec<FlowRecord> {
+        // Level 1 groups by everything but the source port; level 0 keeps each connection.
+        let mut groups: BTreeMap<GroupKey, Vec<SideRecord>> = BTreeMap::new();
+        for side in sides {
+            let action = Action::Allow;
+            let level = match action {
+                Action::Allow => self.cfg.aggregation_allowed,
+                Action::Deny => self.cfg.aggregation_denied,
+            };
+            let key = GroupKey {
+                reporter: side.reporter,
+                action,
+                proto: side.proto,
+                src_ip: side.initiator.ip,
+                src_port: match level {
+                    AggregationLevel::FiveTuple => Some(side.initiator.port),
+                    AggregationLevel::NoSourcePort => None,
+                },
+                dst_ip: side.responder.ip,
+                dst_port: side.responder.port,
+                icmp: side.icmp,
+                echo_id: match side.key.extra {
+                    Extra::Echo(id) if level == AggregationLevel::FiveTuple => Some(id),
+                    _ => None,
+                },
+            };
+            groups.entry(key).or_default().push(side);
+        }
+        groups
+            .into_iter()
+            .map(|(key, members)| self.record(batch, &key, &members))
+            .collect()
+    }
+
+    fn record(&self, batch: &CaptureBatch, key: &GroupKey, members: &[SideRecord]) -> FlowRecord {
+        let sum = |f: fn(&SideRecord) -> u64| members.iter().map(f).sum::<u64>();
+        let count = |o: Observed| members.iter().filter(|m| m.observed == o).count() as u64;
+        let first = members[0].observed;
+        let observed = if members.iter().all(|m| m.observed == first) { first } else { Observed::Mixed };
+        let cgroup = members[0].source_cgroup_id;
+        let source_cgroup_id = members.iter().all(|m| m.source_cgroup_id == cgroup).then_some(cgroup).flatten();
+        let is_icmp = key.proto == proto::ICMP || key.proto == proto::ICMPV6;
+        let mut id_input = format!(
+            "{}|{:?}|{}|{}|{:?}|{}|{}|{:?}|{:?}|{}|{}",
+            self.cfg.node,
+            key.reporter,
+            key.proto,
+            key.src_ip,
+            key.src_port,
+            key.dst_ip,
+            key.dst_port,
+            key.icmp,
+            key.echo_id,
+            batch.start_ns,
+            batch.end_ns
+        );
+        id_input.push_str(match key.action {
+            Action::Allow => "|allow",
+            Action::Deny => "|deny",
+        });
+        FlowRecord {
+            id: format!("{:016x}", fnv1a64(id_input.as_bytes())),
+            start_time: batch.start_ns / 1_000_000_000,
+            end_time: batch.end_ns.div_ceil(1_000_000_000),
+            host: self.cfg.node.clone(),
+            action: key.action,
+            reporter: key.reporter,
+            proto: proto_name(key.proto),
+            source_ip: Some(key.src_ip),
+            source_port: if is_icmp { None } else { key.src_port },
+            source_name: "-".into(),
+            source_name_aggr: net_aggr(key.src_ip).into(),
+            source_namespace: "-".into(),
+            source_type: "net".into(),
+            source_labels: "-".into(),
+            dest_ip: Some(key.dst_ip),
+            dest_port: if is_icmp { None } else { Some(key.dst_port) },
+            dest_name: "-".into(),
+            dest_name_aggr: net_aggr(key.dst_ip).into(),
+            dest_namespace: "-".into(),
+            dest_type: "net".into(),
+            dest_labels: "-".into(),
+            dest_service_name: "-".into(),
+            dest_service_namespace: "-".into(),
+            dest_service_port: "-".into(),
+            icmp_type: key.icmp.map(|(t, _)| t),
+            icmp_code: key.icmp.map(|(_, c)| c),
+            bytes_in: sum(|m| m.inc.bytes),
+            bytes_out: sum(|m| m.out.bytes),
+            packets_in: sum(|m| m.inc.packets),
+            packets_out: sum(|m| m.out.packets),
+            num_flows: members.len() as u64,
+            num_flows_started: members.iter().filter(|m| m.started).count() as u64,
+            num_flows_completed: members.iter().filter(|m| m.completed).count() as u64,
+            policies: Policies::default(),
+            flow_action: key.action,
+            observed,
+            num_established: count(Observed::Established),
+            num_attempted: count(Observed::Attempted),
+            num_rejected: count(Observed::Rejected),
+            source_cgroup_id,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
+    reporter: Reporter,
+    action: Action,
+    proto: u8,
+    src_ip: IpAddr,
+    src_port: Option<u16>,
+    dst_ip: IpAddr,
+    dst_port: u16,
+    icmp: Option<(u8, u8)>,
+    echo_id: Option<u16>,
+}
+
+fn is_icmp(p: u8) -> bool {
+    p == proto::ICMP || p == proto::ICMPV6
+}
+
+/// Echo request/reply types of ICMP and ICMPv6.
+fn echo_kind(p: u8, icmp_type: u8) -> Option<bool> {
+    match (p, icmp_type) {
+        (proto::ICMP, 8) | (proto::ICMPV6, 128) => Some(true),
+        (proto::ICMP, 0) | (proto::ICMPV6, 129) => Some(false),
+        _ => None,
+    }
+}
+
+fn conn_key(obs: &Observation) -> ConnKey {
+    let t = &obs.tuple;
+    let (extra, a, b) = if is_icmp(t.proto) {
+        let extra = match echo_kind(t.proto, t.icmp_type) {
+            Some(_) => Extra::Echo(t.src_port),
+            None => Extra::Icmp(t.icmp_type, t.icmp_code),
+        };
+        (extra, Endpoint { ip: t.src, port: 0 }, Endpoint { ip: t.dst, port: 0 })
+    } else {
+        (Extra::None, Endpoint { ip: t.src, port: t.src_port }, Endpoint { ip: t.dst, port: t.dst_port })
+    };
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    ConnKey { proto: t.proto, lo, hi, extra }
+}
+
+fn sender(obs: &Observation) -> Endpoint {
+    let t = &obs.tuple;
+    let port = if is_icmp(t.proto) { 0 } else { t.src_port };
+    Endpoint { ip: t.src, port }
+}
+
+fn new_conn(key: ConnKey, observations: &[&Observation], first_batch: bool) -> Conn {
+    let earliest = observations.iter().min_by_key(|o| (o.first_seen_ns, o.hook)).expect("non-empty group");
+    let by_flag = |flag: u64| observations.iter().find(|o| o.tcp_flags & flag != 0);
+    let initiator = if key.proto == proto::TCP {
+        if let Some(syn) = by_flag(tcp_flags::SYN_ONLY) {
+            sender(syn)
+        } else if let Some(syn_ack) = by_flag(tcp_flags::SYN_ACK) {
+            other(key, sender(syn_ack))
+        } else {
+            by_port(key).unwrap_or_else(|| sender(earliest))
+        }
+    } else if let Extra::Echo(_) = key.extra {
+        match observations.iter().find_map(|o| echo_kind(o.tuple.proto, o.tuple.icmp_type).map(|req| (o, req))) {
+            Some((o, true)) => sender(o),
+            Some((o, false)) => other(key, sender(o)),
+            None => sender(earliest),
+        }
+    } else if first_batch && key.extra == Extra::None {
+        // Flows already open when the agent started: their first packet may be a reply.
+        by_port(key).unwrap_or_else(|| sender(earliest))
+    } else {
+        sender(earliest)
+    };
+    let responder = other(key, initiator);
+    let icmp = match key.extra {
+        Extra::Echo(_) => Some(if key.proto == proto::ICMP { (8, 0) } else { (128, 0) }),
+        Extra::Icmp(t, c) => Some((t, c)),
+        Extra::None => None,
+    };
+    Conn {
+        initiator,
+        responder,
+        icmp,
+        last_seen_ns: 0,
+        fwd_flags: 0,
+        rev_flags: 0,
+        replied: false,
+        completed_at_ns: None,
+        reporters: HashSet::new(),
+        source_cgroup_id: None,
+    }
+}
+
+/// The higher port is the client's; `None` on a tie.
+fn by_port(key: ConnKey) -> Option<Endpoint> {
+    use std::cmp::Ordering;
+    match key.lo.port.cmp(&key.hi.port) {
+        Ordering::Greater => Some(key.lo),
+        Ordering::Less => Some(key.hi),
+        Ordering::Equal => None,
+    }
+}
+
+fn other(key: ConnKey, end: Endpoint) -> Endpoint {
+    if end == key.lo { key.hi } else { key.lo }
+}
+
+fn is_forward(conn: &Conn, obs: &Observation) -> bool {
+    let s = sender(obs);
+    if conn.initiator == conn.responder {
+        // A flow to itself (same address and port): the echo request or the first direction.
+        return echo_kind(obs.tuple.proto, obs.tuple.icmp_type) != Some(false);
+    }
+    s == conn.initiator
+}
+
+fn side_of(obs: &Observation, forward: bool) -> Side {
+    let (from, to) = if forward { (Side::Src, Side::Dst) } else { (Side::Dst, Side::Src) };
+    match (obs.hook, obs.role) {
+        (Hook::CgroupEgress, _) => from,
+        (Hook::CgroupIngress, _) => to,
+        (Hook::TcIngress, Some(IfaceRole::Pod)) => from,
+        (Hook::TcEgress, Some(IfaceRole::Pod)) => to,
+        (Hook::TcIngress | Hook::TcEgress, _) => Side::Transit,
+    }
+}
+
+/// Rank of an observation point for a side: lower wins.
+fn class(obs: &Observation) -> u8 {
+    match (obs.hook, obs.role) {
+        (Hook::TcIngress | Hook::TcEgress, Some(IfaceRole::Pod)) => 0,
+        (Hook::CgroupIngress | Hook::CgroupEgress, _) => 1,
+        _ => 2,
+    }
+}
+
+fn better(candidate: &Observation, current: &Observation) -> bool {
+    let rank = |o: &Observation| {
+        let ingress_first = matches!(o.hook, Hook::TcIngress | Hook::CgroupIngress) as u8;
+        (class(o), std::cmp::Reverse(o.packets), std::cmp::Reverse(ingress_first), o.ifindex)
+    };
+    rank(candidate) < rank(current)
+}
+
+fn observed(p: u8, extra: Extra, conn: &Conn) -> Observed {
+    match (p, extra) {
+        (proto::TCP, _) => {
+            let syn_seen = conn.fwd_flags & tcp_flags::SYN_ONLY != 0;
+            if conn.rev_flags & tcp_flags::SYN_ACK != 0 {
+                Observed::Established
+            } else if conn.rev_flags & tcp_flags::RST != 0 {
+                Observed::Rejected
+            } else if conn.replied && !syn_seen {
+                // Open before we looked: replies prove it.
+                Observed::Established
+            } else if syn_seen {
+                Observed::Attempted
+            } else {
+                Observed::OneWay
+            }
+        }
+        (_, Extra::Echo(_)) => {
+            if conn.replied { Observed::Established } else { Observed::Attempted }
+        }
+        (_, Extra::Icmp(..)) => Observed::OneWay,
+        _ => {
+            if conn.replied { Observed::Established } else { Observed::OneWay }
+        }
+    }
+}
+
+/// `proto` field of a record.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmp6".into(),
+        proto::SCTP => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// `pvt` for RFC 1918, fc00::/7 and fe80::/10; `pub` otherwise.
+pub fn net_aggr(ip: IpAddr) -> &'static str {
+    let private = match ip {
+        IpAddr::V4(v4) => v4.is_private(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments()[0];
+            (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+        }
+    };
+    if private { "pvt" } else { "pub" }
+}
+
+/// FNV-1a, 64-bit: a hash that stays the same across builds, for record ids.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests;

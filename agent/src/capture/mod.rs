@@ -1,0 +1,490 @@
+//! capture: loads and attaches the eBPF programs, drains the kernel flow table every interval.
+//!
+//! Takes: [`CaptureConfig`] and link events from rtnetlink. Gives: one [`CaptureBatch`] per flush
+//! interval on a channel (the table and the ring-buffer packets of the interval, merged per
+//! direction, hook and interface), kernel counters as metrics, readiness. Must never: be bypassed
+//! (it is the only module that touches aya), change a packet's fate, or drop a count: a drain
+//! installs a fresh table first (the map-of-maps update waits for running programs), then reads
+//! the old one whole; a table that cannot be replaced stays in place and is read next time.
+//!
+//! Attach rules: `cgroup_skb` ingress and egress on the configured cgroup v2 directory (bpf links,
+//! which never displace other programs attached there); TC ingress and egress on every interface
+//! whose name matches a glob, through TCX at the head of the chain (kernel 6.6+) or a clsact
+//! filter otherwise. Links are owned by this process: they go when it exits, however it exits.
+
+mod ifaces;
+mod metrics;
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, SchedClassifier, TcAttachType,
+        cgroup_skb::CgroupSkbLinkId,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+pub use metrics::CaptureMetrics;
+use flowaudit_common::{
+    COUNTER_SLOTS, FAMILY_IPV4, FlowEvent, FlowKey, FlowStats, ObsPoint, maps, programs,
+};
+use ifaces::LinkEvent;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::model::{CaptureBatch, Hook, IfaceRole, Observation, Tuple};
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowaudit-ebpf"));
+
+/// What capture needs to know.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// cgroup v2 directory for the `cgroup_skb` programs.
+    pub cgroup: PathBuf,
+    /// Interface globs for the TC programs.
+    pub interfaces: Vec<String>,
+    /// Entries per flow table.
+    pub flow_table_entries: u32,
+    /// Ring buffer bytes.
+    pub ring_buffer_size: u32,
+    /// Drain period.
+    pub flush_interval: Duration,
+}
+
+/// Capture failures. Load and attach errors at start are fatal; later ones are counted.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The eBPF object did not load (verifier, missing privileges, old kernel).
+    #[error("loading the eBPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program failed to load or attach.
+    #[error("{what}: {source}")]
+    Program {
+        /// Which program and target.
+        what: String,
+        /// Cause.
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("{what}: {source}")]
+    Map {
+        /// Which map operation.
+        what: &'static str,
+        /// Cause.
+        source: aya::maps::MapError,
+    },
+    /// The cgroup directory could not be opened.
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The netlink socket or the ring-buffer poller could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+type FlowTable = BpfHashMap<MapData, FlowKey, FlowStats>;
+
+struct Interface {
+    name: String,
+    role: IfaceRole,
+    links: Vec<(TcAttachType, SchedClassifierLinkId)>,
+}
+
+/// Loaded, attached programs and the maps they write.
+pub struct Capture {
+    cfg: CaptureConfig,
+    ebpf: Ebpf,
+    active: FlowTable,
+    ring: AsyncFd<RingBuf<MapData>>,
+    cgroup_links: Vec<(&'static str, CgroupSkbLinkId)>,
+    ifaces: HashMap<u32, Interface>,
+    patterns: Vec<glob::Pattern>,
+    /// Ring-buffer packets since the last drain, merged per key.
+    pending: HashMap<FlowKey, FlowStats>,
+    interval_start_ns: u64,
+    metrics: CaptureMetrics,
+    ready: Arc<AtomicBool>,
+}
+
+/// Wall clock now, Unix nanoseconds.
+fn wall_now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// CLOCK_MONOTONIC now (the clock of `bpf_ktime_get_ns`), nanoseconds.
+fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Capture {
+    /// Loads the object, installs the first flow table and attaches the cgroup programs.
+    /// TC programs attach as [`Capture::run`] learns the interfaces.
+    pub fn load(cfg: CaptureConfig, metrics: CaptureMetrics, ready: Arc<AtomicBool>) -> Result<Self, CaptureError> {
+        let patterns = cfg
+            .interfaces
+            .iter()
+            .map(|p| glob::Pattern::new(p).expect("validated by config"))
+            .collect();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::FLOW_EVENTS, cfg.ring_buffer_size)
+            .load(EBPF_OBJECT)?;
+        let active = new_table(cfg.flow_table_entries)?;
+        install(&mut ebpf, &active)?;
+        metrics.table_capacity.set(cfg.flow_table_entries as i64);
+        let ring = RingBuf::try_from(ebpf.take_map(maps::FLOW_EVENTS).expect("map in object"))
+            .map_err(|source| CaptureError::Map { what: "opening the ring buffer", source })?;
+        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| CaptureError::Io { what: "polling the ring buffer", source: e.into() })?;
+        for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf.program_mut(name).expect("in object").try_into().expect("classifier");
+            prog.load().map_err(|source| CaptureError::Program { what: format!("loading {name}"), source })?;
+        }
+        let mut capture = Self {
+            cfg,
+            ebpf,
+            active,
+            ring,
+            cgroup_links: Vec::new(),
+            ifaces: HashMap::new(),
+            patterns,
+            pending: HashMap::new(),
+            interval_start_ns: wall_now_ns(),
+            metrics,
+            ready,
+        };
+        capture.attach_cgroup()?;
+        Ok(capture)
+    }
+
+    fn attach_cgroup(&mut self) -> Result<(), CaptureError> {
+        let dir = File::open(&self.cfg.cgroup)
+            .map_err(|source| CaptureError::Cgroup { path: self.cfg.cgroup.clone(), source })?;
+        for (name, attach, hook) in [
+            (programs::CGROUP_INGRESS, CgroupSkbAttachType::Ingress, ObsPoint::CgroupIngress),
+            (programs::CGROUP_EGRESS, CgroupSkbAttachType::Egress, ObsPoint::CgroupEgress),
+        ] {
+            let prog: &mut CgroupSkb = self.ebpf.program_mut(name).expect("in object").try_into().expect("cgroup_skb");
+            prog.load().map_err(|source| CaptureError::Program { what: format!("loading {name}"), source })?;
+            let link = prog.attach(&dir, attach, CgroupAttachMode::Single).map_err(|source| {
+                CaptureError::Program { what: format!("attaching {name} to {}", self.cfg.cgroup.display()), source }
+            })?;
+            self.cgroup_links.push((name, link));
+            self.metrics.attach_events.with_label_values(&[hook.name(), "attached"]).inc();
+            self.metrics.attached.with_label_values(&[hook.name()]).inc();
+        }
+        tracing::info!(message = "Attached cgroup_skb ingress and egress.", cgroup = %self.cfg.cgroup.display());
+        Ok(())
+    }
+
+    fn wanted(&self, name: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(name))
+    }
+
+    fn on_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Present { index, name, role } => {
+                if self.ifaces.get(&index).is_some_and(|i| i.name == name) || !self.wanted(&name) {
+                    return;
+                }
+                if let Some(old) = self.ifaces.remove(&index) {
+                    self.detach_iface(index, old); // renamed: re-evaluate under the new name
+                }
+                let mut iface = Interface { name, role, links: Vec::new() };
+                for (prog_name, attach, hook) in [
+                    (programs::TC_INGRESS, TcAttachType::Ingress, ObsPoint::TcIngress),
+                    (programs::TC_EGRESS, TcAttachType::Egress, ObsPoint::TcEgress),
+                ] {
+                    match attach_tc(&mut self.ebpf, prog_name, &iface.name, attach) {
+                        Ok(link) => {
+                            iface.links.push((attach, link));
+                            self.metrics.attach_events.with_label_values(&[hook.name(), "attached"]).inc();
+                            self.metrics.attached.with_label_values(&[hook.name()]).inc();
+                        }
+                        Err(error) => {
+                            self.metrics.attach_events.with_label_values(&[hook.name(), "failed"]).inc();
+                            tracing::error!(message = "Attaching a TC program failed.", interface = %iface.name, program = prog_name, %error);
+                        }
+                    }
+                }
+                tracing::info!(message = "Attached TC programs.", interface = %iface.name, ifindex = index, role = ?iface.role);
+                self.ifaces.insert(index, iface);
+            }
+            LinkEvent::Gone { index } => {
+                if let Some(iface) = self.ifaces.remove(&index) {
+                    tracing::info!(message = "Interface removed; forgetting it.", interface = %iface.name, ifindex = index);
+                    self.detach_iface(index, iface);
+                }
+            }
+            LinkEvent::Listed => {
+                self.ready.store(true, Ordering::SeqCst);
+                tracing::info!(message = "Every program is attached; ready.", interfaces = self.ifaces.len());
+            }
+        }
+    }
+
+    fn detach_iface(&mut self, _index: u32, iface: Interface) {
+        for (attach, link) in iface.links {
+            let (name, hook) = match attach {
+                TcAttachType::Ingress => (programs::TC_INGRESS, ObsPoint::TcIngress),
+                _ => (programs::TC_EGRESS, ObsPoint::TcEgress),
+            };
+            let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("in object").try_into().expect("classifier");
+            // The kernel already dropped the links of a deleted device; detaching is then a no-op.
+            let _ = prog.detach(link);
+            self.metrics.attach_events.with_label_values(&[hook.name(), "detached"]).inc();
+            self.metrics.attached.with_label_values(&[hook.name()]).dec();
+        }
+    }
+
+    fn detach_all(&mut self) {
+        let ifaces: Vec<_> = self.ifaces.drain().collect();
+        for (index, iface) in ifaces {
+            self.detach_iface(index, iface);
+        }
+        for (name, link) in std::mem::take(&mut self.cgroup_links) {
+            let prog: &mut CgroupSkb = self.ebpf.program_mut(name).expect("in object").try_into().expect("cgroup_skb");
+            let _ = prog.detach(link);
+            let hook = if name == programs::CGROUP_INGRESS { ObsPoint::CgroupIngress } else { ObsPoint::CgroupEgress };
+            self.metrics.attach_events.with_label_values(&[hook.name(), "detached"]).inc();
+            self.metrics.attached.with_label_values(&[hook.name()]).dec();
+        }
+    }
+
+    /// Reads every ring-buffer record now available into `pending`.
+    fn read_ring(&mut self) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if item.len() != size_of::<FlowEvent>() {
+                self.metrics.ringbuf_malformed.inc();
+                continue;
+            }
+            // SAFETY: length checked; FlowEvent is plain data, read unaligned.
+            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            self.metrics.ringbuf_events.inc();
+            let e = self.pending.entry(ev.key).or_insert(FlowStats {
+                first_seen_ns: ev.ts_ns,
+                cgroup_id: ev.cgroup_id,
+                ..Default::default()
+            });
+            e.packets += ev.packets as u64;
+            e.bytes += ev.bytes;
+            e.first_seen_ns = e.first_seen_ns.min(ev.ts_ns);
+            e.last_seen_ns = e.last_seen_ns.max(ev.ts_ns);
+            e.tcp_flags |= ev.tcp_flags as u64;
+        }
+    }
+
+    /// Swaps in a fresh table and reads the old one and the ring buffer. `last` marks the batch
+    /// sent at shutdown.
+    fn drain(&mut self, last: bool) -> CaptureBatch {
+        let started = Instant::now();
+        let end_ns = wall_now_ns();
+        let wall_minus_mono = end_ns as i128 - mono_now_ns() as i128;
+        let mut merged: HashMap<FlowKey, FlowStats> = HashMap::new();
+        match new_table(self.cfg.flow_table_entries).and_then(|fresh| {
+            install(&mut self.ebpf, &fresh)?;
+            Ok(std::mem::replace(&mut self.active, fresh))
+        }) {
+            Ok(old) => {
+                let mut entries = 0i64;
+                for item in old.iter() {
+                    match item {
+                        Ok((key, stats)) => {
+                            entries += 1;
+                            merged.insert(key, stats);
+                        }
+                        Err(error) => {
+                            self.metrics.drain_errors.inc();
+                            tracing::error!(message = "Reading a flow-table entry failed.", %error);
+                        }
+                    }
+                }
+                self.metrics.table_entries.set(entries);
+            }
+            Err(error) => {
+                self.metrics.drain_errors.inc();
+                tracing::error!(message = "Swapping the flow table failed; its counts stay for the next drain.", %error);
+            }
+        }
+        // Ring-buffer records written before the swap are readable now.
+        self.read_ring();
+        for (key, ev) in self.pending.drain() {
+            let e = merged.entry(key).or_insert(FlowStats { first_seen_ns: ev.first_seen_ns, cgroup_id: ev.cgroup_id, ..Default::default() });
+            e.packets += ev.packets;
+            e.bytes += ev.bytes;
+            e.first_seen_ns = e.first_seen_ns.min(ev.first_seen_ns);
+            e.last_seen_ns = e.last_seen_ns.max(ev.last_seen_ns);
+            e.tcp_flags |= ev.tcp_flags;
+            if e.cgroup_id == 0 {
+                e.cgroup_id = ev.cgroup_id;
+            }
+        }
+        self.read_counters();
+        let to_wall = |mono: u64| (mono as i128 + wall_minus_mono).max(0) as u64;
+        let mut observations = Vec::with_capacity(merged.len());
+        for (key, stats) in merged {
+            let Some(obs) = ObsPoint::from_raw(key.obs) else { continue };
+            let hook = match obs {
+                ObsPoint::CgroupIngress => Hook::CgroupIngress,
+                ObsPoint::CgroupEgress => Hook::CgroupEgress,
+                ObsPoint::TcIngress => Hook::TcIngress,
+                ObsPoint::TcEgress => Hook::TcEgress,
+            };
+            self.metrics.flow_entries.with_label_values(&[obs.name()]).inc();
+            let role = match hook {
+                Hook::TcIngress | Hook::TcEgress => {
+                    Some(self.ifaces.get(&key.ifindex).map(|i| i.role).unwrap_or(IfaceRole::Host))
+                }
+                _ => None,
+            };
+            observations.push(Observation {
+                tuple: tuple_of(&key),
+                hook,
+                ifindex: key.ifindex,
+                role,
+                packets: stats.packets,
+                bytes: stats.bytes,
+                first_seen_ns: to_wall(stats.first_seen_ns),
+                last_seen_ns: to_wall(stats.last_seen_ns),
+                tcp_flags: stats.tcp_flags,
+                cgroup_id: stats.cgroup_id,
+            });
+        }
+        let batch = CaptureBatch { start_ns: self.interval_start_ns, end_ns, observations, last };
+        self.interval_start_ns = end_ns;
+        self.metrics.drain_seconds.observe(started.elapsed().as_secs_f64());
+        batch
+    }
+
+    fn read_counters(&mut self) {
+        let Some(map) = self.ebpf.map(maps::COUNTERS) else { return };
+        let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else { return };
+        let mut values = vec![0u64; COUNTER_SLOTS as usize];
+        for (i, v) in values.iter_mut().enumerate() {
+            if let Ok(per_cpu) = counters.get(&(i as u32), 0) {
+                *v = per_cpu.iter().sum();
+            }
+        }
+        self.metrics.observe_kernel(&values);
+    }
+
+    /// Runs until `shutdown` fires: attaches TC as links come and go, drains every interval, and
+    /// sends each batch on `out`. On shutdown it detaches everything, then drains a last time.
+    pub async fn run(
+        mut self,
+        out: mpsc::Sender<CaptureBatch>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), CaptureError> {
+        let mut links = if self.patterns.is_empty() {
+            self.ready.store(true, Ordering::SeqCst);
+            tracing::info!(message = "No --interfaces: cgroup hook only; ready.");
+            None
+        } else {
+            Some(ifaces::watch().map_err(|source| CaptureError::Io { what: "opening rtnetlink", source })?)
+        };
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.cfg.flush_interval,
+            self.cfg.flush_interval,
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let batch = self.drain(false);
+                    if out.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                Some(event) = async { links.as_mut()?.recv().await } => self.on_link(event),
+                guard = self.ring.readable_mut() => {
+                    if let Ok(mut guard) = guard {
+                        guard.clear_ready();
+                    }
+                    self.read_ring();
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.detach_all();
+        let batch = self.drain(true);
+        let _ = out.send(batch).await;
+        tracing::info!(message = "Detached every program; final drain sent.");
+        Ok(())
+    }
+}
+
+fn new_table(entries: u32) -> Result<FlowTable, CaptureError> {
+    FlowTable::create(entries, 0).map_err(|source| CaptureError::Map { what: "creating a flow table", source })
+}
+
+/// Makes `table` the one the programs write to. The map-of-maps update returns only after every
+/// program that may still hold the previous table has finished (the kernel waits for RCU).
+fn install(ebpf: &mut Ebpf, table: &FlowTable) -> Result<(), CaptureError> {
+    let map = ebpf.map_mut(maps::FLOW_TABLES).expect("map in object");
+    let mut outer: ArrayOfMaps<&mut MapData, FlowTable> =
+        ArrayOfMaps::try_from(map).map_err(|source| CaptureError::Map { what: "opening FLOW_TABLES", source })?;
+    outer.set(0, table, 0).map_err(|source| CaptureError::Map { what: "installing a flow table", source })
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    prog_name: &str,
+    iface: &str,
+    attach: TcAttachType,
+) -> Result<SchedClassifierLinkId, aya::programs::ProgramError> {
+    let prog: &mut SchedClassifier = ebpf.program_mut(prog_name).expect("in object").try_into().expect("classifier");
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if tcx {
+        // Head of the TCX chain: we see packets before any later program can drop them.
+        prog.attach_with_options(iface, attach, TcAttachOptions::TcxOrder(LinkOrder::first()))
+    } else {
+        // clsact may already exist (another agent's, or ours from a killed run): that is fine.
+        let _ = tc::qdisc_add_clsact(iface);
+        prog.attach_with_options(iface, attach, TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }))
+    }
+}
+
+fn tuple_of(key: &FlowKey) -> Tuple {
+    let addr = |raw: [u8; 16]| -> IpAddr {
+        if key.family == FAMILY_IPV4 {
+            IpAddr::V4(Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(raw))
+        }
+    };
+    Tuple {
+        proto: key.proto,
+        src: addr(key.src_addr),
+        dst: addr(key.dst_addr),
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+        icmp_type: key.icmp_type,
+        icmp_code: key.icmp_code,
+    }
+}

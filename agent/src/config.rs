@@ -1,0 +1,385 @@
+//! Agent configuration: a YAML file and command-line flags, merged into one typed [`Settings`].
+//!
+//! Takes: the parsed flags ([`RunFlags`]) and optionally a YAML file. Gives: validated
+//! [`Settings`] or a [`ConfigError`] that names the file, the key and the reason. Must never:
+//! accept an unknown key (every struct is `deny_unknown_fields`), fall back silently on a bad
+//! value, or touch the system (no file is created here). Flags win over the file; every flag is a
+//! key of the file under the flag's name in snake_case. The reference is `docs/config.md`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+pub use crate::model::AggregationLevel;
+
+/// A configuration problem: which source, which key, what is wrong. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {field}: {reason}")]
+pub struct ConfigError {
+    /// The file, or `command line`.
+    pub source_name: String,
+    /// The key or flag.
+    pub field: String,
+    /// Why the value was refused.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(source_name: &str, field: &str, reason: impl Into<String>) -> Self {
+        Self { source_name: source_name.to_owned(), field: field.to_owned(), reason: reason.into() }
+    }
+}
+
+/// Flags of `flowaudit run`, before merging. `None` = not given on the command line.
+#[derive(Debug, Default, Clone)]
+pub struct RunFlags {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--flow-log-dir DIR`.
+    pub flow_log_dir: Option<PathBuf>,
+    /// `--flush-interval 15s`.
+    pub flush_interval: Option<String>,
+    /// `--interfaces GLOB,...`.
+    pub interfaces: Option<Vec<String>>,
+    /// `--cgroup PATH`.
+    pub cgroup: Option<PathBuf>,
+    /// `--metrics-addr ADDR:PORT`.
+    pub metrics_addr: Option<String>,
+    /// `--node NAME`.
+    pub node: Option<String>,
+    /// `--aggregation-allowed N`.
+    pub aggregation_allowed: Option<u8>,
+    /// `--aggregation-denied N`.
+    pub aggregation_denied: Option<u8>,
+}
+
+/// The YAML file. Every field optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    flow_log_dir: Option<PathBuf>,
+    flush_interval: Option<String>,
+    interfaces: Option<Vec<String>>,
+    cgroup: Option<PathBuf>,
+    metrics_addr: Option<String>,
+    node: Option<String>,
+    aggregation_allowed: Option<u8>,
+    aggregation_denied: Option<u8>,
+    flow_table_entries: Option<u32>,
+    ring_buffer_size: Option<String>,
+    idle_timeout: Option<String>,
+    tcp_idle_timeout: Option<String>,
+    flow_log_max_file_size: Option<String>,
+    flow_log_max_files: Option<u32>,
+}
+
+/// Everything the agent runs with, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory of `flows.log`.
+    pub flow_log_dir: PathBuf,
+    /// Drain and write period.
+    pub flush_interval: Duration,
+    /// Interface name globs for the TC programs (empty: cgroup hook only).
+    pub interfaces: Vec<String>,
+    /// cgroup v2 directory the `cgroup_skb` programs attach to.
+    pub cgroup: PathBuf,
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_addr: SocketAddr,
+    /// Node name written in `host`.
+    pub node: String,
+    /// Aggregation of allowed flows.
+    pub aggregation_allowed: AggregationLevel,
+    /// Aggregation of denied flows.
+    pub aggregation_denied: AggregationLevel,
+    /// Entries of each of the two kernel flow tables.
+    pub flow_table_entries: u32,
+    /// Bytes of the kernel ring buffer (a power of two, at least one page).
+    pub ring_buffer_size: u32,
+    /// A UDP/ICMP/other flow with no packet for this long is complete.
+    pub idle_timeout: Duration,
+    /// A TCP connection with no packet and no FIN/RST for this long is forgotten.
+    pub tcp_idle_timeout: Duration,
+    /// `flows.log` is rotated when it would grow past this many bytes.
+    pub flow_log_max_file_size: u64,
+    /// Rotated files kept (`flows.log.1` ... `flows.log.N`).
+    pub flow_log_max_files: u32,
+}
+
+/// Default `--flow-log-dir`.
+pub const DEFAULT_FLOW_LOG_DIR: &str = "/var/log/flowaudit";
+const DEFAULT_FLUSH_INTERVAL: &str = "15s";
+const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 65_536;
+const DEFAULT_RING_BUFFER_SIZE: &str = "1MiB";
+const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+const DEFAULT_TCP_IDLE_TIMEOUT: &str = "2h";
+const DEFAULT_MAX_FILE_SIZE: &str = "100MB";
+const DEFAULT_MAX_FILES: u32 = 5;
+const CLI: &str = "command line";
+
+impl Settings {
+    /// Merges `flags` over the `--config` file (if any) over the defaults.
+    /// `cgroup_default` and `hostname` are consulted only when neither source sets them.
+    pub fn resolve(
+        flags: &RunFlags,
+        cgroup_default: impl FnOnce() -> Option<PathBuf>,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let (file, file_name) = match &flags.config {
+            Some(path) => (read_file(path)?, path.display().to_string()),
+            None => (FileConfig::default(), String::new()),
+        };
+        // Picks the flag, else the file's key; remembers which source the value came from.
+        fn pick<'a, T: Clone>(
+            flag: &Option<T>,
+            file: &Option<T>,
+            file_name: &'a str,
+        ) -> Option<(T, &'a str)> {
+            flag.clone().map(|v| (v, CLI)).or_else(|| file.clone().map(|v| (v, file_name)))
+        }
+
+        let flush_interval = match pick(&flags.flush_interval, &file.flush_interval, &file_name) {
+            Some((v, src)) => duration(src, "flush_interval", &v)?,
+            None => duration(CLI, "flush_interval", DEFAULT_FLUSH_INTERVAL)?,
+        };
+        if flush_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(CLI, "flush_interval", "must be at least 100ms"));
+        }
+        let interfaces = pick(&flags.interfaces, &file.interfaces, &file_name)
+            .map(|(v, src)| globs(src, &v))
+            .transpose()?
+            .unwrap_or_default();
+        let metrics_addr = match pick(&flags.metrics_addr, &file.metrics_addr, &file_name) {
+            Some((v, src)) => v.parse().map_err(|e| {
+                ConfigError::new(src, "metrics_addr", format!("{v:?} is not ADDRESS:PORT ({e})"))
+            })?,
+            None => DEFAULT_METRICS_ADDR.parse().expect("valid default"),
+        };
+        let cgroup = match pick(&flags.cgroup, &file.cgroup, &file_name) {
+            Some((v, _)) => v,
+            None => cgroup_default().ok_or_else(|| {
+                ConfigError::new(CLI, "cgroup", "no cgroup2 mount in /proc/mounts; pass --cgroup PATH")
+            })?,
+        };
+        let node = match pick(&flags.node, &file.node, &file_name) {
+            Some((v, src)) if v.is_empty() => {
+                return Err(ConfigError::new(src, "node", "must not be empty"));
+            }
+            Some((v, _)) => v,
+            None => hostname().unwrap_or_else(|| "unknown".to_owned()),
+        };
+        let level = |field: &str, flag: &Option<u8>, key: &Option<u8>| -> Result<_, ConfigError> {
+            match pick(flag, key, &file_name) {
+                None | Some((1, _)) => Ok(AggregationLevel::NoSourcePort),
+                Some((0, _)) => Ok(AggregationLevel::FiveTuple),
+                Some((2 | 3, src)) => Err(ConfigError::new(
+                    src,
+                    field,
+                    "levels 2 and 3 group by endpoint name, which needs cluster identity; \
+                     this version supports 0 and 1",
+                )),
+                Some((n, src)) => Err(ConfigError::new(src, field, format!("{n} is not a level (0-3)"))),
+            }
+        };
+        let aggregation_allowed =
+            level("aggregation_allowed", &flags.aggregation_allowed, &file.aggregation_allowed)?;
+        let aggregation_denied =
+            level("aggregation_denied", &flags.aggregation_denied, &file.aggregation_denied)?;
+
+        let fname = file_name.as_str();
+        let flow_table_entries = file.flow_table_entries.unwrap_or(DEFAULT_FLOW_TABLE_ENTRIES);
+        if flow_table_entries == 0 {
+            return Err(ConfigError::new(fname, "flow_table_entries", "must be at least 1"));
+        }
+        let ring_buffer_size = match &file.ring_buffer_size {
+            Some(v) => size(fname, "ring_buffer_size", v)?,
+            None => size(CLI, "ring_buffer_size", DEFAULT_RING_BUFFER_SIZE)?,
+        };
+        let page = 4096;
+        if ring_buffer_size < page || !ring_buffer_size.is_power_of_two() || ring_buffer_size > 1 << 30 {
+            return Err(ConfigError::new(
+                fname,
+                "ring_buffer_size",
+                format!("{ring_buffer_size} bytes: must be a power of two between 4KiB and 1GiB"),
+            ));
+        }
+        let idle_timeout = duration(fname, "idle_timeout", file.idle_timeout.as_deref().unwrap_or(DEFAULT_IDLE_TIMEOUT))?;
+        let tcp_idle_timeout = duration(
+            fname,
+            "tcp_idle_timeout",
+            file.tcp_idle_timeout.as_deref().unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
+        )?;
+        let flow_log_max_file_size = size(
+            fname,
+            "flow_log_max_file_size",
+            file.flow_log_max_file_size.as_deref().unwrap_or(DEFAULT_MAX_FILE_SIZE),
+        )?;
+        if flow_log_max_file_size < 4096 {
+            return Err(ConfigError::new(fname, "flow_log_max_file_size", "must be at least 4KiB"));
+        }
+        let flow_log_max_files = file.flow_log_max_files.unwrap_or(DEFAULT_MAX_FILES);
+
+        Ok(Settings {
+            flow_log_dir: pick(&flags.flow_log_dir, &file.flow_log_dir, &file_name)
+                .map(|(v, _)| v)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_FLOW_LOG_DIR)),
+            flush_interval,
+            interfaces,
+            cgroup,
+            metrics_addr,
+            node,
+            aggregation_allowed,
+            aggregation_denied,
+            flow_table_entries,
+            ring_buffer_size: ring_buffer_size as u32,
+            idle_timeout,
+            tcp_idle_timeout,
+            flow_log_max_file_size,
+            flow_log_max_files,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_yaml_ng::from_str(&text).map_err(|e| {
+        // serde names the offending key in its message ("unknown field `x`", "invalid type").
+        let field = e
+            .to_string()
+            .split('`')
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| "-".to_owned());
+        ConfigError::new(&name, &field, e.to_string())
+    })
+}
+
+/// Parses `15s`, `5m`, `2h`, `500ms`.
+pub fn duration(source: &str, field: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim())
+        .map_err(|e| ConfigError::new(source, field, format!("{value:?} is not a duration such as 15s or 5m ({e})")))
+}
+
+/// Parses `100MB`, `1MiB`, `4096`.
+pub fn size(source: &str, field: &str, value: &str) -> Result<u64, ConfigError> {
+    value
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| ConfigError::new(source, field, format!("{value:?} is not a size such as 100MB ({e})")))
+}
+
+fn globs(source: &str, values: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for value in values.iter().flat_map(|v| v.split(',')).map(str::trim) {
+        if value.is_empty() {
+            return Err(ConfigError::new(source, "interfaces", "empty interface pattern"));
+        }
+        glob::Pattern::new(value)
+            .map_err(|e| ConfigError::new(source, "interfaces", format!("{value:?}: {e}")))?;
+        out.push(value.to_owned());
+    }
+    Ok(out)
+}
+
+/// The cgroup v2 mount point listed in `mounts` (the text of `/proc/mounts`).
+pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(flags: RunFlags) -> Result<Settings, ConfigError> {
+        Settings::resolve(&flags, || Some("/sys/fs/cgroup".into()), || Some("node-a".into()))
+    }
+
+    fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowaudit.yaml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = resolve(RunFlags::default()).unwrap();
+        assert_eq!(s.flow_log_dir, PathBuf::from("/var/log/flowaudit"));
+        assert_eq!(s.flush_interval, Duration::from_secs(15));
+        assert!(s.interfaces.is_empty());
+        assert_eq!(s.metrics_addr, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(s.node, "node-a");
+        assert_eq!(s.cgroup, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(s.flow_log_max_file_size, 100_000_000);
+        assert_eq!(s.flow_log_max_files, 5);
+        assert_eq!(s.ring_buffer_size, 1 << 20);
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let (_d, path) = write_config("flush_interval: 5m\nnode: from-file\ninterfaces: [eth*]\n");
+        let s = resolve(RunFlags {
+            config: Some(path),
+            node: Some("from-flag".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.flush_interval, Duration::from_secs(300));
+        assert_eq!(s.node, "from-flag");
+        assert_eq!(s.interfaces, vec!["eth*"]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let (_d, path) = write_config("flush_intervall: 5s\n");
+        let err = resolve(RunFlags { config: Some(path.clone()), ..Default::default() }).unwrap_err();
+        assert_eq!(err.source_name, path.display().to_string());
+        assert_eq!(err.field, "flush_intervall");
+        assert!(err.reason.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let (_d, path) = write_config("ring_buffer_size: 5000\n");
+        let err = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "ring_buffer_size");
+        let err = resolve(RunFlags { flush_interval: Some("soon".into()), ..Default::default() }).unwrap_err();
+        assert_eq!((err.source_name.as_str(), err.field.as_str()), ("command line", "flush_interval"));
+        let err = resolve(RunFlags { aggregation_allowed: Some(2), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "aggregation_allowed");
+        let err = resolve(RunFlags { aggregation_denied: Some(7), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "aggregation_denied");
+        let err = resolve(RunFlags { interfaces: Some(vec!["veth[".into()]), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "interfaces");
+        let err = resolve(RunFlags { metrics_addr: Some("localhost".into()), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "metrics_addr");
+    }
+
+    #[test]
+    fn interface_flag_splits_commas() {
+        let s = resolve(RunFlags { interfaces: Some(vec!["fa-*, eth0".into()]), ..Default::default() }).unwrap();
+        assert_eq!(s.interfaces, vec!["fa-*", "eth0"]);
+    }
+
+    #[test]
+    fn finds_cgroup2_mount() {
+        let mounts = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_mount(mounts), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+}

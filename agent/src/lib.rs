@@ -1,0 +1,13 @@
+//! flowaudit agent: eBPF flow capture on cgroup and TC hooks, flow logs, metrics.
+//!
+//! Pipeline (one way; wired only in [`pipeline`]):
+//! `capture` (kernel → observations) → `aggregate` (→ flow records) → `output` (→ `flows.log`).
+//! Stages share only the types in [`model`]; `config` and `telemetry` sit beside them.
+
+pub mod aggregate;
+pub mod capture;
+pub mod config;
+pub mod model;
+pub mod output;
+pub mod pipeline;
+pub mod telemetry;

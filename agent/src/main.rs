@@ -1,0 +1,138 @@
+//! `flowaudit` command line. Exit codes: 0 ok, 2 bad input (names file, field, reason), 1 other.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use flowaudit::{
+    config::{ConfigError, RunFlags, Settings, cgroup2_mount},
+    pipeline,
+};
+
+#[derive(Parser)]
+#[command(name = "flowaudit", version, about = "eBPF flow capture and policy audit sensor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture flows and write flow logs until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Validate a configuration file and list every problem, without starting.
+    Check {
+        /// The YAML configuration to validate.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// YAML configuration file; flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of flows.log [default: /var/log/flowaudit].
+    #[arg(long, value_name = "DIR")]
+    flow_log_dir: Option<PathBuf>,
+    /// Drain and write period, e.g. 15s or 1m [default: 15s].
+    #[arg(long, value_name = "DURATION")]
+    flush_interval: Option<String>,
+    /// Interfaces to attach TC programs to (globs, comma separated) [default: none].
+    #[arg(long, value_name = "GLOB,...")]
+    interfaces: Option<String>,
+    /// cgroup v2 directory for the cgroup_skb programs [default: the cgroup2 mount].
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<String>,
+    /// Node name written in `host` [default: the hostname].
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// Aggregation level of allowed flows: 0 per 5-tuple, 1 without source port [default: 1].
+    #[arg(long, value_name = "N")]
+    aggregation_allowed: Option<u8>,
+    /// Aggregation level of denied flows [default: 1].
+    #[arg(long, value_name = "N")]
+    aggregation_denied: Option<u8>,
+}
+
+impl RunArgs {
+    fn flags(self) -> RunFlags {
+        RunFlags {
+            config: self.config,
+            flow_log_dir: self.flow_log_dir,
+            flush_interval: self.flush_interval,
+            interfaces: self.interfaces.map(|v| vec![v]),
+            cgroup: self.cgroup,
+            metrics_addr: self.metrics_addr,
+            node: self.node,
+            aggregation_allowed: self.aggregation_allowed,
+            aggregation_denied: self.aggregation_denied,
+        }
+    }
+}
+
+fn resolve(flags: &RunFlags) -> Result<Settings, ConfigError> {
+    Settings::resolve(
+        flags,
+        || std::fs::read_to_string("/proc/mounts").ok().and_then(|m| cgroup2_mount(&m)),
+        || hostname::get().ok().and_then(|h| h.into_string().ok()),
+    )
+}
+
+/// The error and its causes, `outer: inner: root`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    flowaudit::telemetry::init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match resolve(&RunFlags { config: Some(config.clone()), ..Default::default() }) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(args) => {
+            let settings = match resolve(&args.flags()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(pipeline::run(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

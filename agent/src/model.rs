@@ -1,0 +1,232 @@
+//! Boundary types between the pipeline stages: plain data, no I/O, no stage logic.
+//!
+//! capture gives [`CaptureBatch`] (kernel observations of one interval); aggregate gives
+//! [`FlowRecord`]s (the flow-log contract, DESIGN.md §2.2); output writes them. Only this module
+//! is shared by stages, so data can only flow one way.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// Aggregation level of flow-log records (Calico's `flowLogsFileAggregationKind*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregationLevel {
+    /// 0: one record per 5-tuple.
+    FiveTuple,
+    /// 1: the source port is dropped (`source_port: null`).
+    NoSourcePort,
+}
+
+/// Which hook saw the packets of an [`Observation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// `cgroup_skb` ingress: a local socket received them.
+    CgroupIngress,
+    /// `cgroup_skb` egress: a local socket sent them.
+    CgroupEgress,
+    /// TC ingress: they entered through an interface.
+    TcIngress,
+    /// TC egress: they left through an interface.
+    TcEgress,
+}
+
+/// What a watched interface faces, from its link kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IfaceRole {
+    /// A veth or netkit device: one end of a pod (an endpoint sits behind it).
+    Pod,
+    /// Anything else (a NIC, a bond, a tunnel): traffic passes through.
+    Host,
+}
+
+/// The 5-tuple (plus ICMP fields) of one direction of a flow, as the packets carried it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tuple {
+    /// IP protocol number.
+    pub proto: u8,
+    /// Sender address (IPv4 as `IpAddr::V4`).
+    pub src: IpAddr,
+    /// Receiver address.
+    pub dst: IpAddr,
+    /// Sender port; the echo identifier for ICMP echo.
+    pub src_port: u16,
+    /// Receiver port; 0 for ICMP.
+    pub dst_port: u16,
+    /// ICMP type (0 for other protocols).
+    pub icmp_type: u8,
+    /// ICMP code (0 for other protocols).
+    pub icmp_code: u8,
+}
+
+/// Packets of one direction of one flow seen at one place during one interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The direction's tuple.
+    pub tuple: Tuple,
+    /// The hook.
+    pub hook: Hook,
+    /// Interface index for TC hooks, 0 for cgroup hooks.
+    pub ifindex: u32,
+    /// Role of that interface (`None` for cgroup hooks).
+    pub role: Option<IfaceRole>,
+    /// Wire packets.
+    pub packets: u64,
+    /// IP-layer bytes.
+    pub bytes: u64,
+    /// Wall clock of the first packet, Unix nanoseconds.
+    pub first_seen_ns: u64,
+    /// Wall clock of the last packet, Unix nanoseconds.
+    pub last_seen_ns: u64,
+    /// `flowaudit_common::tcp_flags` bits.
+    pub tcp_flags: u64,
+    /// cgroup v2 id of the local socket (cgroup hooks), 0 if none.
+    pub cgroup_id: u64,
+}
+
+/// Everything capture drained for one flush interval.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureBatch {
+    /// Interval start, Unix nanoseconds.
+    pub start_ns: u64,
+    /// Interval end (the drain), Unix nanoseconds.
+    pub end_ns: u64,
+    /// One entry per (tuple, hook, interface), table and ring-buffer packets merged.
+    pub observations: Vec<Observation>,
+    /// The last batch: the agent is stopping.
+    pub last: bool,
+}
+
+/// `reporter` of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reporter {
+    /// From the source's (initiator's) side.
+    Src,
+    /// From the destination's side.
+    Dst,
+    /// Traffic that only passed through this node.
+    Fwd,
+}
+
+/// `action` / `flow_action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
+}
+
+/// `observed`: what the packets showed, independent of policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Observed {
+    /// TCP handshake completed, or replies seen.
+    Established,
+    /// TCP SYN or ICMP echo without a reply.
+    Attempted,
+    /// RST or ICMP unreachable in reply.
+    Rejected,
+    /// UDP and others without replies (not a failure).
+    OneWay,
+    /// An aggregated record whose flows differ.
+    Mixed,
+}
+
+/// `policies` of a record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Policies {
+    /// Trace of the enforced policies.
+    pub enforced_policies: Vec<String>,
+    /// Trace with staged policies applied.
+    pub pending_policies: Vec<String>,
+}
+
+/// One flow-log line (DESIGN.md §2.2). Field order is the order written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    /// Stable id: node, flow key, interval, reporter.
+    pub id: String,
+    /// Interval start, Unix seconds.
+    pub start_time: u64,
+    /// Interval end, Unix seconds.
+    pub end_time: u64,
+    /// Node.
+    pub host: String,
+    /// Reporter's verdict.
+    pub action: Action,
+    /// Whose side this record is.
+    pub reporter: Reporter,
+    /// `tcp`, `udp`, `icmp`, `icmp6`, `sctp` or the number.
+    pub proto: String,
+    /// Source (initiator) address.
+    pub source_ip: Option<IpAddr>,
+    /// Source port; `null` for ICMP and when aggregated.
+    pub source_port: Option<u16>,
+    /// Pod name or `-`.
+    pub source_name: String,
+    /// Aggregated name: generateName + `*`, or `pvt`/`pub`.
+    pub source_name_aggr: String,
+    /// Namespace or `-`.
+    pub source_namespace: String,
+    /// `wep`, `hep`, `ns` or `net`.
+    pub source_type: String,
+    /// Labels, or `-`.
+    pub source_labels: serde_json::Value,
+    /// Destination address.
+    pub dest_ip: Option<IpAddr>,
+    /// Destination port; `null` for ICMP.
+    pub dest_port: Option<u16>,
+    /// Pod name or `-`.
+    pub dest_name: String,
+    /// Aggregated name.
+    pub dest_name_aggr: String,
+    /// Namespace or `-`.
+    pub dest_namespace: String,
+    /// Endpoint type.
+    pub dest_type: String,
+    /// Labels, or `-`.
+    pub dest_labels: serde_json::Value,
+    /// Service name or `-`.
+    pub dest_service_name: String,
+    /// Service namespace or `-`.
+    pub dest_service_namespace: String,
+    /// Service port name or `-`.
+    pub dest_service_port: String,
+    /// ICMP type (ICMP flows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// ICMP code (ICMP flows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    /// Bytes the reporting endpoint received.
+    pub bytes_in: u64,
+    /// Bytes the reporting endpoint sent.
+    pub bytes_out: u64,
+    /// Packets received.
+    pub packets_in: u64,
+    /// Packets sent.
+    pub packets_out: u64,
+    /// Connections in this record.
+    pub num_flows: u64,
+    /// Connections that started in the interval.
+    pub num_flows_started: u64,
+    /// Connections that completed in the interval.
+    pub num_flows_completed: u64,
+    /// Policy traces.
+    pub policies: Policies,
+    /// Verdict of the whole flow.
+    pub flow_action: Action,
+    /// What the packets showed.
+    pub observed: Observed,
+    /// Connections that completed a handshake or saw replies.
+    pub num_established: u64,
+    /// Connections that only attempted.
+    pub num_attempted: u64,
+    /// Connections refused by RST or ICMP unreachable.
+    pub num_rejected: u64,
+    /// cgroup v2 id of the source's socket, when the cgroup hook saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_cgroup_id: Option<u64>,
+}

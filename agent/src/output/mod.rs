@@ -1,0 +1,230 @@
+//! output: flow-log records → `flows.log`, rotated by size and count.
+//!
+//! Takes: batches of [`FlowRecord`]s. Gives: one JSON object per line in `<dir>/flows.log`,
+//! rotated to `flows.log.1` ... `flows.log.N` (newest first) before a write would pass the size
+//! limit; the oldest file beyond N is deleted. Must never: split a record across files, reorder
+//! records, or drop one without an error. Readers take `flows.log*`.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use crate::model::FlowRecord;
+
+/// A flow-log write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The directory could not be created or the file opened.
+    #[error("flow-log directory {path}: {source}")]
+    Open {
+        /// File or directory.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Writing, flushing or rotating failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("encoding a flow record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Rotation settings.
+#[derive(Clone, Debug)]
+pub struct FileConfig {
+    /// Directory of `flows.log`.
+    pub dir: PathBuf,
+    /// Rotate before the file would pass this many bytes.
+    pub max_file_size: u64,
+    /// Rotated files kept.
+    pub max_files: u32,
+}
+
+/// The rotating `flows.log` writer.
+pub struct FlowLogWriter {
+    cfg: FileConfig,
+    path: PathBuf,
+    file: BufWriter<File>,
+    size: u64,
+}
+
+/// Name of the live flow-log file.
+pub const FLOW_LOG: &str = "flows.log";
+
+impl FlowLogWriter {
+    /// Opens (appending) `<dir>/flows.log`, creating the directory.
+    pub fn open(cfg: FileConfig) -> Result<Self, OutputError> {
+        fs::create_dir_all(&cfg.dir).map_err(|source| OutputError::Open { path: cfg.dir.clone(), source })?;
+        let path = cfg.dir.join(FLOW_LOG);
+        let (file, size) = open_append(&path)?;
+        Ok(Self { cfg, path, file, size })
+    }
+
+    /// Appends `records`, rotating as needed, and flushes. Returns the bytes written.
+    pub fn write(&mut self, records: &[FlowRecord]) -> Result<u64, OutputError> {
+        let mut written = 0;
+        let mut line = Vec::with_capacity(1024);
+        for record in records {
+            line.clear();
+            serde_json::to_writer(&mut line, record)?;
+            line.push(b'\n');
+            if self.size > 0 && self.size + line.len() as u64 > self.cfg.max_file_size {
+                self.rotate()?;
+            }
+            self.file.write_all(&line).map_err(|source| self.write_error(source))?;
+            self.size += line.len() as u64;
+            written += line.len() as u64;
+        }
+        self.file.flush().map_err(|source| self.write_error(source))?;
+        Ok(written)
+    }
+
+    fn write_error(&self, source: io::Error) -> OutputError {
+        OutputError::Write { path: self.path.clone(), source }
+    }
+
+    fn rotate(&mut self) -> Result<(), OutputError> {
+        self.file.flush().map_err(|source| self.write_error(source))?;
+        let numbered = |n: u32| self.cfg.dir.join(format!("{FLOW_LOG}.{n}"));
+        if self.cfg.max_files == 0 {
+            fs::remove_file(&self.path).map_err(|source| self.write_error(source))?;
+        } else {
+            let oldest = numbered(self.cfg.max_files);
+            if oldest.exists() {
+                fs::remove_file(&oldest).map_err(|source| OutputError::Write { path: oldest.clone(), source })?;
+            }
+            for n in (1..self.cfg.max_files).rev() {
+                let from = numbered(n);
+                if from.exists() {
+                    fs::rename(&from, numbered(n + 1)).map_err(|source| OutputError::Write { path: from, source })?;
+                }
+            }
+            fs::rename(&self.path, numbered(1)).map_err(|source| self.write_error(source))?;
+        }
+        let (file, size) = open_append(&self.path)?;
+        self.file = file;
+        self.size = size;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> Result<(BufWriter<File>, u64), OutputError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| OutputError::Open { path: path.to_owned(), source })?;
+    let size = file.metadata().map_err(|source| OutputError::Open { path: path.to_owned(), source })?.len();
+    Ok((BufWriter::with_capacity(64 * 1024, file), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Action, Observed, Policies, Reporter};
+
+    fn record(n: u64) -> FlowRecord {
+        FlowRecord {
+            id: format!("{n:016x}"),
+            start_time: 100,
+            end_time: 115,
+            host: "node-a".into(),
+            action: Action::Allow,
+            reporter: Reporter::Src,
+            proto: "tcp".into(),
+            source_ip: Some("10.0.0.1".parse().unwrap()),
+            source_port: Some(40000),
+            source_name: "-".into(),
+            source_name_aggr: "pvt".into(),
+            source_namespace: "-".into(),
+            source_type: "net".into(),
+            source_labels: "-".into(),
+            dest_ip: Some("10.0.0.2".parse().unwrap()),
+            dest_port: Some(80),
+            dest_name: "-".into(),
+            dest_name_aggr: "pvt".into(),
+            dest_namespace: "-".into(),
+            dest_type: "net".into(),
+            dest_labels: "-".into(),
+            dest_service_name: "-".into(),
+            dest_service_namespace: "-".into(),
+            dest_service_port: "-".into(),
+            icmp_type: None,
+            icmp_code: None,
+            bytes_in: n,
+            bytes_out: 2 * n,
+            packets_in: 1,
+            packets_out: 2,
+            num_flows: 1,
+            num_flows_started: 1,
+            num_flows_completed: 0,
+            policies: Policies::default(),
+            flow_action: Action::Allow,
+            observed: Observed::Established,
+            num_established: 1,
+            num_attempted: 0,
+            num_rejected: 0,
+            source_cgroup_id: None,
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn writes_one_json_object_per_line_with_contract_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = FlowLogWriter::open(FileConfig { dir: dir.path().into(), max_file_size: 1 << 20, max_files: 2 }).unwrap();
+        w.write(&[record(1), record(2)]).unwrap();
+        let got = lines(&dir.path().join("flows.log"));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0]["bytes_in"], 1);
+        assert_eq!(got[1]["bytes_out"], 4);
+        assert_eq!(got[0]["reporter"], "src");
+        assert_eq!(got[0]["action"], "allow");
+        assert_eq!(got[0]["policies"]["enforced_policies"], serde_json::json!([]));
+        assert!(got[0].get("icmp_type").is_none());
+        assert_eq!(got[0]["source_cgroup_id"], serde_json::Value::Null.clone().as_null().map_or(serde_json::Value::Null, |_| serde_json::Value::Null));
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = serde_json::to_vec(&record(1)).unwrap().len() as u64 + 1;
+        // Room for two records per file, three files kept.
+        let mut w = FlowLogWriter::open(FileConfig { dir: dir.path().into(), max_file_size: 2 * one + 1, max_files: 3 }).unwrap();
+        for n in 1..=9 {
+            w.write(&[record(n)]).unwrap();
+        }
+        let ids = |name: &str| -> Vec<u64> {
+            lines(&dir.path().join(name)).iter().map(|v| v["bytes_in"].as_u64().unwrap()).collect()
+        };
+        assert_eq!(ids("flows.log"), vec![9]);
+        assert_eq!(ids("flows.log.1"), vec![7, 8]);
+        assert_eq!(ids("flows.log.2"), vec![5, 6]);
+        assert_eq!(ids("flows.log.3"), vec![3, 4]);
+        assert!(!dir.path().join("flows.log.4").exists(), "oldest beyond max_files is deleted");
+    }
+
+    #[test]
+    fn appends_to_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = FileConfig { dir: dir.path().into(), max_file_size: 1 << 20, max_files: 2 };
+        FlowLogWriter::open(cfg.clone()).unwrap().write(&[record(1)]).unwrap();
+        FlowLogWriter::open(cfg).unwrap().write(&[record(2)]).unwrap();
+        assert_eq!(lines(&dir.path().join("flows.log")).len(), 2);
+    }
+}

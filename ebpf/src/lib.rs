@@ -1,0 +1,2 @@
+//! Empty library target: lets `agent/build.rs` name this crate as a build dependency.
+#![no_std]
