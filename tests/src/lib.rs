@@ -1,1 +1,562 @@
+//! A lab of network namespaces that stands in for a Kubernetes node, for the kernel tests, the
+//! demo and the benchmarks.
+//!
+//! Takes: root privileges, iproute2, nftables, ethtool. Gives: a "node" network namespace and
+//! "pods" (network namespaces joined to the node by veth pairs, one cgroup v2 directory each,
+//! addresses from 10.231.N.0/24 and fd00:fa:N::/64 that exist only inside those namespaces),
+//! commands that run inside a pod (its netns and its cgroup) or the node, and nftables counters
+//! in the node's forward hook as an independent count. Must never: touch the machine's own
+//! interfaces or addresses, or leave anything behind: dropping a [`Lab`] kills the processes it
+//! started (by PID) and removes its namespaces, veths and cgroups, also when a test panics.
+//! Offloads are off on every veth, so an skb is a wire packet and nftables counts what the wire
+//! carries.
 
+use std::{
+    collections::HashMap,
+    fs::{self, File},
+    io::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Prefix of every name a lab creates (netns, links, cgroups).
+pub const PREFIX: &str = "fa";
+
+/// A lab command or set-up step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A command exited non-zero.
+    #[error("`{cmd}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// An I/O step failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, LabError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// Runs `program args`, failing with its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io(format!("running {program}")))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether this process is root (the kernel tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: no arguments, no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The cgroup v2 mount point, from /proc/mounts.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// One "pod": a network namespace behind a veth, with its own cgroup.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Short name (`p1`, `p2`, ...).
+    pub name: String,
+    /// Network namespace name (under /run/netns).
+    pub netns: String,
+    /// The veth end in the node namespace.
+    pub node_veth: String,
+    /// IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// IPv6 address.
+    pub ipv6: Ipv6Addr,
+    /// cgroup v2 directory of the pod's processes.
+    pub cgroup: PathBuf,
+}
+
+/// A node namespace, pods, and everything to remove at the end.
+pub struct Lab {
+    /// Unique id of this lab (part of every name).
+    pub id: String,
+    /// Node network namespace name.
+    pub node_netns: String,
+    /// The pods.
+    pub pods: Vec<Pod>,
+    /// cgroup v2 directory holding the pods' cgroups (attach the agent here).
+    pub cgroup: PathBuf,
+    children: Vec<Child>,
+    next_pod: u32,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn netns_file(name: &str) -> Result<File> {
+    File::open(format!("/run/netns/{name}")).map_err(io(format!("opening netns {name}")))
+}
+
+/// A command that runs in `netns` and, if given, joins `cgroup` before it starts.
+fn command_in(netns: &str, cgroup: Option<&Path>, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+    let ns = netns_file(netns)?;
+    let procs = match cgroup {
+        Some(dir) => Some(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+                .map_err(io(format!("opening {}/cgroup.procs", dir.display())))?,
+        ),
+        None => None,
+    };
+    let mut cmd = Command::new(program);
+    // SAFETY: between fork and exec only async-signal-safe syscalls run (write, setns), on fds
+    // opened before the fork and moved into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                // "0" moves the writing process: the child itself.
+                if libc::write(procs.as_raw_fd(), b"0\n".as_ptr().cast(), 2) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Runs `f` on a thread that has entered `netns` (sockets it opens live there).
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let ns = netns_file(netns)?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(LabError::Io { what: "setns".into(), source: std::io::Error::last_os_error() });
+        }
+        Ok(f())
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+impl Lab {
+    /// Creates the node namespace and `pods` pods, and removes leftovers of labs whose creating
+    /// process is gone (a run killed with SIGKILL cannot clean up after itself).
+    pub fn new(pods: usize) -> Result<Lab> {
+        cleanup_stale();
+        let pid = std::process::id();
+        let id = format!("{:x}{}", pid & 0xfffff, SEQ.fetch_add(1, Ordering::SeqCst));
+        let node_netns = format!("{PREFIX}{id}-node");
+        let root = cgroup2_root().ok_or_else(|| LabError::Io {
+            what: "finding the cgroup2 mount".into(),
+            source: std::io::Error::other("no cgroup2 in /proc/mounts"),
+        })?;
+        let cgroup = root.join(format!("{PREFIX}lab-{pid}-{id}"));
+        let mut lab = Lab { id, node_netns, pods: Vec::new(), cgroup, children: Vec::new(), next_pod: 1 };
+        run("ip", &["netns", "add", &lab.node_netns])?;
+        lab.ip_node(&["link", "set", "lo", "up"])?;
+        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            lab.node_run("sysctl", &["-qw", sysctl])?;
+        }
+        fs::create_dir(&lab.cgroup).map_err(io(format!("creating {}", lab.cgroup.display())))?;
+        for _ in 0..pods {
+            lab.add_pod()?;
+        }
+        Ok(lab)
+    }
+
+    fn ip_node(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", self.node_netns.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command in the node namespace and waits for it.
+    pub fn node_run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = command_in(&self.node_netns, None, program)?
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io(format!("running {program} in the node")))?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("(node) {program} {}", args.join(" ")),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Adds one pod: netns, veth pair (offloads off), addresses, routes, cgroup.
+    pub fn add_pod(&mut self) -> Result<Pod> {
+        let n = self.next_pod;
+        self.next_pod += 1;
+        let name = format!("p{n}");
+        let netns = format!("{PREFIX}{}-{name}", self.id);
+        let node_veth = format!("{PREFIX}{}{name}", self.id);
+        let ipv4 = Ipv4Addr::new(10, 231, n as u8, 2);
+        let ipv6: Ipv6Addr = format!("fd00:fa:{n:x}::2").parse().expect("valid");
+        let cgroup = self.cgroup.join(&name);
+        run("ip", &["netns", "add", &netns])?;
+        self.ip_node(&["link", "add", &node_veth, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        let in_pod = |args: &[&str]| -> Result<String> {
+            let mut full = vec!["-n", netns.as_str()];
+            full.extend_from_slice(args);
+            run("ip", &full)
+        };
+        // No DAD: the addresses are usable at once, and no extra ND packets are sent.
+        for (ns, dev) in [(self.node_netns.as_str(), node_veth.as_str()), (netns.as_str(), "eth0")] {
+            run("ip", &["netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")])?;
+            run("ip", &["netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off"])?;
+        }
+        self.ip_node(&["addr", "add", &format!("10.231.{n}.1/24"), "dev", &node_veth])?;
+        self.ip_node(&["addr", "add", &format!("fd00:fa:{n:x}::1/64"), "dev", &node_veth, "nodad"])?;
+        self.ip_node(&["link", "set", &node_veth, "up"])?;
+        in_pod(&["link", "set", "lo", "up"])?;
+        in_pod(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
+        in_pod(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
+        in_pod(&["link", "set", "eth0", "up"])?;
+        in_pod(&["route", "add", "default", "via", &format!("10.231.{n}.1")])?;
+        in_pod(&["-6", "route", "add", "default", "via", &format!("fd00:fa:{n:x}::1")])?;
+        fs::create_dir(&cgroup).map_err(io(format!("creating {}", cgroup.display())))?;
+        let pod = Pod { name, netns, node_veth, ipv4, ipv6, cgroup };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// Deletes a pod's namespace (its veth goes with it) and cgroup.
+    pub fn remove_pod(&mut self, name: &str) -> Result<()> {
+        let Some(i) = self.pods.iter().position(|p| p.name == name) else { return Ok(()) };
+        let pod = self.pods.remove(i);
+        run("ip", &["netns", "del", &pod.netns])?;
+        remove_cgroup(&pod.cgroup);
+        Ok(())
+    }
+
+    /// A pod by name.
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// A command that runs inside `pod` (its netns and cgroup).
+    pub fn pod_command(&self, pod: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        let p = self.pod(pod);
+        command_in(&p.netns, Some(&p.cgroup), program)
+    }
+
+    /// A command that runs inside `pod`'s netns but outside every lab cgroup.
+    pub fn pod_command_no_cgroup(&self, pod: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        command_in(&self.pod(pod).netns, None, program)
+    }
+
+    /// A command that runs in the node namespace (the agent's place).
+    pub fn node_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        command_in(&self.node_netns, None, program)
+    }
+
+    /// Starts `cmd` and keeps it to be killed when the lab goes. Returns its PID.
+    pub fn spawn(&mut self, mut cmd: Command) -> Result<u32> {
+        let child = cmd.stdin(Stdio::null()).spawn().map_err(io("spawning a lab process"))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Runs `cmd` to completion; fails with its stderr.
+    pub fn output(&self, mut cmd: Command) -> Result<String> {
+        let out = cmd.stdin(Stdio::null()).output().map_err(io("running a lab command"))?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("{cmd:?}"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Loads nftables counters into the node: one named counter per `(name, match)`, counting
+    /// forwarded packets (IP-layer bytes) that match. The independent count of the tests.
+    pub fn nft_counters(&self, rules: &[(&str, String)]) -> Result<()> {
+        let mut script = String::from("table inet falab {\n");
+        for (name, _) in rules {
+            script.push_str(&format!("  counter {name} {{ }}\n"));
+        }
+        script.push_str("  chain counted {\n    type filter hook forward priority -500; policy accept;\n");
+        for (name, matcher) in rules {
+            script.push_str(&format!("    {matcher} counter name \"{name}\"\n"));
+        }
+        script.push_str("  }\n}\n");
+        let mut child = self
+            .node_command("nft")?
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io("running nft"))?;
+        child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(io("writing to nft"))?;
+        let out = child.wait_with_output().map_err(io("waiting for nft"))?;
+        if !out.status.success() {
+            return Err(LabError::Command { cmd: format!("nft -f - <<{script}"), stderr: String::from_utf8_lossy(&out.stderr).into() });
+        }
+        Ok(())
+    }
+
+    /// Reads the named counters: name → (packets, bytes).
+    pub fn read_counters(&self) -> Result<HashMap<String, (u64, u64)>> {
+        let text = self.node_run("nft", &["-j", "list", "counters", "table", "inet", "falab"])?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| LabError::Io {
+            what: "parsing nft -j output".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let mut out = HashMap::new();
+        for item in json["nftables"].as_array().into_iter().flatten() {
+            if let Some(c) = item.get("counter") {
+                let name = c["name"].as_str().unwrap_or_default().to_owned();
+                out.insert(name, (c["packets"].as_u64().unwrap_or(0), c["bytes"].as_u64().unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Kills one process this lab started (by PID) and reaps it.
+    pub fn kill(&mut self, pid: u32, signal: i32) -> Option<std::process::ExitStatus> {
+        let i = self.children.iter().position(|c| c.id() == pid)?;
+        let mut child = self.children.remove(i);
+        // SAFETY: signalling a child we started and have not reaped.
+        unsafe { libc::kill(pid as i32, signal) };
+        child.wait().ok()
+    }
+
+    /// Waits up to `timeout` for process `pid` (started by this lab) to exit on its own.
+    pub fn wait(&mut self, pid: u32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let i = self.children.iter().position(|c| c.id() == pid)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.children[i].try_wait() {
+                self.children.remove(i);
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn remove_cgroup(dir: &Path) {
+    // Move stragglers to the parent, then remove leaves first.
+    let parent = dir.parent().map(Path::to_path_buf);
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    if let (Ok(procs), Some(parent)) = (fs::read_to_string(dir.join("cgroup.procs")), parent) {
+        for pid in procs.split_whitespace() {
+            let _ = fs::write(parent.join("cgroup.procs"), pid);
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for mut child in self.children.drain(..) {
+            // SAFETY: a child we started and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        for pod in &self.pods {
+            let _ = run("ip", &["netns", "del", &pod.netns]);
+        }
+        let _ = run("ip", &["netns", "del", &self.node_netns]);
+        remove_cgroup(&self.cgroup);
+    }
+}
+
+/// Removes namespaces and cgroups of labs whose creating process no longer runs.
+pub fn cleanup_stale() {
+    let Some(root) = cgroup2_root() else { return };
+    let alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
+    let mut dead_ids = Vec::new();
+    if let Ok(entries) = fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // fa lab-<pid>-<id>
+            let Some(rest) = name.strip_prefix(&format!("{PREFIX}lab-")) else { continue };
+            let mut parts = rest.splitn(2, '-');
+            let (Some(pid), Some(id)) = (parts.next(), parts.next()) else { continue };
+            if !alive(pid) {
+                dead_ids.push(id.to_owned());
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    if dead_ids.is_empty() {
+        return;
+    }
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for line in list.lines() {
+            let ns = line.split_whitespace().next().unwrap_or_default();
+            if dead_ids.iter().any(|id| ns.starts_with(&format!("{PREFIX}{id}-"))) {
+                let _ = run("ip", &["netns", "del", ns]);
+            }
+        }
+    }
+}
+
+/// Path of a binary built in this workspace's target directory (`debug` or `release`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("FLOWAUDIT_BIN_{}", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    target.join("debug").join(name)
+}
+
+/// The flowaudit agent running in a lab's node namespace.
+pub struct Agent {
+    /// PID of the agent process.
+    pub pid: u32,
+    /// Its flow-log directory.
+    pub flow_log_dir: PathBuf,
+    node_netns: String,
+    metrics_port: u16,
+}
+
+/// Metrics port of a lab agent (inside the node namespace, on its loopback).
+pub const AGENT_METRICS_PORT: u16 = 9464;
+
+impl Agent {
+    /// Starts `flowaudit run` in the node namespace with the lab's cgroup, level 0 aggregation,
+    /// 1 s flushes unless `extra` sets `--flush-interval`, then `extra`, and waits until `/readyz` answers 200.
+    pub fn start(lab: &mut Lab, flow_log_dir: &Path, extra: &[&str]) -> Result<Agent> {
+        let bin = workspace_bin("flowaudit");
+        let mut cmd = lab.node_command(&bin)?;
+        cmd.arg("run")
+            .arg("--cgroup")
+            .arg(&lab.cgroup)
+            .arg("--flow-log-dir")
+            .arg(flow_log_dir)
+            .args(if extra.contains(&"--flush-interval") { &[][..] } else { &["--flush-interval", "1s"][..] })
+            .args(["--aggregation-allowed", "0", "--node", "lab-node"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{AGENT_METRICS_PORT}")])
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let pid = lab.spawn(cmd)?;
+        let agent = Agent { pid, flow_log_dir: flow_log_dir.to_owned(), node_netns: lab.node_netns.clone(), metrics_port: AGENT_METRICS_PORT };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = agent.get("/readyz") {
+                return Ok(agent);
+            }
+            if let Some(status) = lab.wait(pid, Duration::from_millis(100)) {
+                return Err(LabError::Command { cmd: format!("{} run", bin.display()), stderr: format!("exited early: {status}") });
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Io { what: "waiting for /readyz".into(), source: std::io::Error::other("timed out") });
+            }
+        }
+    }
+
+    /// `GET path` on the agent's metrics server: (status, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        let port = self.metrics_port;
+        let path = path.to_owned();
+        in_netns(&self.node_netns, move || -> std::io::Result<(u16, String)> {
+            use std::io::Read as _;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+            Ok((status, body))
+        })?
+        .map_err(io("querying the agent"))
+    }
+
+    /// The value of one metric sample (`name{labels}` exactly as exposed), 0 if absent.
+    pub fn metric(&self, sample: &str) -> Result<f64> {
+        let (_, body) = self.get("/metrics")?;
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(self, lab: &mut Lab) -> Option<std::process::ExitStatus> {
+        // SAFETY: signalling a child the lab started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        lab.wait(self.pid, Duration::from_secs(30))
+    }
+
+    /// Every record in `flows.log*`, oldest file first.
+    pub fn records(dir: &Path) -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("flows.log"))).collect())
+            .unwrap_or_default();
+        // flows.log.N (oldest = highest N) first, flows.log last.
+        files.sort_by_key(|p| std::cmp::Reverse(p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()).unwrap_or(0)));
+        files
+            .iter()
+            .flat_map(|p| fs::read_to_string(p).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>())
+            .map(|l| serde_json::from_str(&l).expect("flows.log lines are JSON"))
+            .collect()
+    }
+}
+
+/// Sum of a flow's records for one reporter: (packets_out, bytes_out, packets_in, bytes_in,
+/// records). `matches` selects records by their fields.
+pub fn totals(records: &[serde_json::Value], reporter: &str, matches: impl Fn(&serde_json::Value) -> bool) -> (u64, u64, u64, u64, usize) {
+    let mut t = (0, 0, 0, 0, 0);
+    for r in records.iter().filter(|r| r["reporter"] == reporter && matches(r)) {
+        t.0 += r["packets_out"].as_u64().unwrap_or(0);
+        t.1 += r["bytes_out"].as_u64().unwrap_or(0);
+        t.2 += r["packets_in"].as_u64().unwrap_or(0);
+        t.3 += r["bytes_in"].as_u64().unwrap_or(0);
+        t.4 += 1;
+    }
+    t
+}

@@ -1,0 +1,145 @@
+//! Traffic generator for the lab: known TCP and UDP exchanges with fixed source ports, so a test
+//! knows every 5-tuple in advance. Prints a JSON tally of what it sent and received.
+//!
+//! ```text
+//! fa-traffic tcp-serve ADDR PORT REPLY_BYTES      # per connection: read to EOF, send REPLY_BYTES
+//! fa-traffic tcp-send ADDR PORT SPORT BYTES       # connect from SPORT, send, half-close, read to EOF
+//! fa-traffic tcp-refused ADDR PORT SPORT          # connect; succeeds when refused
+//! fa-traffic udp-echo ADDR PORT                   # echo every datagram
+//! fa-traffic udp-send ADDR PORT SPORT COUNT SIZE [ECHO] # COUNT datagrams; ECHO=1 waits for each echo
+//! fa-traffic udp-spray ADDR FIRST_PORT PORTS SPORT # one 64-byte datagram to each of PORTS ports
+//! ```
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("argument {i} ({what}) missing or invalid"))
+}
+
+fn socket(addr: &SocketAddr, ty: Type, proto: Protocol) -> Socket {
+    let s = Socket::new(Domain::for_address(*addr), ty, Some(proto)).expect("socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s
+}
+
+fn bound(ip: IpAddr, sport: u16, target: &SocketAddr, ty: Type, proto: Protocol) -> Socket {
+    let s = socket(target, ty, proto);
+    let local = SocketAddr::new(
+        if ip.is_ipv4() { "0.0.0.0".parse().expect("ip") } else { "::".parse().expect("ip") },
+        sport,
+    );
+    s.bind(&local.into()).expect("bind source port");
+    s
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).map(String::as_str).unwrap_or("");
+    match mode {
+        "tcp-serve" => {
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let reply: usize = arg(&args, 4, "reply bytes");
+            let listener = TcpListener::bind((ip, port)).expect("listen");
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    let _ = stream.write_all(&vec![b'r'; reply]);
+                });
+            }
+        }
+        "tcp-send" => {
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let sport: u16 = arg(&args, 4, "sport");
+            let bytes: usize = arg(&args, 5, "bytes");
+            let target = SocketAddr::new(ip, port);
+            let s = bound(ip, sport, &target, Type::STREAM, Protocol::TCP);
+            s.connect_timeout(&target.into(), Duration::from_secs(5)).expect("connect");
+            let mut stream: TcpStream = s.into();
+            stream.write_all(&vec![b's'; bytes]).expect("send");
+            stream.shutdown(std::net::Shutdown::Write).expect("half-close");
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received).expect("read reply");
+            println!("{{\"sent\":{bytes},\"received\":{}}}", received.len());
+        }
+        "tcp-refused" => {
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let sport: u16 = arg(&args, 4, "sport");
+            let target = SocketAddr::new(ip, port);
+            let s = bound(ip, sport, &target, Type::STREAM, Protocol::TCP);
+            match s.connect_timeout(&target.into(), Duration::from_secs(5)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("{{\"refused\":true}}"),
+                other => panic!("expected a refused connection, got {other:?}"),
+            }
+        }
+        "udp-echo" => {
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let sock = UdpSocket::bind((ip, port)).expect("bind");
+            let mut buf = vec![0u8; 65536];
+            loop {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        }
+        "udp-send" => {
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let sport: u16 = arg(&args, 4, "sport");
+            let count: usize = arg(&args, 5, "count");
+            let size: usize = arg(&args, 6, "size");
+            let echo = args.get(7).is_some_and(|s| s == "1");
+            let target = SocketAddr::new(ip, port);
+            let sock: UdpSocket = bound(ip, sport, &target, Type::DGRAM, Protocol::UDP).into();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            let payload = vec![b'u'; size];
+            let mut received = 0;
+            let mut buf = vec![0u8; 65536];
+            for _ in 0..count {
+                sock.send_to(&payload, target).expect("send");
+                if echo {
+                    let (n, _) = sock.recv_from(&mut buf).expect("echo reply");
+                    received += n;
+                }
+            }
+            println!("{{\"sent\":{},\"received\":{received}}}", count * size);
+        }
+        "udp-spray" => {
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let first: u16 = arg(&args, 3, "first port");
+            let ports: u16 = arg(&args, 4, "ports");
+            let sport: u16 = arg(&args, 5, "sport");
+            let target = SocketAddr::new(ip, first);
+            let sock: UdpSocket = bound(ip, sport, &target, Type::DGRAM, Protocol::UDP).into();
+            let payload = [b'x'; 64];
+            let mut sent = 0u64;
+            for p in 0..ports {
+                if sock.send_to(&payload, SocketAddr::new(ip, first + p)).is_ok() {
+                    sent += 1;
+                }
+            }
+            println!("{{\"datagrams\":{sent}}}");
+        }
+        _ => {
+            eprintln!("usage: fa-traffic tcp-serve|tcp-send|tcp-refused|udp-echo|udp-send|udp-spray ...");
+            std::process::exit(2);
+        }
+    }
+}

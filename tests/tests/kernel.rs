@@ -1,0 +1,328 @@
+//! Kernel tests: the real eBPF programs in this machine's kernel, real traffic between lab pods,
+//! flow-log records compared exactly with nftables counters in the node's forward hook.
+//!
+//! Need root (they create namespaces, veths, cgroups and load programs). Without root they say
+//! so and pass, unless `FLOWAUDIT_REQUIRE_ROOT_TESTS=1` (set by `cargo xtask test`), where a
+//! skip is a failure. Every test removes what it created, also when it fails (the `Lab` drop).
+
+use std::{path::Path, time::Duration};
+
+use flowaudit_lab::{Agent, Lab, is_root, totals, workspace_bin};
+use serde_json::Value;
+
+fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+        "{test} needs root and FLOWAUDIT_REQUIRE_ROOT_TESTS=1 forbids skipping"
+    );
+    eprintln!("skipped {test}: needs root");
+    false
+}
+
+fn traffic() -> std::path::PathBuf {
+    workspace_bin("fa-traffic")
+}
+
+/// One flow of the plan: how to find its records and the nft counters of its two directions.
+struct Flow {
+    name: &'static str,
+    proto: &'static str,
+    src: String,
+    sport: Option<u64>,
+    dst: String,
+    dport: Option<u64>,
+}
+
+impl Flow {
+    fn matches(&self, r: &Value) -> bool {
+        r["proto"] == self.proto
+            && r["source_ip"] == self.src.as_str()
+            && r["dest_ip"] == self.dst.as_str()
+            && r["source_port"].as_u64() == self.sport
+            && r["dest_port"].as_u64() == self.dport
+    }
+}
+
+/// The known traffic of the exact-count tests: TCP over IPv4 and IPv6 with known sizes, UDP
+/// datagrams with echoes, ICMP echo, and a refused TCP connection.
+fn run_plan(lab: &mut Lab) -> Vec<Flow> {
+    let (p1, p2, p3) = (lab.pod("p1").clone(), lab.pod("p2").clone(), lab.pod("p3").clone());
+    let flows = vec![
+        Flow { name: "tcp4", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(40001), dst: p2.ipv4.to_string(), dport: Some(5001) },
+        Flow { name: "tcp6", proto: "tcp", src: p1.ipv6.to_string(), sport: Some(40002), dst: p3.ipv6.to_string(), dport: Some(5002) },
+        Flow { name: "udp", proto: "udp", src: p2.ipv4.to_string(), sport: Some(40003), dst: p3.ipv4.to_string(), dport: Some(5353) },
+        Flow { name: "icmp", proto: "icmp", src: p3.ipv4.to_string(), sport: None, dst: p1.ipv4.to_string(), dport: None },
+        Flow { name: "refused", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(40004), dst: p2.ipv4.to_string(), dport: Some(5999) },
+    ];
+    let rules = vec![
+        ("tcp4_fwd", format!("ip saddr {} ip daddr {} tcp sport 40001 tcp dport 5001", p1.ipv4, p2.ipv4)),
+        ("tcp4_rev", format!("ip saddr {} ip daddr {} tcp sport 5001 tcp dport 40001", p2.ipv4, p1.ipv4)),
+        ("tcp6_fwd", format!("ip6 saddr {} ip6 daddr {} tcp sport 40002 tcp dport 5002", p1.ipv6, p3.ipv6)),
+        ("tcp6_rev", format!("ip6 saddr {} ip6 daddr {} tcp sport 5002 tcp dport 40002", p3.ipv6, p1.ipv6)),
+        ("udp_fwd", format!("ip saddr {} ip daddr {} udp sport 40003 udp dport 5353", p2.ipv4, p3.ipv4)),
+        ("udp_rev", format!("ip saddr {} ip daddr {} udp sport 5353 udp dport 40003", p3.ipv4, p2.ipv4)),
+        ("icmp_fwd", format!("ip saddr {} ip daddr {} icmp type echo-request", p3.ipv4, p1.ipv4)),
+        ("icmp_rev", format!("ip saddr {} ip daddr {} icmp type echo-reply", p1.ipv4, p3.ipv4)),
+        ("refused_fwd", format!("ip saddr {} ip daddr {} tcp sport 40004 tcp dport 5999", p1.ipv4, p2.ipv4)),
+        ("refused_rev", format!("ip saddr {} ip daddr {} tcp sport 5999 tcp dport 40004", p2.ipv4, p1.ipv4)),
+    ];
+    let rules: Vec<(&str, String)> = rules.into_iter().collect();
+    lab.nft_counters(&rules).expect("nft counters");
+
+    let t = traffic();
+    let mut serve = |pod: &str, args: &[String]| {
+        let mut cmd = lab.pod_command(pod, &t).expect("pod command");
+        cmd.args(args);
+        lab.spawn(cmd).expect("server");
+    };
+    serve("p2", &["tcp-serve".into(), p2.ipv4.to_string(), "5001".into(), "5000".into()]);
+    serve("p3", &["tcp-serve".into(), p3.ipv6.to_string(), "5002".into(), "7000".into()]);
+    serve("p3", &["udp-echo".into(), p3.ipv4.to_string(), "5353".into()]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let client = |lab: &Lab, pod: &str, args: &[String]| -> String {
+        let mut cmd = lab.pod_command(pod, &t).expect("pod command");
+        cmd.args(args);
+        lab.output(cmd).expect("client")
+    };
+    let out = client(lab, "p1", &["tcp-send".into(), p2.ipv4.to_string(), "5001".into(), "40001".into(), "100000".into()]);
+    assert_eq!(out.trim(), r#"{"sent":100000,"received":5000}"#);
+    let out = client(lab, "p1", &["tcp-send".into(), p3.ipv6.to_string(), "5002".into(), "40002".into(), "30000".into()]);
+    assert_eq!(out.trim(), r#"{"sent":30000,"received":7000}"#);
+    let out = client(lab, "p2", &["udp-send".into(), p3.ipv4.to_string(), "5353".into(), "40003".into(), "10".into(), "300".into(), "1".into()]);
+    assert_eq!(out.trim(), r#"{"sent":3000,"received":3000}"#);
+    let out = client(lab, "p1", &["tcp-refused".into(), p2.ipv4.to_string(), "5999".into(), "40004".into()]);
+    assert_eq!(out.trim(), r#"{"refused":true}"#);
+    let mut ping = lab.pod_command("p3", "ping").expect("ping");
+    ping.args(["-c", "3", "-i", "0.2", "-W", "2", &p1.ipv4.to_string()]);
+    lab.output(ping).expect("ping");
+    flows
+}
+
+/// Asserts that the `reporter` records of `flow` carry exactly the nft counts.
+fn assert_exact(records: &[Value], counters: &std::collections::HashMap<String, (u64, u64)>, flow: &Flow, reporter: &str) {
+    let fwd = counters[&format!("{}_fwd", flow.name)];
+    let rev = counters[&format!("{}_rev", flow.name)];
+    assert!(fwd.0 > 0, "{}: nft saw no forward packets", flow.name);
+    let (p_out, b_out, p_in, b_in, n) = totals(records, reporter, |r| flow.matches(r));
+    assert!(n > 0, "{}: no {reporter} record", flow.name);
+    let got = match reporter {
+        // src and fwd: out = what the source sent.
+        "src" | "fwd" => ((p_out, b_out), (p_in, b_in)),
+        // dst: in = what the destination received from the source.
+        _ => ((p_in, b_in), (p_out, b_out)),
+    };
+    eprintln!("{:>8} {reporter}: records {got:?} nftables {:?} ({n} records)", flow.name, (fwd, rev));
+    assert_eq!(got, (fwd, rev), "{} {reporter}: (source→dest, dest→source) as (packets, bytes) vs nftables", flow.name);
+}
+
+fn sum_field(records: &[Value], reporter: &str, flow: &Flow, field: &str) -> u64 {
+    records.iter().filter(|r| r["reporter"] == reporter && flow.matches(r)).map(|r| r[field].as_u64().unwrap_or(0)).sum()
+}
+
+fn observed(records: &[Value], reporter: &str, flow: &Flow) -> Vec<String> {
+    let mut v: Vec<String> = records
+        .iter()
+        .filter(|r| r["reporter"] == reporter && flow.matches(r))
+        .map(|r| r["observed"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    v.dedup();
+    v
+}
+
+#[test]
+fn exact_counts_with_cgroup_and_tc_hooks() {
+    if !root_or_skip("exact_counts_with_cgroup_and_tc_hooks") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    let logs = tempfile::tempdir().unwrap();
+    let glob = format!("fa{}p*", lab.id);
+    let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("agent");
+    assert_eq!(agent.metric(r#"flowaudit_attached_programs{hook="tc_ingress"}"#).unwrap(), 3.0);
+    let flows = run_plan(&mut lab);
+    std::thread::sleep(Duration::from_millis(1500));
+    let counters = lab.read_counters().expect("counters");
+    let status = agent.stop(&mut lab).expect("agent exits");
+    assert!(status.success(), "agent exit status {status}");
+    let records = Agent::records(logs.path());
+
+    for flow in &flows {
+        // Both ends are local pods: one record per reporter, each with the full counts.
+        assert_exact(&records, &counters, flow, "src");
+        assert_exact(&records, &counters, flow, "dst");
+        assert_eq!(totals(&records, "fwd", |r| flow.matches(r)).4, 0, "{}: no fwd record for local pods", flow.name);
+    }
+    let by_name = |n: &str| flows.iter().find(|f| f.name == n).unwrap();
+    for name in ["tcp4", "tcp6"] {
+        let f = by_name(name);
+        for reporter in ["src", "dst"] {
+            assert_eq!(sum_field(&records, reporter, f, "num_flows_started"), 1, "{name} {reporter}");
+            assert_eq!(sum_field(&records, reporter, f, "num_flows_completed"), 1, "{name} {reporter}");
+            assert_eq!(observed(&records, reporter, f), ["established"], "{name} {reporter}");
+        }
+    }
+    let refused = by_name("refused");
+    assert_eq!(observed(&records, "src", refused), ["rejected"]);
+    assert_eq!(sum_field(&records, "src", refused, "num_flows_completed"), 1);
+    assert_eq!(observed(&records, "src", by_name("udp")), ["established"]);
+    let icmp: Vec<&Value> = records.iter().filter(|r| by_name("icmp").matches(r)).collect();
+    assert!(icmp.iter().all(|r| r["icmp_type"] == 8 && r["icmp_code"] == 0 && r["observed"] == "established"));
+    // Records name the node and carry the contract's fields.
+    assert!(records.iter().all(|r| r["host"] == "lab-node" && r["action"] == "allow" && r["source_name"] == "-"));
+    // The cgroup hook saw the client's socket: its cgroup id is on the src records.
+    let cg = std::fs::metadata(&lab.pod("p1").cgroup).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    assert!(records.iter().filter(|r| by_name("tcp4").matches(r)).all(|r| r["source_cgroup_id"] == cg));
+}
+
+#[test]
+fn exact_counts_with_the_cgroup_hook_only() {
+    if !root_or_skip("exact_counts_with_the_cgroup_hook_only") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    let logs = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&mut lab, logs.path(), &[]).expect("agent");
+    let flows = run_plan(&mut lab);
+    std::thread::sleep(Duration::from_millis(1500));
+    let counters = lab.read_counters().expect("counters");
+    assert!(agent.stop(&mut lab).expect("exit").success());
+    let records = Agent::records(logs.path());
+    for flow in &flows {
+        // Every client socket is in a pod cgroup.
+        assert_exact(&records, &counters, flow, "src");
+    }
+    for flow in flows.iter().filter(|f| ["tcp4", "tcp6", "udp"].contains(&f.name)) {
+        // Servers are sockets in pod cgroups too.
+        assert_exact(&records, &counters, flow, "dst");
+    }
+    for flow in flows.iter().filter(|f| ["refused", "icmp"].contains(&f.name)) {
+        // The destination's kernel answered (RST, echo reply) with no socket of a pod: no dst side.
+        assert_eq!(totals(&records, "dst", |r| flow.matches(r)).4, 0, "{}", flow.name);
+    }
+}
+
+#[test]
+fn a_full_table_spills_to_the_ring_buffer_and_counts_every_loss() {
+    if !root_or_skip("a_full_table_spills_to_the_ring_buffer_and_counts_every_loss") {
+        return;
+    }
+    let mut lab = Lab::new(2).expect("lab");
+    let logs = tempfile::tempdir().unwrap();
+    let config = logs.path().join("flowaudit.yaml");
+    std::fs::write(&config, "flow_table_entries: 4\nring_buffer_size: 4KiB\n").unwrap();
+    let flow_dir = logs.path().join("flows");
+    let agent = Agent::start(&mut lab, &flow_dir, &["--config", config.to_str().unwrap()]).expect("agent");
+    let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
+    lab.nft_counters(&[("spray", format!("ip saddr {} ip daddr {} udp sport 41000 udp dport 20000-29999", p1.ipv4, p2.ipv4))]).unwrap();
+    let mut cmd = lab.pod_command("p1", traffic()).unwrap();
+    cmd.args(["udp-spray", &p2.ipv4.to_string(), "20000", "8000", "41000"]);
+    let out = lab.output(cmd).expect("spray");
+    assert_eq!(out.trim(), r#"{"datagrams":8000}"#);
+    std::thread::sleep(Duration::from_millis(1500));
+    let spilled = agent.metric(r#"flowaudit_kernel_events_total{counter="table_full_packets",hook="cgroup_egress"}"#).unwrap() as u64;
+    let lost = agent.metric(r#"flowaudit_kernel_events_total{counter="lost_packets",hook="cgroup_egress"}"#).unwrap() as u64;
+    let lost_bytes = agent.metric(r#"flowaudit_kernel_events_total{counter="lost_bytes",hook="cgroup_egress"}"#).unwrap() as u64;
+    let ring_read = agent.metric("flowaudit_ringbuf_events_total").unwrap() as u64;
+    let counters = lab.read_counters().unwrap();
+    assert!(agent.stop(&mut lab).expect("exit").success());
+    let records = Agent::records(&flow_dir);
+    let (packets, bytes, _, _, n) = totals(&records, "src", |r| {
+        r["proto"] == "udp" && r["source_port"] == 41000 && r["dest_ip"] == p2.ipv4.to_string().as_str()
+    });
+    let (nft_packets, nft_bytes) = counters["spray"];
+    assert_eq!(nft_packets, 8000);
+    assert!(spilled > 0, "the 4-entry table never filled");
+    assert_eq!(ring_read, spilled, "every spilled packet was read from the ring buffer");
+    assert!(lost > 0, "a 4 KiB ring buffer did not overflow under 8000 new flows");
+    // No uncounted loss: records plus counted losses are the independent count, exactly.
+    assert_eq!((packets + lost, bytes + lost_bytes), (nft_packets, nft_bytes), "{n} records, {lost} lost");
+}
+
+#[test]
+fn interfaces_that_appear_later_are_attached_and_ones_that_go_are_forgotten() {
+    if !root_or_skip("interfaces_that_appear_later_are_attached_and_ones_that_go_are_forgotten") {
+        return;
+    }
+    let mut lab = Lab::new(2).expect("lab");
+    let logs = tempfile::tempdir().unwrap();
+    let glob = format!("fa{}p*", lab.id);
+    let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("agent");
+    let tc_ingress = r#"flowaudit_attached_programs{hook="tc_ingress"}"#;
+    assert_eq!(agent.metric(tc_ingress).unwrap(), 2.0);
+    let p3 = lab.add_pod().expect("pod 3");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(agent.metric(tc_ingress).unwrap(), 3.0, "new veth attached within a second");
+    // The server runs outside every lab cgroup: only TC on the new veth can see its side.
+    let p1 = lab.pod("p1").clone();
+    lab.nft_counters(&[
+        ("new_fwd", format!("ip saddr {} ip daddr {} tcp dport 5003", p1.ipv4, p3.ipv4)),
+        ("new_rev", format!("ip saddr {} ip daddr {} tcp sport 5003", p3.ipv4, p1.ipv4)),
+    ])
+    .unwrap();
+    let mut server = lab.pod_command_no_cgroup(&p3.name, traffic()).unwrap();
+    server.args(["tcp-serve", &p3.ipv4.to_string(), "5003", "1000"]);
+    lab.spawn(server).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = lab.pod_command("p1", traffic()).unwrap();
+    client.args(["tcp-send", &p3.ipv4.to_string(), "5003", "40005", "20000"]);
+    lab.output(client).expect("client");
+    lab.remove_pod("p2").expect("remove p2");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(agent.metric(tc_ingress).unwrap(), 2.0, "the deleted veth is forgotten");
+    let counters = lab.read_counters().unwrap();
+    assert!(agent.stop(&mut lab).expect("exit").success());
+    let records = Agent::records(logs.path());
+    let flow = Flow { name: "new", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(40005), dst: p3.ipv4.to_string(), dport: Some(5003) };
+    assert_exact(&records, &counters, &flow, "dst");
+    assert_exact(&records, &counters, &flow, "src");
+}
+
+fn cgroup_programs(dir: &Path) -> String {
+    flowaudit_lab::run("bpftool", &["cgroup", "show", dir.to_str().unwrap()]).unwrap_or_default()
+}
+
+#[test]
+fn sigterm_flushes_open_flows_and_sigkill_leaves_nothing_attached() {
+    if !root_or_skip("sigterm_flushes_open_flows_and_sigkill_leaves_nothing_attached") {
+        return;
+    }
+    let mut lab = Lab::new(2).expect("lab");
+    let logs = tempfile::tempdir().unwrap();
+    let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
+    // An hour-long interval: only the shutdown drain can write these records.
+    let agent = Agent::start(&mut lab, logs.path(), &["--flush-interval", "1h"]).expect("agent");
+    assert!(cgroup_programs(&lab.cgroup).contains("flowaudit_cg_egress"));
+    lab.nft_counters(&[
+        ("udp_fwd", format!("ip saddr {} ip daddr {} udp dport 6000", p1.ipv4, p2.ipv4)),
+        ("udp_rev", format!("ip saddr {} ip daddr {} udp sport 6000", p2.ipv4, p1.ipv4)),
+    ])
+    .unwrap();
+    let mut cmd = lab.pod_command("p1", traffic()).unwrap();
+    cmd.args(["udp-send", &p2.ipv4.to_string(), "6000", "40006", "25", "100"]);
+    lab.output(cmd).unwrap();
+    let counters = lab.read_counters().unwrap();
+    let status = agent.stop(&mut lab).expect("agent exits after SIGTERM");
+    assert!(status.success(), "{status}");
+    let records = Agent::records(logs.path());
+    let (p_out, b_out, _, _, n) = totals(&records, "src", |r| r["source_port"] == 40006);
+    assert_eq!(n, 1);
+    assert_eq!((p_out, b_out), counters["udp_fwd"]);
+    assert_eq!(counters["udp_fwd"].0, 25);
+    assert!(!cgroup_programs(&lab.cgroup).contains("flowaudit"), "SIGTERM detaches");
+
+    // SIGKILL: the links die with the process; the next start works.
+    let glob = format!("fa{}p*", lab.id);
+    let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("agent");
+    let pid = agent.pid;
+    lab.kill(pid, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!cgroup_programs(&lab.cgroup).contains("flowaudit"), "nothing left on the cgroup after SIGKILL");
+    let tc = lab.node_run("bpftool", &["net", "show"]).unwrap_or_default();
+    assert!(!tc.contains("flowaudit"), "nothing left on the interfaces after SIGKILL: {tc}");
+    let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("a new start works");
+    assert!(agent.stop(&mut lab).expect("exit").success());
+}
