@@ -1,1 +1,117 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench`.
+//!
+//! Every task installs what it needs first, idempotently (`setup`): Debian packages, the nightly
+//! toolchain's `rust-src`, and bpf-linker built against Debian's LLVM 22. Root-only steps (apt,
+//! the lab) say so when run without root.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install build and test dependencies (idempotent).
+    Setup,
+    /// Build the agent (and the lab tools).
+    Build {
+        /// Release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Unit tests, then the kernel tests (root).
+    Test,
+    /// A lab node with three pods, the agent, traffic, the flow log; cleaned up at the end.
+    Demo,
+    /// The demo itself, run as a child of `demo` (which cleans up if it is interrupted).
+    #[command(hide = true)]
+    DemoRun,
+    /// Per-packet cost of each program and iperf3 throughput with and without the agent.
+    Bench,
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// `cargo` with `$CARGO_HOME/bin` (bpf-linker) on PATH, run at the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root()).env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+/// Runs `cmd`, failing with its description when it fails.
+pub fn status(mut cmd: Command) -> anyhow::Result<()> {
+    let what = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Builds the agent and the lab tools; returns the target profile directory.
+pub fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "flowaudit", "-p", "flowaudit-lab"]);
+    if release {
+        cmd.arg("--release");
+    }
+    status(cmd)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    Ok(target.join(if release { "release" } else { "debug" }))
+}
+
+fn is_root() -> bool {
+    // SAFETY: no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn test() -> anyhow::Result<()> {
+    setup::run()?;
+    let bin = build(false)?;
+    // Unit and pipeline tests: no root, no kernel.
+    let mut unit = cargo();
+    unit.args(["test", "-p", "flowaudit-common", "-p", "flowaudit", "-p", "xtask"]);
+    status(unit)?;
+    // Kernel tests: the real programs, the lab, root.
+    if !is_root() {
+        bail!("the kernel tests need root: run `sudo -E cargo xtask test`");
+    }
+    let mut kernel = cargo();
+    kernel
+        .args(["test", "-p", "flowaudit-lab", "--", "--test-threads", "2"])
+        .env("FLOWAUDIT_REQUIRE_ROOT_TESTS", "1")
+        .env("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
+    status(kernel)
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => {
+            setup::run()?;
+            build(release).map(|_| ())
+        }
+        Task::Test => test(),
+        Task::Demo => demo::supervise(),
+        Task::DemoRun => demo::run(),
+        Task::Bench => bench::run(),
+    }
+}

@@ -12,6 +12,7 @@
 //! whose name matches a glob, through TCX at the head of the chain (kernel 6.6+) or a clsact
 //! filter otherwise. Links are owned by this process: they go when it exits, however it exits.
 
+pub mod bench;
 mod ifaces;
 mod metrics;
 
