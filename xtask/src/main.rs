@@ -83,23 +83,57 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Runs a `cargo test` command, echoing its output; returns (passed, failed) summed over its
+/// `test result:` lines.
+fn cargo_test(mut cmd: Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::BufRead as _;
+    let what = format!("{cmd:?}");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {what}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in std::io::BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';').find_map(|part| part.trim().strip_suffix(word)?.split_whitespace().last()?.parse::<u64>().ok())
+            };
+            passed += num(" passed").unwrap_or(0);
+            failed += num(" failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("{what} failed: {status}");
+    }
+    Ok((passed, failed))
+}
+
 fn test() -> anyhow::Result<()> {
     setup::run()?;
     let bin = build(false)?;
     // Unit and pipeline tests: no root, no kernel.
     let mut unit = cargo();
-    unit.args(["test", "-p", "flowaudit-common", "-p", "flowaudit", "-p", "xtask"]);
-    status(unit)?;
+    unit.args(["test", "--no-fail-fast", "-p", "flowaudit-common", "-p", "flowaudit", "-p", "xtask"]);
+    let (mut passed, mut failed) = cargo_test(unit)?;
     // Kernel tests: the real programs, the lab, root.
-    if !is_root() {
-        bail!("the kernel tests need root: run `sudo -E cargo xtask test`");
+    if is_root() {
+        let mut kernel = cargo();
+        kernel
+            .args(["test", "--no-fail-fast", "-p", "flowaudit-lab", "--", "--test-threads", "2"])
+            .env("FLOWAUDIT_REQUIRE_ROOT_TESTS", "1")
+            .env("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
+        let (p, f) = cargo_test(kernel)?;
+        passed += p;
+        failed += f;
     }
-    let mut kernel = cargo();
-    kernel
-        .args(["test", "-p", "flowaudit-lab", "--", "--test-threads", "2"])
-        .env("FLOWAUDIT_REQUIRE_ROOT_TESTS", "1")
-        .env("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
-    status(kernel)
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    if !is_root() {
+        bail!("the kernel tests need root and did not run: run `sudo -E cargo xtask test`");
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
