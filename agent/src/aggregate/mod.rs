@@ -8,9 +8,10 @@
 //! - **Connections.** Observations of both directions of a connection share one entry, keyed by
 //!   protocol and the two endpoints (ICMP echo: the identifier). The initiator (the record's
 //!   source) is the sender of the first SYN (TCP), of the echo request (ICMP echo), or of the
-//!   first packet seen (others). A connection seen with no SYN (it was open before the agent
-//!   started, or its SYN fell in a forgotten interval): the endpoint with the higher port is the
-//!   initiator (servers listen on low ports); equal ports: the sender of the earliest packet.
+//!   first packet seen (others). Connections that may predate the agent — TCP seen with no SYN,
+//!   and any non-ICMP flow first seen in the agent's first interval — take the endpoint with the
+//!   higher port as initiator (servers listen on low ports); equal ports: the earliest sender.
+//!   A SYN-ACK alone names its receiver as the initiator.
 //! - **Sides.** Each observation belongs to one side: cgroup egress and TC ingress on a pod
 //!   interface to the packet's sender, cgroup ingress and TC egress on a pod interface to its
 //!   receiver; TC on a host interface is transit. A side exists when it has an observation:
