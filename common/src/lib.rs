@@ -78,31 +78,27 @@ impl ObsPoint {
     }
 }
 
-/// Per-hook kernel counters (second index of the counter array). Values are never reused.
+/// Per-hook kernel counters (second index of the counter array) of the packets that do not end
+/// in the flow table. Packets and bytes that do are counted by the agent when it drains the
+/// table, which keeps two atomic adds off every packet's path. Values are never reused.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Wire packets the hook saw (IP or not).
-    Packets = 0,
-    /// IP-layer bytes of the IP packets the hook saw.
-    Bytes = 1,
     /// Wire packets sent to the ring buffer because the flow table was full.
-    TableFullPackets = 2,
+    TableFullPackets = 0,
     /// Wire packets lost: table full and ring buffer full (or no table installed).
-    LostPackets = 3,
+    LostPackets = 1,
     /// IP-layer bytes of the lost packets.
-    LostBytes = 4,
+    LostBytes = 2,
     /// Packets that were not IPv4/IPv6 (ARP, LLDP, ...): no flow, counted only here.
-    NonIpPackets = 5,
+    NonIpPackets = 3,
     /// IP packets whose headers could not be read: no flow, counted only here.
-    MalformedPackets = 6,
+    MalformedPackets = 4,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 7] = [
-        Counter::Packets,
-        Counter::Bytes,
+    pub const ALL: [Counter; 5] = [
         Counter::TableFullPackets,
         Counter::LostPackets,
         Counter::LostBytes,
@@ -113,8 +109,6 @@ impl Counter {
     /// Stable lower-case name, used in metric names.
     pub const fn name(self) -> &'static str {
         match self {
-            Counter::Packets => "packets",
-            Counter::Bytes => "bytes",
             Counter::TableFullPackets => "table_full_packets",
             Counter::LostPackets => "lost_packets",
             Counter::LostBytes => "lost_bytes",

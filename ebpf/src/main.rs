@@ -3,8 +3,8 @@
 //! Takes: packets at `cgroup_skb` ingress/egress (sockets of the attached cgroup subtree) and at
 //! TC ingress/egress of watched interfaces. Gives: per-flow counters in the flow table installed
 //! in `FLOW_TABLES[0]` by the agent; a `FlowEvent` per packet in `FLOW_EVENTS` when that table is
-//! full; per-CPU counters per hook in `COUNTERS` (every packet, and every packet that could be put
-//! nowhere). Must never: change a packet's fate (cgroup programs return 1 = allow, TC programs
+//! full; per-CPU counters per hook in `COUNTERS` of the packets that did not reach the table
+//! (spilled to the ring buffer, lost, not IP, malformed). Must never: change a packet's fate (cgroup programs return 1 = allow, TC programs
 //! return `TC_ACT_UNSPEC` so the next program in the chain still runs), lose a count silently, or
 //! use an LRU map (it would evict flows without telling anyone).
 //!
@@ -21,7 +21,7 @@ use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, __sk_buff},
     btf_maps::{ArrayOfMaps, HashMap, PerCpuArray, RingBuf},
-    helpers::{bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes_relative},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes_relative},
     macros::{btf_map, cgroup_skb, classifier},
     programs::{SkBuffContext, TcContext},
 };
@@ -140,7 +140,6 @@ fn observe(skb: *mut __sk_buff, obs: ObsPoint, l2_len: u32) {
         )
     };
     let segs = if gso_segs > 1 { gso_segs as u64 } else { 1 };
-    count(obs, Counter::Packets, segs);
     let parsed = match protocol {
         ETH_P_IP => parse_ipv4(skb, skb_len.saturating_sub(l2_len), segs),
         ETH_P_IPV6 => parse_ipv6(skb, skb_len.saturating_sub(l2_len), segs),
@@ -153,7 +152,6 @@ fn observe(skb: *mut __sk_buff, obs: ObsPoint, l2_len: u32) {
         count(obs, Counter::MalformedPackets, segs);
         return;
     };
-    count(obs, Counter::Bytes, sample.bytes);
     sample.key.obs = obs as u8;
     sample.key.ifindex = ifindex;
     record(skb, obs, &sample);
@@ -161,16 +159,20 @@ fn observe(skb: *mut __sk_buff, obs: ObsPoint, l2_len: u32) {
 
 #[inline(always)]
 fn record(skb: *mut __sk_buff, obs: ObsPoint, sample: &Sample) {
-    // SAFETY: helpers valid in both program types.
-    let now = unsafe { bpf_ktime_get_ns() };
     let Some(table) = FLOW_TABLES.get(0) else {
         lose(obs, sample);
         return;
     };
     if let Some(stats) = table.get_ptr_mut(&sample.key) {
-        update(stats, sample, now);
+        // Known flow: the coarse clock (one tick of resolution) is enough for `last_seen`, and
+        // costs a fraction of the precise one.
+        // SAFETY: helper valid in both program types.
+        update(stats, sample, unsafe { bpf_ktime_get_coarse_ns() });
         return;
     }
+    // New flow: the precise clock, since `first_seen` orders the two directions of a flow.
+    // SAFETY: helpers valid in both program types.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: as above.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let fresh = FlowStats {

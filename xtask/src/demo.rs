@@ -91,7 +91,8 @@ pub fn run() -> anyhow::Result<()> {
     let (_, metrics) = agent.get("/metrics")?;
     println!("== metrics (excerpt)");
     for line in metrics.lines().filter(|l| {
-        (l.starts_with("flowaudit_kernel_events_total") && (l.contains("\"packets\"") || l.contains("lost")))
+        l.starts_with("flowaudit_packets_total")
+            || (l.starts_with("flowaudit_kernel_events_total") && l.contains("lost_packets"))
             || l.starts_with("flowaudit_records_written_total")
             || l.starts_with("flowaudit_attached_programs")
     }) {

@@ -10,6 +10,8 @@ use flowaudit_common::{Counter, ObsPoint};
 pub struct CaptureMetrics {
     pub(super) kernel: IntCounterVec,
     pub(super) flow_entries: IntCounterVec,
+    pub(super) packets: IntCounterVec,
+    pub(super) bytes: IntCounterVec,
     pub(super) ringbuf_events: prometheus::IntCounter,
     pub(super) table_entries: IntGauge,
     pub(super) table_capacity: IntGauge,
@@ -34,8 +36,8 @@ impl CaptureMetrics {
             IntCounterVec::new(
                 Opts::new(
                     "flowaudit_kernel_events_total",
-                    "Per-hook kernel counters: packets and bytes seen, packets sent to the ring \
-                     buffer (table_full_packets), packets and bytes lost, non-IP and malformed packets.",
+                    "Per-hook kernel counters of packets that did not reach the flow table: sent to \
+                     the ring buffer (table_full_packets), lost (lost_packets, lost_bytes), not IP, malformed.",
                 ),
                 &["hook", "counter"],
             )
@@ -46,12 +48,28 @@ impl CaptureMetrics {
                 kernel.with_label_values(&[obs.name(), counter.name()]);
             }
         }
-        Self {
+        let this = Self {
             kernel,
             flow_entries: reg(
                 registry,
                 IntCounterVec::new(
                     Opts::new("flowaudit_flow_entries_total", "Flow-table entries drained (one per flow direction, hook and interface per interval)."),
+                    &["hook"],
+                )
+                .expect("valid"),
+            ),
+            packets: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("flowaudit_packets_total", "Wire packets counted into flows (table and ring buffer), per hook."),
+                    &["hook"],
+                )
+                .expect("valid"),
+            ),
+            bytes: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("flowaudit_bytes_total", "IP-layer bytes counted into flows (table and ring buffer), per hook."),
                     &["hook"],
                 )
                 .expect("valid"),
@@ -97,7 +115,13 @@ impl CaptureMetrics {
                 IntGaugeVec::new(Opts::new("flowaudit_attached_programs", "Programs attached now."), &["hook"]).expect("valid"),
             ),
             last: Default::default(),
+        };
+        for obs in ObsPoint::ALL {
+            this.packets.with_label_values(&[obs.name()]);
+            this.bytes.with_label_values(&[obs.name()]);
+            this.flow_entries.with_label_values(&[obs.name()]);
         }
+        this
     }
 
     /// Advances the kernel counters to the summed per-CPU `values` (indexed like the map).

@@ -358,6 +358,8 @@ impl Capture {
                 ObsPoint::TcEgress => Hook::TcEgress,
             };
             self.metrics.flow_entries.with_label_values(&[obs.name()]).inc();
+            self.metrics.packets.with_label_values(&[obs.name()]).inc_by(stats.packets);
+            self.metrics.bytes.with_label_values(&[obs.name()]).inc_by(stats.bytes);
             let role = match hook {
                 Hook::TcIngress | Hook::TcEgress => {
                     Some(self.ifaces.get(&key.ifindex).map(|i| i.role).unwrap_or(IfaceRole::Host))
