@@ -362,7 +362,9 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.children[i].try_wait() {
-                self.children.remove(i);
+                // Reaped by try_wait above.
+                #[allow(clippy::zombie_processes, reason = "the child was reaped by try_wait")]
+                drop(self.children.remove(i));
                 return Some(status);
             }
             if Instant::now() > deadline {

@@ -69,10 +69,10 @@ pub fn watch() -> std::io::Result<mpsc::UnboundedReceiver<LinkEvent>> {
                 }
                 _ => None,
             };
-            if let Some(ev) = ev {
-                if tx.send(ev).is_err() {
-                    return;
-                }
+            if let Some(ev) = ev
+                && tx.send(ev).is_err()
+            {
+                return;
             }
         }
     });

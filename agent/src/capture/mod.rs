@@ -121,6 +121,8 @@ pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     cgroup_links: Vec<(&'static str, CgroupSkbLinkId)>,
     ifaces: HashMap<u32, Interface>,
+    /// Roles of interfaces deleted since the last drain: their last packets are still in the table.
+    gone: HashMap<u32, IfaceRole>,
     patterns: Vec<glob::Pattern>,
     /// Ring-buffer packets since the last drain, merged per key.
     pending: HashMap<FlowKey, FlowStats>,
@@ -173,6 +175,7 @@ impl Capture {
             ring,
             cgroup_links: Vec::new(),
             ifaces: HashMap::new(),
+            gone: HashMap::new(),
             patterns,
             pending: HashMap::new(),
             interval_start_ns: wall_now_ns(),
@@ -239,6 +242,7 @@ impl Capture {
             LinkEvent::Gone { index } => {
                 if let Some(iface) = self.ifaces.remove(&index) {
                     tracing::info!(message = "Interface removed; forgetting it.", interface = %iface.name, ifindex = index);
+                    self.gone.insert(index, iface.role);
                     self.detach_iface(index, iface);
                 }
             }
@@ -361,9 +365,13 @@ impl Capture {
             self.metrics.packets.with_label_values(&[obs.name()]).inc_by(stats.packets);
             self.metrics.bytes.with_label_values(&[obs.name()]).inc_by(stats.bytes);
             let role = match hook {
-                Hook::TcIngress | Hook::TcEgress => {
-                    Some(self.ifaces.get(&key.ifindex).map(|i| i.role).unwrap_or(IfaceRole::Host))
-                }
+                Hook::TcIngress | Hook::TcEgress => Some(
+                    self.ifaces
+                        .get(&key.ifindex)
+                        .map(|i| i.role)
+                        .or_else(|| self.gone.get(&key.ifindex).copied())
+                        .unwrap_or(IfaceRole::Host),
+                ),
                 _ => None,
             };
             observations.push(Observation {
@@ -379,6 +387,7 @@ impl Capture {
                 cgroup_id: stats.cgroup_id,
             });
         }
+        self.gone.clear();
         let batch = CaptureBatch { start_ns: self.interval_start_ns, end_ns, observations, last };
         self.interval_start_ns = end_ns;
         self.metrics.drain_seconds.observe(started.elapsed().as_secs_f64());
