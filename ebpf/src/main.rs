@@ -99,6 +99,50 @@ fn count(obs: ObsPoint, counter: Counter, value: u64) {
     }
 }
 
+/// A packet being parsed: header reads go straight to the linear data when the bytes are there,
+/// and through `bpf_skb_load_bytes_relative` (from the network header, any link layer) when not.
+struct Pkt {
+    skb: *mut __sk_buff,
+    /// Address of the network header in the linear data, if it could be located.
+    net: usize,
+    direct: bool,
+    end: usize,
+}
+
+impl Pkt {
+    #[inline(always)]
+    fn new(skb: *mut __sk_buff, l2_len: u32, protocol: u32) -> Pkt {
+        // SAFETY: context field reads at constant offsets, checked by the verifier.
+        let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+        if l2_len == 0 {
+            // cgroup_skb: data starts at the network header.
+            return Pkt { skb, net: data, direct: true, end };
+        }
+        // TC: trust a plain Ethernet header whose EtherType is the skb's protocol; anything else
+        // (an L3 device, an in-band VLAN tag) takes the helper path.
+        if data + ETH_HLEN as usize <= end {
+            // SAFETY: bounds checked just above.
+            let ethertype = u16::from_be(unsafe { core::ptr::read_unaligned((data + 12) as *const u16) });
+            if ethertype as u32 == protocol {
+                return Pkt { skb, net: data + ETH_HLEN as usize, direct: true, end };
+            }
+        }
+        Pkt { skb, net: 0, direct: false, end }
+    }
+
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: u32) -> Option<T> {
+        if self.direct {
+            let at = self.net + offset as usize;
+            if at + core::mem::size_of::<T>() <= self.end {
+                // SAFETY: within the linear packet data, bounds checked just above.
+                return Some(unsafe { core::ptr::read_unaligned(at as *const T) });
+            }
+        }
+        load(self.skb, offset)
+    }
+}
+
 #[inline(always)]
 fn load<T: Copy>(skb: *mut __sk_buff, offset: u32) -> Option<T> {
     let mut out = core::mem::MaybeUninit::<T>::uninit();
@@ -140,9 +184,10 @@ fn observe(skb: *mut __sk_buff, obs: ObsPoint, l2_len: u32) {
         )
     };
     let segs = if gso_segs > 1 { gso_segs as u64 } else { 1 };
+    let pkt = Pkt::new(skb, l2_len, protocol);
     let parsed = match protocol {
-        ETH_P_IP => parse_ipv4(skb, skb_len.saturating_sub(l2_len), segs),
-        ETH_P_IPV6 => parse_ipv6(skb, skb_len.saturating_sub(l2_len), segs),
+        ETH_P_IP => parse_ipv4(&pkt, skb_len.saturating_sub(l2_len), segs),
+        ETH_P_IPV6 => parse_ipv6(&pkt, skb_len.saturating_sub(l2_len), segs),
         _ => {
             count(obs, Counter::NonIpPackets, segs);
             return;
@@ -296,8 +341,8 @@ fn empty_key(family: u8, proto: u8) -> FlowKey {
 }
 
 #[inline(always)]
-fn parse_ipv4(skb: *mut __sk_buff, l3_len: u32, segs: u64) -> Option<Sample> {
-    let ip: Ipv4Hdr = load(skb, 0)?;
+fn parse_ipv4(pkt: &Pkt, l3_len: u32, segs: u64) -> Option<Sample> {
+    let ip: Ipv4Hdr = pkt.read(0)?;
     let ihl = ((ip.ver_ihl & 0x0f) as u32) * 4;
     if ihl < 20 {
         return None;
@@ -315,7 +360,7 @@ fn parse_ipv4(skb: *mut __sk_buff, l3_len: u32, segs: u64) -> Option<Sample> {
     // Non-first fragments have no L4 header.
     let first_fragment = u16::from_be(ip.frag_off) & 0x1fff == 0;
     let (flags, l4_hdr) = if first_fragment {
-        parse_l4(skb, ihl, ip.proto, &mut key)
+        parse_l4(pkt, ihl, ip.proto, &mut key)
     } else {
         (0, 0)
     };
@@ -336,25 +381,25 @@ const NEXTHDR_DEST: u8 = 60;
 const MAX_EXT_HEADERS: usize = 6;
 
 #[inline(always)]
-fn parse_ipv6(skb: *mut __sk_buff, l3_len: u32, segs: u64) -> Option<Sample> {
-    let ip: Ipv6Hdr = load(skb, 0)?;
+fn parse_ipv6(pkt: &Pkt, l3_len: u32, segs: u64) -> Option<Sample> {
+    let ip: Ipv6Hdr = pkt.read(0)?;
     let mut next = ip.next_hdr;
     let mut offset: u32 = 40;
     let mut l4_present = true;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let ext: [u8; 2] = load(skb, offset)?;
+                let ext: [u8; 2] = pkt.read(offset)?;
                 next = ext[0];
                 offset += (ext[1] as u32 + 1) * 8;
             }
             NEXTHDR_AUTH => {
-                let ext: [u8; 2] = load(skb, offset)?;
+                let ext: [u8; 2] = pkt.read(offset)?;
                 next = ext[0];
                 offset += (ext[1] as u32 + 2) * 4;
             }
             NEXTHDR_FRAGMENT => {
-                let ext: [u8; 4] = load(skb, offset)?;
+                let ext: [u8; 4] = pkt.read(offset)?;
                 next = ext[0];
                 let frag_offset = u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8;
                 l4_present = frag_offset == 0;
@@ -373,7 +418,7 @@ fn parse_ipv6(skb: *mut __sk_buff, l3_len: u32, segs: u64) -> Option<Sample> {
     let payload = u16::from_be(ip.payload_len) as u32;
     let total = if payload == 0 { l3_len } else { payload + 40 };
     let (flags, l4_hdr) = if l4_present {
-        parse_l4(skb, offset, next, &mut key)
+        parse_l4(pkt, offset, next, &mut key)
     } else {
         (0, 0)
     };
@@ -388,10 +433,10 @@ fn parse_ipv6(skb: *mut __sk_buff, l3_len: u32, segs: u64) -> Option<Sample> {
 /// Fills ports / ICMP fields of `key`; returns the TCP flag bits and the L4 header length that
 /// repeats in every GSO segment.
 #[inline(always)]
-fn parse_l4(skb: *mut __sk_buff, offset: u32, l4: u8, key: &mut FlowKey) -> (u64, u32) {
+fn parse_l4(pkt: &Pkt, offset: u32, l4: u8, key: &mut FlowKey) -> (u64, u32) {
     match l4 {
         proto::TCP => {
-            let Some(tcp) = load::<TcpHead>(skb, offset) else {
+            let Some(tcp) = pkt.read::<TcpHead>(offset) else {
                 return (0, 0);
             };
             key.src_port = u16::from_be(tcp.sport);
@@ -408,7 +453,7 @@ fn parse_l4(skb: *mut __sk_buff, offset: u32, l4: u8, key: &mut FlowKey) -> (u64
             (flags, ((tcp.doff >> 4) as u32) * 4)
         }
         proto::UDP | proto::SCTP => {
-            let Some(ports) = load::<[u16; 2]>(skb, offset) else {
+            let Some(ports) = pkt.read::<[u16; 2]>(offset) else {
                 return (0, 0);
             };
             key.src_port = u16::from_be(ports[0]);
@@ -416,7 +461,7 @@ fn parse_l4(skb: *mut __sk_buff, offset: u32, l4: u8, key: &mut FlowKey) -> (u64
             (0, if l4 == proto::UDP { 8 } else { 0 })
         }
         proto::ICMP | proto::ICMPV6 => {
-            let Some(icmp) = load::<IcmpHead>(skb, offset) else {
+            let Some(icmp) = pkt.read::<IcmpHead>(offset) else {
                 return (0, 0);
             };
             key.icmp_type = icmp.kind;

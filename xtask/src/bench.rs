@@ -121,8 +121,8 @@ fn write_doc(programs: &str, iperf: &str) -> anyhow::Result<()> {
          `cargo bench -p flowaudit --bench programs` (root): `BPF_PROG_TEST_RUN` with 1,000,000 \
          repetitions of one frame, best of three rounds, kernel-measured nanoseconds per run. The \
          frame's flow is already in the table after the first repetition, so this is the \
-         steady-state cost of counting a packet of a known flow: parse, two per-CPU counter adds, \
-         the map-of-maps lookup, the flow lookup and three atomic adds.\n\n{programs}\n\
+         steady-state cost of counting a packet of a known flow: parse, the map-of-maps lookup, \
+         the flow lookup, two atomic adds and a coarse clock read.\n\n{programs}\n\
          ## TCP throughput between two lab pods\n\n\
          `cargo xtask bench`: iperf3 from pod p1 to pod p2 of the lab (veth pairs through a node \
          namespace, offloads off so every skb is a wire packet: the worst case for per-packet \
