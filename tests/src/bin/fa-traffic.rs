@@ -71,7 +71,13 @@ fn main() {
             let s = bound(ip, sport, &target, Type::STREAM, Protocol::TCP);
             s.connect_timeout(&target.into(), Duration::from_secs(5)).expect("connect");
             let mut stream: TcpStream = s.into();
-            stream.write_all(&vec![b's'; bytes]).expect("send");
+            let chunk = vec![b's'; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                stream.write_all(&chunk[..n]).expect("send");
+                left -= n;
+            }
             stream.shutdown(std::net::Shutdown::Write).expect("half-close");
             let mut received = Vec::new();
             stream.read_to_end(&mut received).expect("read reply");
