@@ -35,6 +35,9 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the benchmarks load eBPF programs and create namespaces: run as root");
     }
     let bin = build(true)?;
+    let mut examples = cargo();
+    examples.args(["build", "--release", "-p", "flowaudit", "--examples"]);
+    crate::status(examples)?;
     let mut programs = cargo();
     programs.args(["bench", "-p", "flowaudit", "--bench", "programs"]);
     let out = programs.output().context("cargo bench")?;
@@ -57,41 +60,76 @@ pub fn run() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let logs = tempdir()?;
     let glob = format!("fa{}p*", lab.id);
-    let (mut without, mut cgroup, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    let veths: Vec<String> = lab.pods.iter().map(|p| p.node_veth.clone()).collect();
+    let empty_hooks = bin.join("examples").join("empty_hooks");
+    // (label, programs per packet, runs)
+    let mut results: Vec<(&str, u32, Vec<f64>)> = vec![
+        ("no programs", 0, Vec::new()),
+        ("empty programs on the cgroup", 2, Vec::new()),
+        ("agent, cgroup hook only (the default)", 2, Vec::new()),
+        ("empty programs on the cgroup + TC on both veths", 4, Vec::new()),
+        ("agent, cgroup hook + TC on both veths", 4, Vec::new()),
+    ];
     for round in 0..ROUNDS {
-        let base = iperf(&lab, &server)?;
-        let agent = Agent::start(&mut lab, &logs, &["--flush-interval", "5s"])?;
-        let cg = iperf(&lab, &server)?;
-        agent.stop(&mut lab).context("agent exit")?;
-        let agent = Agent::start(&mut lab, &logs, &["--interfaces", &glob, "--flush-interval", "5s"])?;
-        let all = iperf(&lab, &server)?;
-        agent.stop(&mut lab).context("agent exit")?;
-        println!(
-            "round {}: no agent {:.2} Gbit/s, cgroup hook {:.2} Gbit/s, cgroup + TC {:.2} Gbit/s",
-            round + 1,
-            base / 1e9,
-            cg / 1e9,
-            all / 1e9
-        );
-        without.push(base);
-        cgroup.push(cg);
-        both.push(all);
+        let mut line = format!("round {}:", round + 1);
+        for (i, (label, _, runs)) in results.iter_mut().enumerate() {
+            let rate = match i {
+                0 => iperf(&lab, &server)?,
+                1 | 3 => {
+                    let ifaces = if i == 3 { veths.clone() } else { Vec::new() };
+                    let _held = EmptyHooks::attach(&lab, &empty_hooks, &ifaces)?;
+                    iperf(&lab, &server)?
+                }
+                _ => {
+                    let extra: Vec<&str> = if i == 4 { vec!["--interfaces", &glob] } else { Vec::new() };
+                    let mut args = vec!["--flush-interval", "5s"];
+                    args.extend(extra);
+                    let agent = Agent::start(&mut lab, &logs, &args)?;
+                    let rate = iperf(&lab, &server)?;
+                    agent.stop(&mut lab).context("agent exit")?;
+                    rate
+                }
+            };
+            line.push_str(&format!(" {label} {:.2};", rate / 1e9));
+            runs.push(rate);
+        }
+        println!("{line}");
     }
     drop(lab);
-    let (w0, w1, w2) = (median(&mut without), median(&mut cgroup), median(&mut both));
-    let iperf_table = format!(
-        "| configuration | programs per packet | median of {ROUNDS} × {SECONDS} s | ratio |\n|---|---:|---:|---:|\n\
-         | no agent | 0 | {:.2} Gbit/s | 1.000 |\n\
-         | agent, cgroup hook only (the default) | 2 | {:.2} Gbit/s | {:.3} |\n\
-         | agent, cgroup hook + TC on both veths | 4 | {:.2} Gbit/s | {:.3} |\n",
-        w0 / 1e9,
-        w1 / 1e9,
-        w1 / w0,
-        w2 / 1e9,
-        w2 / w0
-    );
+    let base = median(&mut results[0].2);
+    let mut iperf_table =
+        format!("| configuration | programs per packet | median of {ROUNDS} × {SECONDS} s | ratio to no programs |\n|---|---:|---:|---:|\n");
+    for (label, progs, runs) in &mut results {
+        let m = median(runs);
+        iperf_table.push_str(&format!("| {label} | {progs} | {:.2} Gbit/s | {:.3} |\n", m / 1e9, m / base));
+    }
     println!("{iperf_table}");
     write_doc(&program_table, &iperf_table)
+}
+
+/// The empty programs attached in the lab's node namespace while this lives.
+struct EmptyHooks(std::process::Child);
+
+impl EmptyHooks {
+    fn attach(lab: &Lab, bin: &std::path::Path, ifaces: &[String]) -> anyhow::Result<EmptyHooks> {
+        use std::io::BufRead as _;
+        let mut cmd = lab.node_command(bin)?;
+        cmd.arg(&lab.cgroup).args(ifaces).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        let mut child = EmptyHooks(cmd.spawn().context("starting empty_hooks")?);
+        let mut line = String::new();
+        std::io::BufReader::new(child.0.stdout.as_mut().expect("piped")).read_line(&mut line)?;
+        if line.trim() != "attached" {
+            bail!("empty_hooks did not attach");
+        }
+        Ok(child)
+    }
+}
+
+impl Drop for EmptyHooks {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {
@@ -126,9 +164,10 @@ fn write_doc(programs: &str, iperf: &str) -> anyhow::Result<()> {
          ## TCP throughput between two lab pods\n\n\
          `cargo xtask bench`: iperf3 from pod p1 to pod p2 of the lab (veth pairs through a node \
          namespace, offloads off so every skb is a wire packet: the worst case for per-packet \
-         cost), rounds of three runs: no agent; the agent on the pods' cgroup only (the sender's \
-         egress and the receiver's ingress program run: two per packet); the agent on the cgroup \
-         and on both veths through TCX (four per packet).\n\n{iperf}\n",
+         cost). Each round runs: no programs; flowaudit's empty programs attached where the agent \
+         attaches (the cost of the hooks themselves); the agent on the pods' cgroup only (the \
+         sender's egress and the receiver's ingress program run: two per packet); the same two \
+         with TC on both veths through TCX (four per packet).\n\n{iperf}\n",
         machine = machine()
     );
     let path = root().join("docs").join("performance.md");

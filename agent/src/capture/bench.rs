@@ -76,3 +76,29 @@ pub fn test_run(names: &[&str], frame: &[u8], repeat: u32) -> Result<Vec<(String
     }
     Ok(out)
 }
+
+/// Attaches the empty programs where the agent attaches its own (cgroup ingress/egress on
+/// `cgroup`, TC ingress/egress through TCX on `interfaces`), for a throughput baseline: the cost
+/// of the hooks themselves. The links live as long as the returned object.
+pub fn attach_empty(cgroup: &std::path::Path, interfaces: &[String]) -> Result<aya::Ebpf, CaptureError> {
+    use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, TcAttachType};
+    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+    let dir = std::fs::File::open(cgroup).map_err(|source| CaptureError::Cgroup { path: cgroup.to_owned(), source })?;
+    let prog: &mut CgroupSkb = ebpf.program_mut(programs::CGROUP_EMPTY).expect("in object").try_into().expect("cgroup_skb");
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |source| CaptureError::Program { what, source }
+    };
+    prog.load().map_err(err("loading the empty cgroup program"))?;
+    for attach in [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress] {
+        prog.attach(&dir, attach, CgroupAttachMode::Single).map_err(err("attaching the empty cgroup program"))?;
+    }
+    let prog: &mut SchedClassifier = ebpf.program_mut(programs::TC_EMPTY).expect("in object").try_into().expect("classifier");
+    prog.load().map_err(err("loading the empty TC program"))?;
+    for iface in interfaces {
+        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+            super::attach_tc_prog(prog, iface, attach).map_err(err("attaching the empty TC program"))?;
+        }
+    }
+    Ok(ebpf)
+}

@@ -471,6 +471,14 @@ fn attach_tc(
     attach: TcAttachType,
 ) -> Result<SchedClassifierLinkId, aya::programs::ProgramError> {
     let prog: &mut SchedClassifier = ebpf.program_mut(prog_name).expect("in object").try_into().expect("classifier");
+    attach_tc_prog(prog, iface, attach)
+}
+
+fn attach_tc_prog(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    attach: TcAttachType,
+) -> Result<SchedClassifierLinkId, aya::programs::ProgramError> {
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if tcx {
         // Head of the TCX chain: we see packets before any later program can drop them.
