@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod capture;
+pub mod cluster;
 pub mod config;
 pub mod model;
 pub mod output;

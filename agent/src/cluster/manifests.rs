@@ -1,0 +1,435 @@
+//! The manifests source: a directory of ordinary Kubernetes YAML or JSON, read into a
+//! [`ClusterState`] and watched for changes.
+//!
+//! Takes: a directory (every `*.yaml`, `*.yml`, `*.json` below it, multi-document YAML, `List`
+//! kinds). Gives: a state, the documents it skipped (kinds it does not read), and every problem
+//! found as a [`ManifestError`] naming the file, the document (1-based) and the field. Must never:
+//! stop at the first problem (a check lists them all), guess a value it cannot parse, or replace a
+//! good state with a broken one while watching.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::api::{
+    core::v1 as core,
+    networking::v1 as networking,
+};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+use super::{ClusterState, KubeNetworkPolicy, Namespace, NamedPort, Node, Pod, Service, ServiceAccount, ServicePort};
+
+/// A problem in one document.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: document {document}: {field}: {reason}", file.display())]
+pub struct ManifestError {
+    /// The file.
+    pub file: PathBuf,
+    /// The document's position in the file, from 1.
+    pub document: usize,
+    /// The field (`metadata.name`, `status.podIPs[0].ip`), or `-` for the document as a whole.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A document of a kind this version does not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The file.
+    pub file: PathBuf,
+    /// The document's position, from 1.
+    pub document: usize,
+    /// `apiVersion` and `kind`.
+    pub kind: String,
+    /// Why it was skipped.
+    pub reason: &'static str,
+}
+
+/// What a directory held.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// The state built from it (version 0).
+    pub state: ClusterState,
+    /// Documents of kinds not read.
+    pub skipped: Vec<Skipped>,
+    /// The files' sizes and times, taken before reading them: any later edit differs.
+    fingerprint: Fingerprint,
+}
+
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// Annotation naming a pod's cgroup (relative to the cgroup v2 root) in the manifests source.
+pub const CGROUP_ANNOTATION: &str = "flowaudit.io/cgroup";
+
+/// Kinds flowaudit will read once policy attribution covers them; skipped with that reason now.
+const LATER: &[(&str, &str)] = &[
+    ("projectcalico.org/v3", "NetworkPolicy"),
+    ("projectcalico.org/v3", "GlobalNetworkPolicy"),
+    ("projectcalico.org/v3", "Tier"),
+    ("projectcalico.org/v3", "NetworkSet"),
+    ("projectcalico.org/v3", "GlobalNetworkSet"),
+    ("projectcalico.org/v3", "HostEndpoint"),
+    ("projectcalico.org/v3", "StagedNetworkPolicy"),
+    ("projectcalico.org/v3", "StagedGlobalNetworkPolicy"),
+    ("projectcalico.org/v3", "StagedKubernetesNetworkPolicy"),
+    ("projectcalico.org/v3", "GlobalReport"),
+    ("flowaudit.io/v1", "GlobalReport"),
+    ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
+    ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy"),
+    ("v1", "Endpoints"),
+    ("discovery.k8s.io/v1", "EndpointSlice"),
+];
+
+/// The manifest files below `dir`, sorted.
+pub fn files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| ManifestError {
+            file: d.clone(),
+            document: 0,
+            field: "-".into(),
+            reason: format!("cannot read the directory: {e}"),
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every manifest below `dir`. All problems are returned together.
+pub fn load_dir(dir: &Path) -> Result<Loaded, Vec<ManifestError>> {
+    let before = fingerprint(dir);
+    let files = files(dir).map_err(|e| vec![e])?;
+    let mut builder = Builder::default();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => builder.file(file, &text),
+            Err(e) => builder.error(file, 0, "-", format!("cannot read: {e}")),
+        }
+    }
+    builder.finish().map(|mut loaded| {
+        loaded.fingerprint = before;
+        loaded
+    })
+}
+
+#[derive(Default)]
+struct Builder {
+    state: ClusterState,
+    skipped: Vec<Skipped>,
+    errors: Vec<ManifestError>,
+    /// (kind, namespace, name) → where it was first defined, to report duplicates.
+    seen: BTreeMap<(String, String, String), (PathBuf, usize)>,
+}
+
+/// A parse error of a typed document, with the path serde reached.
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        (if path == "." { "-".into() } else { path }, e.into_inner().to_string())
+    })
+}
+
+fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+impl Builder {
+    fn error(&mut self, file: &Path, document: usize, field: &str, reason: impl Into<String>) {
+        self.errors.push(ManifestError { file: file.to_owned(), document, field: field.to_owned(), reason: reason.into() });
+    }
+
+    fn file(&mut self, file: &Path, text: &str) {
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let document = i + 1;
+            match Value::deserialize(doc) {
+                Ok(Value::Null) => {}
+                Ok(value) => self.document(file, document, value),
+                Err(e) => {
+                    self.error(file, document, "-", format!("not valid YAML/JSON: {e}"));
+                    // The parser cannot resynchronise after a syntax error.
+                    break;
+                }
+            }
+        }
+    }
+
+    fn document(&mut self, file: &Path, document: usize, value: Value) {
+        let Value::Object(map) = &value else {
+            self.error(file, document, "-", "a manifest must be a mapping with apiVersion and kind");
+            return;
+        };
+        let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+        if api_version.is_empty() {
+            self.error(file, document, "apiVersion", "required");
+            return;
+        }
+        if kind.is_empty() {
+            self.error(file, document, "kind", "required");
+            return;
+        }
+        match (api_version.as_str(), kind.as_str()) {
+            ("v1", "List") => {
+                let items = map.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                for item in items {
+                    self.document(file, document, item);
+                }
+            }
+            ("v1", "Namespace") => match typed::<core::Namespace>(value) {
+                Ok(ns) => {
+                    let Some(name) = self.name(file, document, &kind, &ns.metadata, false) else { return };
+                    self.state.namespaces.insert(name.1.clone(), Namespace { name: name.1, labels: labels(&ns.metadata) });
+                }
+                Err((field, reason)) => self.error(file, document, &field, reason),
+            },
+            ("v1", "Pod") => match typed::<core::Pod>(value) {
+                Ok(pod) => self.pod(file, document, pod),
+                Err((field, reason)) => self.error(file, document, &field, reason),
+            },
+            ("v1", "Service") => match typed::<core::Service>(value) {
+                Ok(svc) => self.service(file, document, svc),
+                Err((field, reason)) => self.error(file, document, &field, reason),
+            },
+            ("v1", "Node") => match typed::<core::Node>(value) {
+                Ok(node) => self.node(file, document, node),
+                Err((field, reason)) => self.error(file, document, &field, reason),
+            },
+            ("v1", "ServiceAccount") => match typed::<core::ServiceAccount>(value) {
+                Ok(sa) => {
+                    let Some((namespace, name)) = self.name(file, document, &kind, &sa.metadata, true) else { return };
+                    self.state.service_accounts.push(ServiceAccount { namespace, name, labels: labels(&sa.metadata) });
+                }
+                Err((field, reason)) => self.error(file, document, &field, reason),
+            },
+            ("networking.k8s.io/v1", "NetworkPolicy") => match typed::<networking::NetworkPolicy>(value) {
+                Ok(np) => {
+                    let Some((namespace, name)) = self.name(file, document, "NetworkPolicy.networking.k8s.io", &np.metadata, true) else {
+                        return;
+                    };
+                    self.state.network_policies.push(KubeNetworkPolicy { namespace, name, spec: np.spec.unwrap_or_default() });
+                }
+                Err((field, reason)) => self.error(file, document, &field, reason),
+            },
+            (a, k) => {
+                let reason = if LATER.contains(&(a, k)) {
+                    "read by a later version of flowaudit (policy attribution)"
+                } else {
+                    "not a kind flowaudit reads"
+                };
+                tracing::info!(message = "Skipping a manifest.", file = %file.display(), document, api_version = a, kind = k, reason);
+                self.skipped.push(Skipped { file: file.to_owned(), document, kind: format!("{a}/{k}"), reason });
+            }
+        }
+    }
+
+    /// `(namespace, name)`, reporting a missing name and duplicates.
+    fn name(
+        &mut self,
+        file: &Path,
+        document: usize,
+        kind: &str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        namespaced: bool,
+    ) -> Option<(String, String)> {
+        let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
+            self.error(file, document, "metadata.name", "required");
+            return None;
+        };
+        let namespace = if namespaced { meta.namespace.clone().unwrap_or_else(|| "default".into()) } else { String::new() };
+        let key = (kind.to_owned(), namespace.clone(), name.clone());
+        if let Some((first_file, first_doc)) = self.seen.get(&key) {
+            let reason = format!("duplicate {kind} {}{name}, first defined in {} document {first_doc}", if namespaced { format!("{namespace}/") } else { String::new() }, first_file.display());
+            self.error(file, document, "metadata.name", reason);
+            return None;
+        }
+        self.seen.insert(key, (file.to_owned(), document));
+        Some((namespace, name))
+    }
+
+    fn pod(&mut self, file: &Path, document: usize, pod: core::Pod) {
+        let Some((namespace, name)) = self.name(file, document, "Pod", &pod.metadata, true) else { return };
+        let spec = pod.spec.unwrap_or_default();
+        let status = pod.status.unwrap_or_default();
+        let mut ips = Vec::new();
+        match status.pod_ips.as_ref().filter(|v| !v.is_empty()) {
+            Some(list) => {
+                for (i, ip) in list.iter().enumerate() {
+                    match ip.ip.parse::<IpAddr>() {
+                        Ok(addr) => ips.push(addr),
+                        Err(_) => self.error(file, document, &format!("status.podIPs[{i}].ip"), format!("{:?} is not an IP address", ip.ip)),
+                    }
+                }
+            }
+            None => {
+                if let Some(ip) = status.pod_ip.as_ref().filter(|s| !s.is_empty()) {
+                    match ip.parse::<IpAddr>() {
+                        Ok(addr) => ips.push(addr),
+                        Err(_) => self.error(file, document, "status.podIP", format!("{ip:?} is not an IP address")),
+                    }
+                }
+            }
+        }
+        let mut named_ports = Vec::new();
+        for (c, container) in spec.containers.iter().enumerate() {
+            for (p, port) in container.ports.iter().flatten().enumerate() {
+                let Some(port_name) = &port.name else { continue };
+                match u16::try_from(port.container_port) {
+                    Ok(n) if n > 0 => named_ports.push(NamedPort {
+                        name: port_name.clone(),
+                        port: n,
+                        protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    }),
+                    _ => self.error(
+                        file,
+                        document,
+                        &format!("spec.containers[{c}].ports[{p}].containerPort"),
+                        format!("{} is not a port (1-65535)", port.container_port),
+                    ),
+                }
+            }
+        }
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        self.state.pods.push(Pod {
+            namespace,
+            name,
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            labels: labels(&pod.metadata),
+            generate_name: pod.metadata.generate_name.clone().filter(|g| !g.is_empty()),
+            ips,
+            host_network: spec.host_network.unwrap_or(false),
+            node_name: spec.node_name.clone(),
+            service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
+            named_ports,
+            cgroup: annotations.get(CGROUP_ANNOTATION).cloned(),
+        });
+    }
+
+    fn service(&mut self, file: &Path, document: usize, svc: core::Service) {
+        let Some((namespace, name)) = self.name(file, document, "Service", &svc.metadata, true) else { return };
+        let spec = svc.spec.unwrap_or_default();
+        let mut cluster_ips = Vec::new();
+        let (list, field) = match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
+            Some(v) => (v.clone(), "spec.clusterIPs"),
+            None => (spec.cluster_ip.iter().cloned().collect(), "spec.clusterIP"),
+        };
+        for (i, ip) in list.iter().enumerate() {
+            if ip.is_empty() || ip == "None" {
+                continue;
+            }
+            match ip.parse::<IpAddr>() {
+                Ok(a) => cluster_ips.push(a),
+                Err(_) => {
+                    let f = if field == "spec.clusterIPs" { format!("{field}[{i}]") } else { field.to_owned() };
+                    self.error(file, document, &f, format!("{ip:?} is not an IP address"));
+                }
+            }
+        }
+        let mut ports = Vec::new();
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            match u16::try_from(p.port) {
+                Ok(n) if n > 0 => ports.push(ServicePort {
+                    name: p.name.clone().unwrap_or_default(),
+                    port: n,
+                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                }),
+                _ => self.error(file, document, &format!("spec.ports[{i}].port"), format!("{} is not a port (1-65535)", p.port)),
+            }
+        }
+        self.state.services.push(Service { namespace, name, cluster_ips, ports, selector: spec.selector.unwrap_or_default() });
+    }
+
+    fn node(&mut self, file: &Path, document: usize, node: core::Node) {
+        let Some((_, name)) = self.name(file, document, "Node", &node.metadata, false) else { return };
+        let mut addresses = Vec::new();
+        for (i, a) in node.status.iter().flat_map(|s| s.addresses.iter().flatten()).enumerate() {
+            if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
+                match a.address.parse::<IpAddr>() {
+                    Ok(ip) => addresses.push(ip),
+                    Err(_) => self.error(file, document, &format!("status.addresses[{i}].address"), format!("{:?} is not an IP address", a.address)),
+                }
+            }
+        }
+        self.state.nodes.push(Node { name, labels: labels(&node.metadata), addresses });
+    }
+
+    fn finish(mut self) -> Result<Loaded, Vec<ManifestError>> {
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        let s = &mut self.state;
+        s.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        s.services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        s.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        s.service_accounts.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        s.network_policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Ok(Loaded { state: self.state, skipped: self.skipped, fingerprint: Vec::new() })
+    }
+}
+
+/// What identifies the directory's content: every file with its size and modification time.
+fn fingerprint(dir: &Path) -> Fingerprint {
+    files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+            let mtime = meta.and_then(|m| m.modified().ok());
+            (f, len, mtime)
+        })
+        .collect()
+}
+
+/// Watches `dir` every `period` and publishes each new good state (versions count up from the
+/// `initial` load's). A broken edit is logged with every problem and the last good state stays.
+pub fn watch(dir: PathBuf, initial: Loaded, period: Duration) -> tokio::sync::watch::Receiver<Arc<ClusterState>> {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial.state));
+    let mut last = initial.fingerprint;
+    tokio::spawn(async move {
+        let mut version = tx.borrow().version;
+        loop {
+            tokio::time::sleep(period).await;
+            let now = fingerprint(&dir);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match load_dir(&dir) {
+                Ok(loaded) => {
+                    version += 1;
+                    last = loaded.fingerprint;
+                    let mut state = loaded.state;
+                    state.version = version;
+                    tracing::info!(message = "Cluster state reloaded.", dir = %dir.display(), version);
+                    if tx.send(Arc::new(state)).is_err() {
+                        return;
+                    }
+                }
+                Err(errors) => {
+                    for error in errors {
+                        tracing::error!(message = "Manifest problem; keeping the previous state.", %error);
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests;
