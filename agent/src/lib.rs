@@ -5,6 +5,7 @@
 //! Stages share only the types in [`model`]; `config` and `telemetry` sit beside them.
 
 pub mod aggregate;
+pub mod attribute;
 pub mod capture;
 pub mod cluster;
 pub mod config;
