@@ -12,4 +12,5 @@ pub mod config;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod rollup;
 pub mod telemetry;

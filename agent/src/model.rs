@@ -4,17 +4,73 @@
 //! [`FlowRecord`]s (the flow-log contract, DESIGN.md §2.2); output writes them. Only this module
 //! is shared by stages, so data can only flow one way.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
+pub use crate::cluster::NamedPort;
+
+/// `*_type` of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// A workload endpoint (a pod).
+    Wep,
+    /// A host endpoint.
+    Hep,
+    /// A network set.
+    Ns,
+    /// Any other address.
+    Net,
+}
+
+/// Who one end of a flow is, as enrich found it (shared, built once per state version).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Type.
+    pub kind: EndpointKind,
+    /// Pod, host endpoint or network set name.
+    pub name: Option<String>,
+    /// generateName + `*`, the name itself, or `pvt`/`pub`.
+    pub name_aggr: String,
+    /// Namespace (pods, namespaced network sets).
+    pub namespace: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Labels of the namespace.
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Service account (pods).
+    pub service_account: Option<String>,
+    /// Labels of the service account.
+    pub service_account_labels: BTreeMap<String, String>,
+    /// A host-network pod (named through its cgroup, its address is the node's).
+    pub host_network: bool,
+    /// Named container ports (targets of named ports in policies).
+    pub named_ports: Vec<NamedPort>,
+}
+
+/// The Service a destination address and port belong to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Port name (`-` when the port has none).
+    pub port: String,
+}
+
 /// Aggregation level of flow-log records (Calico's `flowLogsFileAggregationKind*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AggregationLevel {
     /// 0: one record per 5-tuple.
     FiveTuple,
     /// 1: the source port is dropped (`source_port: null`).
     NoSourcePort,
+    /// 2: also addresses and names, grouped by `*_name_aggr`.
+    PrefixName,
+    /// 3: also the destination port and the service port.
+    NoDestPorts,
 }
 
 /// Which hook saw the packets of an [`Observation`].
@@ -229,4 +285,32 @@ pub struct FlowRecord {
     /// cgroup v2 id of the source's socket, when the cgroup hook saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_cgroup_id: Option<u64>,
+    /// A host-network pod named through its cgroup is an end of this flow.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// Pipeline-internal context, never written.
+    #[serde(skip)]
+    pub context: RecordContext,
+}
+
+/// What later stages need about a record beyond its fields. Not part of the flow log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordContext {
+    /// IP protocol number.
+    pub proto: u8,
+    /// cgroup v2 id of the destination's socket, when the cgroup hook saw it.
+    pub dest_cgroup_id: Option<u64>,
+    /// When the connection was first seen (Unix ns).
+    pub first_seen_ns: u64,
+    /// The source, as enrich found it.
+    pub source: Option<Arc<Endpoint>>,
+    /// The destination.
+    pub dest: Option<Arc<Endpoint>>,
+}
+
+/// A record id: FNV-1a (64-bit) of `input`, as 16 hex digits. Stable across builds and
+/// platforms, so the same flow, interval and reporter always get the same id.
+pub fn record_id(input: &str) -> String {
+    let h = input.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{h:016x}")
 }

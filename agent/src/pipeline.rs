@@ -15,6 +15,7 @@ use crate::{
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
     config::Settings,
     output::{FileConfig, FlowLogWriter, OutputError},
+    rollup::{self, RollupConfig},
     telemetry,
 };
 
@@ -98,11 +99,11 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     )?;
     let mut aggregator = Aggregator::new(AggregateConfig {
         node: settings.node.clone(),
-        aggregation_allowed: settings.aggregation_allowed,
-        aggregation_denied: settings.aggregation_denied,
         idle_timeout: settings.idle_timeout,
         tcp_idle_timeout: settings.tcp_idle_timeout,
     });
+
+    let levels = RollupConfig { allowed: settings.aggregation_allowed, denied: settings.aggregation_denied };
 
     let server = tokio::spawn(telemetry::serve(listener, registry.clone(), ready, shutdown_rx.clone()));
     let (batches_tx, mut batches) = mpsc::channel(4);
@@ -114,7 +115,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     });
 
     while let Some(batch) = batches.recv().await {
-        let records = aggregator.process(&batch);
+        let records = rollup::rollup(aggregator.process(&batch), &levels);
         out_metrics.connections.set(aggregator.tracked() as i64);
         match writer.write(&records) {
             Ok(bytes) => {

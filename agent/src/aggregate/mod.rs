@@ -22,6 +22,8 @@
 //!   then ingress, then the lowest interface index.
 //! - **Completion.** TCP completes on RST or a FIN from each side; others after `idle_timeout`
 //!   without packets, reported in the interval they expire in, with zero counts.
+//! - Records leave at aggregation level 0 (one per connection and reporter); rollup applies the
+//!   configured level once attribute has given each its verdict.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -32,8 +34,8 @@ use std::{
 use flowaudit_common::{proto, tcp_flags};
 
 use crate::model::{
-    Action, AggregationLevel, CaptureBatch, FlowRecord, Hook, IfaceRole, Observation, Observed,
-    Policies, Reporter,
+    Action, CaptureBatch, FlowRecord, Hook, IfaceRole, Observation, Observed, Policies, RecordContext, Reporter,
+    record_id,
 };
 
 /// What aggregate needs to know.
@@ -41,10 +43,6 @@ use crate::model::{
 pub struct AggregateConfig {
     /// Node name for `host` and record ids.
     pub node: String,
-    /// Level for allowed flows.
-    pub aggregation_allowed: AggregationLevel,
-    /// Level for denied flows.
-    pub aggregation_denied: AggregationLevel,
     /// Completion timeout of UDP/ICMP/other flows.
     pub idle_timeout: Duration,
     /// A TCP connection with no packets and no FIN/RST for this long is forgotten.
@@ -97,6 +95,8 @@ struct Conn {
     completed_at_ns: Option<u64>,
     reporters: HashSet<Reporter>,
     source_cgroup_id: Option<u64>,
+    dest_cgroup_id: Option<u64>,
+    first_seen_ns: u64,
 }
 
 /// The aggregate stage. Keeps connection state between intervals.
@@ -128,6 +128,8 @@ struct SideRecord {
     completed: bool,
     observed: Observed,
     source_cgroup_id: Option<u64>,
+    dest_cgroup_id: Option<u64>,
+    first_seen_ns: u64,
 }
 
 impl Aggregator {
@@ -153,7 +155,13 @@ impl Aggregator {
         }
         self.expire(batch.end_ns, &groups, &mut sides);
         self.first_batch = false;
+        let echo = |side: &SideRecord| match side.key.extra {
+            Extra::Echo(id) => id,
+            _ => 0,
+        };
+        sides.sort_by_key(|side| echo(side));
         let mut records = self.build_records(batch, sides);
+        // Stable: records with equal fields keep the echo-identifier order.
         records.sort_by(|a, b| {
             (a.source_ip, a.source_port, a.dest_ip, a.dest_port, &a.proto, a.reporter)
                 .cmp(&(b.source_ip, b.source_port, b.dest_ip, b.dest_port, &b.proto, b.reporter))
@@ -182,8 +190,12 @@ impl Aggregator {
             conn.last_seen_ns = conn.last_seen_ns.max(obs.last_seen_ns);
             let side = side_of(obs, forward);
             let socket_hook = matches!(obs.hook, Hook::CgroupIngress | Hook::CgroupEgress);
-            if obs.cgroup_id != 0 && side == Side::Src && socket_hook {
-                conn.source_cgroup_id = Some(obs.cgroup_id);
+            if obs.cgroup_id != 0 && socket_hook {
+                match side {
+                    Side::Src => conn.source_cgroup_id = Some(obs.cgroup_id),
+                    Side::Dst => conn.dest_cgroup_id = Some(obs.cgroup_id),
+                    Side::Transit => {}
+                }
             }
             let slot = picks.entry((side, forward)).or_insert(obs);
             if better(obs, slot) {
@@ -221,6 +233,8 @@ impl Aggregator {
                 completed,
                 observed,
                 source_cgroup_id: conn.source_cgroup_id,
+                dest_cgroup_id: conn.dest_cgroup_id,
+                first_seen_ns: conn.first_seen_ns,
             });
         };
         let local = has(Side::Src) || has(Side::Dst);
@@ -271,6 +285,8 @@ impl Aggregator {
                     completed: true,
                     observed,
                     source_cgroup_id: conn.source_cgroup_id,
+                    dest_cgroup_id: conn.dest_cgroup_id,
+                    first_seen_ns: conn.first_seen_ns,
                 });
             }
             false
@@ -278,121 +294,83 @@ impl Aggregator {
     }
 
     fn build_records(&self, batch: &CaptureBatch, sides: Vec<SideRecord>) -> Vec<FlowRecord> {
-        // Level 1 groups by everything but the source port; level 0 keeps each connection.
-        let mut groups: BTreeMap<GroupKey, Vec<SideRecord>> = BTreeMap::new();
-        for side in sides {
-            let action = Action::Allow;
-            let level = match action {
-                Action::Allow => self.cfg.aggregation_allowed,
-                Action::Deny => self.cfg.aggregation_denied,
-            };
-            let key = GroupKey {
-                reporter: side.reporter,
-                action,
-                proto: side.proto,
-                src_ip: side.initiator.ip,
-                src_port: match level {
-                    AggregationLevel::FiveTuple => Some(side.initiator.port),
-                    AggregationLevel::NoSourcePort => None,
-                },
-                dst_ip: side.responder.ip,
-                dst_port: side.responder.port,
-                icmp: side.icmp,
-                echo_id: match side.key.extra {
-                    Extra::Echo(id) if level == AggregationLevel::FiveTuple => Some(id),
-                    _ => None,
-                },
-            };
-            groups.entry(key).or_default().push(side);
-        }
-        groups
-            .into_iter()
-            .map(|(key, members)| self.record(batch, &key, &members))
-            .collect()
+        sides.iter().map(|side| self.record(batch, side)).collect()
     }
 
-    fn record(&self, batch: &CaptureBatch, key: &GroupKey, members: &[SideRecord]) -> FlowRecord {
-        let sum = |f: fn(&SideRecord) -> u64| members.iter().map(f).sum::<u64>();
-        let count = |o: Observed| members.iter().filter(|m| m.observed == o).count() as u64;
-        let first = members[0].observed;
-        let observed = if members.iter().all(|m| m.observed == first) { first } else { Observed::Mixed };
-        let cgroup = members[0].source_cgroup_id;
-        let source_cgroup_id = members.iter().all(|m| m.source_cgroup_id == cgroup).then_some(cgroup).flatten();
-        let is_icmp = key.proto == proto::ICMP || key.proto == proto::ICMPV6;
-        let mut id_input = format!(
-            "{}|{:?}|{}|{}|{:?}|{}|{}|{:?}|{:?}|{}|{}",
+    /// One connection seen by one reporter in one interval (aggregation level 0; levels 1-3 are
+    /// applied by rollup once the verdicts are known).
+    fn record(&self, batch: &CaptureBatch, side: &SideRecord) -> FlowRecord {
+        let echo_id = match side.key.extra {
+            Extra::Echo(id) => Some(id),
+            _ => None,
+        };
+        let id_input = format!(
+            "{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}",
             self.cfg.node,
-            key.reporter,
-            key.proto,
-            key.src_ip,
-            key.src_port,
-            key.dst_ip,
-            key.dst_port,
-            key.icmp,
-            key.echo_id,
+            side.reporter,
+            side.proto,
+            side.initiator.ip,
+            side.initiator.port,
+            side.responder.ip,
+            side.responder.port,
+            side.icmp,
+            echo_id,
             batch.start_ns,
             batch.end_ns
         );
-        id_input.push_str(match key.action {
-            Action::Allow => "|allow",
-            Action::Deny => "|deny",
-        });
+        let icmp = is_icmp(side.proto);
+        let count = |o: Observed| u64::from(side.observed == o);
         FlowRecord {
-            id: format!("{:016x}", fnv1a64(id_input.as_bytes())),
+            id: record_id(&id_input),
             start_time: batch.start_ns / 1_000_000_000,
             end_time: batch.end_ns.div_ceil(1_000_000_000),
             host: self.cfg.node.clone(),
-            action: key.action,
-            reporter: key.reporter,
-            proto: proto_name(key.proto),
-            source_ip: Some(key.src_ip),
-            source_port: if is_icmp { None } else { key.src_port },
+            action: Action::Allow,
+            reporter: side.reporter,
+            proto: proto_name(side.proto),
+            source_ip: Some(side.initiator.ip),
+            source_port: (!icmp).then_some(side.initiator.port),
             source_name: "-".into(),
-            source_name_aggr: net_aggr(key.src_ip).into(),
+            source_name_aggr: net_aggr(side.initiator.ip).into(),
             source_namespace: "-".into(),
             source_type: "net".into(),
             source_labels: "-".into(),
-            dest_ip: Some(key.dst_ip),
-            dest_port: if is_icmp { None } else { Some(key.dst_port) },
+            dest_ip: Some(side.responder.ip),
+            dest_port: (!icmp).then_some(side.responder.port),
             dest_name: "-".into(),
-            dest_name_aggr: net_aggr(key.dst_ip).into(),
+            dest_name_aggr: net_aggr(side.responder.ip).into(),
             dest_namespace: "-".into(),
             dest_type: "net".into(),
             dest_labels: "-".into(),
             dest_service_name: "-".into(),
             dest_service_namespace: "-".into(),
             dest_service_port: "-".into(),
-            icmp_type: key.icmp.map(|(t, _)| t),
-            icmp_code: key.icmp.map(|(_, c)| c),
-            bytes_in: sum(|m| m.inc.bytes),
-            bytes_out: sum(|m| m.out.bytes),
-            packets_in: sum(|m| m.inc.packets),
-            packets_out: sum(|m| m.out.packets),
-            num_flows: members.len() as u64,
-            num_flows_started: members.iter().filter(|m| m.started).count() as u64,
-            num_flows_completed: members.iter().filter(|m| m.completed).count() as u64,
+            icmp_type: side.icmp.map(|(t, _)| t),
+            icmp_code: side.icmp.map(|(_, c)| c),
+            bytes_in: side.inc.bytes,
+            bytes_out: side.out.bytes,
+            packets_in: side.inc.packets,
+            packets_out: side.out.packets,
+            num_flows: 1,
+            num_flows_started: u64::from(side.started),
+            num_flows_completed: u64::from(side.completed),
             policies: Policies::default(),
-            flow_action: key.action,
-            observed,
+            flow_action: Action::Allow,
+            observed: side.observed,
             num_established: count(Observed::Established),
             num_attempted: count(Observed::Attempted),
             num_rejected: count(Observed::Rejected),
-            source_cgroup_id,
+            source_cgroup_id: side.source_cgroup_id,
+            host_network: false,
+            context: RecordContext {
+                proto: side.proto,
+                dest_cgroup_id: side.dest_cgroup_id,
+                first_seen_ns: side.first_seen_ns,
+                source: None,
+                dest: None,
+            },
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct GroupKey {
-    reporter: Reporter,
-    action: Action,
-    proto: u8,
-    src_ip: IpAddr,
-    src_port: Option<u16>,
-    dst_ip: IpAddr,
-    dst_port: u16,
-    icmp: Option<(u8, u8)>,
-    echo_id: Option<u16>,
 }
 
 fn is_icmp(p: u8) -> bool {
@@ -469,6 +447,8 @@ fn new_conn(key: ConnKey, observations: &[&Observation], first_batch: bool) -> C
         completed_at_ns: None,
         reporters: HashSet::new(),
         source_cgroup_id: None,
+        dest_cgroup_id: None,
+        first_seen_ns: earliest.first_seen_ns,
     }
 }
 
@@ -572,11 +552,6 @@ pub fn net_aggr(ip: IpAddr) -> &'static str {
         }
     };
     if private { "pvt" } else { "pub" }
-}
-
-/// FNV-1a, 64-bit: a hash that stays the same across builds, for record ids.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

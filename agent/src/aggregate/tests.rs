@@ -1,7 +1,10 @@
 //! Table-driven tests of the aggregate stage: observations in, exact flow-log records out.
 
 use super::*;
-use crate::model::Tuple;
+use crate::{
+    model::{AggregationLevel, Tuple},
+    rollup::{RollupConfig, rollup},
+};
 
 use flowaudit_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, SYN_ACK, SYN_ONLY};
 
@@ -131,18 +134,42 @@ fn batch(start_s: u64, end_s: u64, observations: Vec<Observation>) -> CaptureBat
     CaptureBatch { start_ns: T0 + start_s * SEC, end_ns: T0 + end_s * SEC, observations, last: false }
 }
 
-fn cfg(level: AggregationLevel) -> AggregateConfig {
+fn cfg() -> AggregateConfig {
     AggregateConfig {
         node: "node-1".into(),
-        aggregation_allowed: level,
-        aggregation_denied: level,
         idle_timeout: Duration::from_secs(30),
         tcp_idle_timeout: Duration::from_secs(600),
     }
 }
 
 fn agg() -> Aggregator {
-    Aggregator::new(cfg(AggregationLevel::FiveTuple))
+    Aggregator::new(cfg())
+}
+
+/// The aggregate stage followed by rollup at `level` (what the pipeline runs, minus identity
+/// and verdicts): for the aggregation-level cases.
+struct Leveled {
+    agg: Aggregator,
+    level: AggregationLevel,
+}
+
+impl Leveled {
+    fn new(level: AggregationLevel) -> Self {
+        Self { agg: agg(), level }
+    }
+
+    fn process(&mut self, batch: &CaptureBatch) -> Vec<FlowRecord> {
+        let mut records = rollup(self.agg.process(batch), &RollupConfig { allowed: self.level, denied: self.level });
+        records.sort_by(|a, b| {
+            (a.source_ip, a.source_port, a.dest_ip, a.dest_port, &a.proto, a.reporter)
+                .cmp(&(b.source_ip, b.source_port, b.dest_ip, b.dest_port, &b.proto, b.reporter))
+        });
+        records
+    }
+
+    fn tracked(&self) -> usize {
+        self.agg.tracked()
+    }
 }
 
 /// An aggregator that already processed one (empty) batch, so first-batch rules are off.
@@ -985,7 +1012,7 @@ fn aggregation_level_drops_source_port_and_sums() {
         ]
     };
 
-    let mut level1 = Aggregator::new(cfg(AggregationLevel::NoSourcePort));
+    let mut level1 = Leveled::new(AggregationLevel::NoSourcePort);
     let records = level1.process(&batch(0, 10, observations()));
     assert_eq!(
         views(&records),
@@ -1034,7 +1061,7 @@ fn aggregation_level_tcp_and_both_reporters() {
         // Another destination port stays apart.
         obs(CG_EG, A, 40003, B, 9090, TCP, 1, 60, SYN_PKT),
     ];
-    let records = Aggregator::new(cfg(AggregationLevel::NoSourcePort)).process(&batch(0, 10, observations));
+    let records = Leveled::new(AggregationLevel::NoSourcePort).process(&batch(0, 10, observations));
     assert_eq!(
         views(&records),
         vec![
@@ -1063,7 +1090,7 @@ fn aggregation_level_merges_echo_identifiers() {
             icmp(CG_EG, A, remote, ICMP, 8, 0, 2, 1, 84),
         ]
     };
-    let records = Aggregator::new(cfg(AggregationLevel::NoSourcePort)).process(&batch(0, 10, observations()));
+    let records = Leveled::new(AggregationLevel::NoSourcePort).process(&batch(0, 10, observations()));
     assert_eq!(
         views(&records),
         vec![
@@ -1259,7 +1286,7 @@ fn record_ids_are_stable_and_distinct() {
     let longer = agg().process(&batch(0, 20, observations()));
     assert_ne!(first[0].id, longer[0].id);
     // Another node.
-    let mut other_cfg = cfg(AggregationLevel::FiveTuple);
+    let mut other_cfg = cfg();
     other_cfg.node = "node-2".into();
     let other_node = Aggregator::new(other_cfg).process(&batch(0, 10, observations()));
     assert_ne!(first[0].id, other_node[0].id);

@@ -173,6 +173,8 @@ mod tests {
             num_attempted: 0,
             num_rejected: 0,
             source_cgroup_id: None,
+            host_network: false,
+            context: Default::default(),
         }
     }
 

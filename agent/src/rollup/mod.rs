@@ -1,0 +1,125 @@
+//! rollup: applies the configured aggregation level to attributed records.
+//!
+//! Takes: level-0 records (one per connection and reporter) with their verdicts. Gives: records
+//! at Calico's aggregation level for their action (allowed and denied flows have their own
+//! level): 0 keeps them; 1 drops the source port; 2 also drops addresses and names, grouping by
+//! `*_name_aggr`; 3 also drops the destination port and service port. Counts are summed,
+//! `num_flows` counts the connections, labels are the ones every member shares, `observed`
+//! becomes `mixed` where members differ. Must never: merge records whose action, reporter,
+//! policies or any field kept at that level differ.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{Action, AggregationLevel, FlowRecord, Observed, record_id};
+
+/// The levels to apply.
+#[derive(Clone, Debug)]
+pub struct RollupConfig {
+    /// Level of allowed records.
+    pub allowed: AggregationLevel,
+    /// Level of denied records.
+    pub denied: AggregationLevel,
+}
+
+/// `record` with the fields its level drops replaced by their aggregated values.
+fn masked(record: &FlowRecord, level: AggregationLevel) -> FlowRecord {
+    let mut r = record.clone();
+    if level >= AggregationLevel::NoSourcePort {
+        r.source_port = None;
+    }
+    if level >= AggregationLevel::PrefixName {
+        r.source_ip = None;
+        r.dest_ip = None;
+        r.source_name = "-".into();
+        r.dest_name = "-".into();
+    }
+    if level >= AggregationLevel::NoDestPorts {
+        r.dest_port = None;
+        r.dest_service_port = "-".into();
+    }
+    r
+}
+
+/// The fields that must be equal for two masked records to merge.
+fn key(r: &FlowRecord) -> String {
+    let mut k = r.clone();
+    k.id.clear();
+    k.bytes_in = 0;
+    k.bytes_out = 0;
+    k.packets_in = 0;
+    k.packets_out = 0;
+    k.num_flows = 0;
+    k.num_flows_started = 0;
+    k.num_flows_completed = 0;
+    k.num_established = 0;
+    k.num_attempted = 0;
+    k.num_rejected = 0;
+    k.observed = Observed::Mixed;
+    k.source_labels = serde_json::Value::Null;
+    k.dest_labels = serde_json::Value::Null;
+    k.source_cgroup_id = None;
+    k.host_network = false;
+    serde_json::to_string(&k).expect("records serialize")
+}
+
+fn shared_labels(a: &serde_json::Value, b: &serde_json::Value) -> serde_json::Value {
+    if a == b {
+        return a.clone();
+    }
+    let list = |v: &serde_json::Value| -> Option<Vec<String>> {
+        Some(v.get("labels")?.as_array()?.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+    };
+    match (list(a), list(b)) {
+        (Some(x), Some(y)) => serde_json::json!({ "labels": x.into_iter().filter(|l| y.contains(l)).collect::<Vec<_>>() }),
+        _ => "-".into(),
+    }
+}
+
+/// Applies the levels; the output is sorted like the input's first members.
+pub fn rollup(records: Vec<FlowRecord>, cfg: &RollupConfig) -> Vec<FlowRecord> {
+    let mut groups: BTreeMap<usize, FlowRecord> = BTreeMap::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, record) in records.into_iter().enumerate() {
+        let level = match record.action {
+            Action::Allow => cfg.allowed,
+            Action::Deny => cfg.denied,
+        };
+        if level == AggregationLevel::FiveTuple {
+            groups.insert(i, record);
+            continue;
+        }
+        let m = masked(&record, level);
+        let k = key(&m);
+        match index.get(&k) {
+            None => {
+                let mut first = m;
+                first.id = record_id(&k);
+                index.insert(k, i);
+                groups.insert(i, first);
+            }
+            Some(&at) => {
+                let g = groups.get_mut(&at).expect("group exists");
+                g.bytes_in += m.bytes_in;
+                g.bytes_out += m.bytes_out;
+                g.packets_in += m.packets_in;
+                g.packets_out += m.packets_out;
+                g.num_flows += m.num_flows;
+                g.num_flows_started += m.num_flows_started;
+                g.num_flows_completed += m.num_flows_completed;
+                g.num_established += m.num_established;
+                g.num_attempted += m.num_attempted;
+                g.num_rejected += m.num_rejected;
+                if g.observed != m.observed {
+                    g.observed = Observed::Mixed;
+                }
+                if g.source_cgroup_id != m.source_cgroup_id {
+                    g.source_cgroup_id = None;
+                }
+                g.host_network |= m.host_network;
+                g.source_labels = shared_labels(&g.source_labels, &m.source_labels);
+                g.dest_labels = shared_labels(&g.dest_labels, &m.dest_labels);
+            }
+        }
+    }
+    groups.into_values().collect()
+}
