@@ -9,6 +9,7 @@ pub mod attribute;
 pub mod capture;
 pub mod cluster;
 pub mod config;
+pub mod enrich;
 pub mod model;
 pub mod output;
 pub mod pipeline;

@@ -314,3 +314,56 @@ pub fn record_id(input: &str) -> String {
     let h = input.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("{h:016x}")
 }
+
+#[cfg(test)]
+impl FlowRecord {
+    /// A level-0 TCP record from `src:sport` to `dst:dport`, reporter `src`, for tests.
+    pub fn sample(src: &str, sport: u16, dst: &str, dport: u16) -> FlowRecord {
+        let src: IpAddr = src.parse().expect("test address");
+        let dst: IpAddr = dst.parse().expect("test address");
+        FlowRecord {
+            id: record_id(&format!("{src}:{sport}>{dst}:{dport}")),
+            start_time: 100,
+            end_time: 115,
+            host: "node-a".into(),
+            action: Action::Allow,
+            reporter: Reporter::Src,
+            proto: "tcp".into(),
+            source_ip: Some(src),
+            source_port: Some(sport),
+            source_name: "-".into(),
+            source_name_aggr: "pvt".into(),
+            source_namespace: "-".into(),
+            source_type: "net".into(),
+            source_labels: "-".into(),
+            dest_ip: Some(dst),
+            dest_port: Some(dport),
+            dest_name: "-".into(),
+            dest_name_aggr: "pvt".into(),
+            dest_namespace: "-".into(),
+            dest_type: "net".into(),
+            dest_labels: "-".into(),
+            dest_service_name: "-".into(),
+            dest_service_namespace: "-".into(),
+            dest_service_port: "-".into(),
+            icmp_type: None,
+            icmp_code: None,
+            bytes_in: 100,
+            bytes_out: 200,
+            packets_in: 1,
+            packets_out: 2,
+            num_flows: 1,
+            num_flows_started: 1,
+            num_flows_completed: 0,
+            policies: Policies::default(),
+            flow_action: Action::Allow,
+            observed: Observed::Established,
+            num_established: 1,
+            num_attempted: 0,
+            num_rejected: 0,
+            source_cgroup_id: None,
+            host_network: false,
+            context: RecordContext { proto: 6, ..Default::default() },
+        }
+    }
+}

@@ -26,7 +26,7 @@
 //!   configured level once attribute has given each its verdict.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::IpAddr,
     time::Duration,
 };

@@ -1,0 +1,259 @@
+//! enrich: names both ends of each record from the cluster state.
+//!
+//! Takes: level-0 records and, on every change, a cluster-state version. Gives: the records with
+//! `*_name`, `*_name_aggr`, `*_namespace`, `*_type`, `*_labels`, `dest_service_*` and
+//! `host_network` filled, and the [`Endpoint`]s in their context for attribute. Must never:
+//! evaluate policy, or forget a deleted pod at once: its addresses and cgroups keep naming it
+//! for a grace period, so the flows drained after it died are still attributed.
+//!
+//! Order of lookups per end: the socket's cgroup (a pod named through its cgroup, which is how
+//! host-network pods are named), then the address: a pod's IP, a Service ClusterIP (the end stays
+//! `net`, `dest_service_*` is set), otherwise `net` with `pvt`/`pub`.
+
+mod cgroups;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use flowaudit_common::proto;
+
+use crate::{
+    cluster::ClusterState,
+    model::{Endpoint, EndpointKind, FlowRecord, ServiceRef},
+};
+
+/// What enrich needs to know.
+#[derive(Clone, Debug)]
+pub struct EnrichConfig {
+    /// The cgroup v2 mount (pods' cgroup annotations are relative to it; kubepods lives under it).
+    pub cgroup_root: PathBuf,
+    /// How long a deleted pod keeps naming its addresses and cgroups.
+    pub grace: Duration,
+}
+
+/// Identity of addresses and sockets, for one state version.
+pub trait IdentityLookup {
+    /// The endpoint that owns `ip`.
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<Endpoint>>;
+    /// The pod whose cgroup (or a cgroup below it) has this id.
+    fn by_cgroup(&self, id: u64) -> Option<Arc<Endpoint>>;
+    /// The Service whose ClusterIP and port these are.
+    fn service(&self, ip: IpAddr, port: Option<u16>, proto: u8) -> Option<ServiceRef>;
+}
+
+/// Lookup tables built from one [`ClusterState`].
+#[derive(Default)]
+pub struct Index {
+    by_ip: HashMap<IpAddr, Arc<Endpoint>>,
+    by_cgroup: HashMap<u64, Arc<Endpoint>>,
+    services: HashMap<IpAddr, Vec<(u16, String, String, String, String)>>,
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        proto::TCP => "TCP",
+        proto::UDP => "UDP",
+        proto::SCTP => "SCTP",
+        _ => "",
+    }
+}
+
+impl Index {
+    /// Builds the tables; cgroup ids are read from the filesystem below `cgroup_root`.
+    pub fn build(state: &ClusterState, cgroup_root: &std::path::Path) -> Index {
+        let mut index = Index::default();
+        let kubepods = cgroups::kubepods_dirs(cgroup_root);
+        let ns_labels = |ns: &str| state.namespaces.get(ns).map(|n| n.labels.clone()).unwrap_or_default();
+        let sa_labels = |ns: &str, sa: &str| {
+            state
+                .service_accounts
+                .iter()
+                .find(|s| s.namespace == ns && s.name == sa)
+                .map(|s| s.labels.clone())
+                .unwrap_or_default()
+        };
+        for pod in &state.pods {
+            let endpoint = Arc::new(Endpoint {
+                kind: EndpointKind::Wep,
+                name: Some(pod.name.clone()),
+                name_aggr: pod.generate_name.as_ref().map(|g| format!("{g}*")).unwrap_or_else(|| pod.name.clone()),
+                namespace: Some(pod.namespace.clone()),
+                labels: pod.labels.clone(),
+                namespace_labels: ns_labels(&pod.namespace),
+                service_account: Some(pod.service_account.clone()),
+                service_account_labels: sa_labels(&pod.namespace, &pod.service_account),
+                host_network: pod.host_network,
+                named_ports: pod.named_ports.clone(),
+            });
+            // A host-network pod's address is its node's: only its cgroup names it.
+            if !pod.host_network {
+                for ip in &pod.ips {
+                    index.by_ip.insert(*ip, endpoint.clone());
+                }
+            }
+            let mut dirs = Vec::new();
+            if let Some(rel) = &pod.cgroup {
+                dirs.push(cgroup_root.join(rel.trim_start_matches('/')));
+            }
+            if !pod.uid.is_empty() {
+                if let Some(dir) = kubepods.get(&pod.uid.replace('_', "-")) {
+                    dirs.push(dir.clone());
+                }
+            }
+            for dir in dirs {
+                for id in cgroups::ids_below(&dir) {
+                    index.by_cgroup.insert(id, endpoint.clone());
+                }
+            }
+        }
+        for svc in &state.services {
+            for ip in &svc.cluster_ips {
+                let entry = index.services.entry(*ip).or_default();
+                for port in &svc.ports {
+                    entry.push((
+                        port.port,
+                        port.protocol.clone(),
+                        svc.namespace.clone(),
+                        svc.name.clone(),
+                        if port.name.is_empty() { "-".into() } else { port.name.clone() },
+                    ));
+                }
+            }
+        }
+        index
+    }
+}
+
+impl IdentityLookup for Index {
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<Endpoint>> {
+        self.by_ip.get(&ip).cloned()
+    }
+
+    fn by_cgroup(&self, id: u64) -> Option<Arc<Endpoint>> {
+        self.by_cgroup.get(&id).cloned()
+    }
+
+    fn service(&self, ip: IpAddr, port: Option<u16>, p: u8) -> Option<ServiceRef> {
+        let ports = self.services.get(&ip)?;
+        let hit = ports.iter().find(|(n, protocol, ..)| Some(*n) == port && protocol == proto_name(p));
+        match hit {
+            Some((_, _, namespace, name, port_name)) => {
+                Some(ServiceRef { namespace: namespace.clone(), name: name.clone(), port: port_name.clone() })
+            }
+            // The address is the Service's even on a port it does not expose.
+            None => ports.first().map(|(_, _, namespace, name, _)| ServiceRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                port: "-".into(),
+            }),
+        }
+    }
+}
+
+/// The enrich stage: the current index plus the entries of recently deleted pods.
+pub struct Enricher {
+    cfg: EnrichConfig,
+    current: Index,
+    /// Addresses and cgroups that vanished, with the time (Unix ns) they stop naming.
+    gone_ips: HashMap<IpAddr, (Arc<Endpoint>, u64)>,
+    gone_cgroups: HashMap<u64, (Arc<Endpoint>, u64)>,
+}
+
+impl Enricher {
+    /// A stage with an empty state.
+    pub fn new(cfg: EnrichConfig) -> Self {
+        Self { cfg, current: Index::default(), gone_ips: HashMap::new(), gone_cgroups: HashMap::new() }
+    }
+
+    /// Installs a new state version observed at `now_ns` (Unix ns).
+    pub fn update(&mut self, state: &ClusterState, now_ns: u64) {
+        let next = Index::build(state, &self.cfg.cgroup_root);
+        let until = now_ns + self.cfg.grace.as_nanos() as u64;
+        for (ip, ep) in &self.current.by_ip {
+            if !next.by_ip.contains_key(ip) {
+                self.gone_ips.insert(*ip, (ep.clone(), until));
+            }
+        }
+        for (id, ep) in &self.current.by_cgroup {
+            if !next.by_cgroup.contains_key(id) {
+                self.gone_cgroups.insert(*id, (ep.clone(), until));
+            }
+        }
+        for ip in next.by_ip.keys() {
+            self.gone_ips.remove(ip);
+        }
+        for id in next.by_cgroup.keys() {
+            self.gone_cgroups.remove(id);
+        }
+        self.current = next;
+    }
+
+    fn endpoint(&self, cgroup: Option<u64>, ip: Option<IpAddr>, now_ns: u64) -> Option<Arc<Endpoint>> {
+        let alive = |(ep, until): &(Arc<Endpoint>, u64)| (*until > now_ns).then(|| ep.clone());
+        cgroup
+            .and_then(|id| self.current.by_cgroup(id).or_else(|| self.gone_cgroups.get(&id).and_then(alive)))
+            .or_else(|| ip.and_then(|ip| self.current.by_ip(ip).or_else(|| self.gone_ips.get(&ip).and_then(alive))))
+    }
+
+    /// Fills the identity fields of `records` (records of the interval ending `now_ns`).
+    pub fn enrich(&mut self, records: &mut [FlowRecord], now_ns: u64) {
+        self.gone_ips.retain(|_, (_, until)| *until > now_ns);
+        self.gone_cgroups.retain(|_, (_, until)| *until > now_ns);
+        for r in records {
+            let source = self.endpoint(r.source_cgroup_id, r.source_ip, now_ns);
+            let dest = self.endpoint(r.context.dest_cgroup_id, r.dest_ip, now_ns);
+            if let Some(ep) = &source {
+                fill(ep, &mut r.source_name, &mut r.source_name_aggr, &mut r.source_namespace, &mut r.source_type, &mut r.source_labels);
+                r.host_network |= ep.host_network;
+            }
+            if let Some(ep) = &dest {
+                fill(ep, &mut r.dest_name, &mut r.dest_name_aggr, &mut r.dest_namespace, &mut r.dest_type, &mut r.dest_labels);
+                r.host_network |= ep.host_network;
+            }
+            if dest.is_none()
+                && let Some(ip) = r.dest_ip
+                && let Some(svc) = self.current.service(ip, r.dest_port, r.context.proto)
+            {
+                r.dest_service_name = svc.name;
+                r.dest_service_namespace = svc.namespace;
+                r.dest_service_port = svc.port;
+            }
+            r.context.source = source;
+            r.context.dest = dest;
+        }
+    }
+}
+
+/// `{"labels": ["k=v", ...]}`, as Calico writes labels.
+pub fn labels_value(labels: &BTreeMap<String, String>) -> serde_json::Value {
+    serde_json::json!({ "labels": labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>() })
+}
+
+fn fill(
+    ep: &Endpoint,
+    name: &mut String,
+    aggr: &mut String,
+    namespace: &mut String,
+    kind: &mut String,
+    labels: &mut serde_json::Value,
+) {
+    *name = ep.name.clone().unwrap_or_else(|| "-".into());
+    *aggr = ep.name_aggr.clone();
+    *namespace = ep.namespace.clone().unwrap_or_else(|| "-".into());
+    *kind = match ep.kind {
+        EndpointKind::Wep => "wep",
+        EndpointKind::Hep => "hep",
+        EndpointKind::Ns => "ns",
+        EndpointKind::Net => "net",
+    }
+    .into();
+    *labels = labels_value(&ep.labels);
+}
+
+#[cfg(test)]
+mod tests;
