@@ -190,6 +190,21 @@ pub enum Observed {
     Mixed,
 }
 
+/// `enforcement`: what happened against what the policy says. Ordered from best to worst.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// The packets did what the policy says.
+    #[default]
+    Consistent,
+    /// The policy allows the flow but it only ever attempted: dropped by something else.
+    UnexplainedDrop,
+    /// Denied now, but established before the policy change that denies it.
+    StaleConnection,
+    /// Denied, yet established.
+    Violation,
+}
+
 /// `policies` of a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Policies {
@@ -272,8 +287,14 @@ pub struct FlowRecord {
     pub num_flows_completed: u64,
     /// Policy traces.
     pub policies: Policies,
-    /// Verdict of the whole flow.
+    /// The reporter's side verdict with staged policies applied.
+    pub pending_action: Action,
+    /// Verdict of the whole flow (source egress AND destination ingress).
     pub flow_action: Action,
+    /// Whether what happened matches what the policy says.
+    pub enforcement: Enforcement,
+    /// Member connections whose enforcement is `violation`.
+    pub num_violations: u64,
     /// What the packets showed.
     pub observed: Observed,
     /// Connections that completed a handshake or saw replies.
@@ -356,7 +377,10 @@ impl FlowRecord {
             num_flows_started: 1,
             num_flows_completed: 0,
             policies: Policies::default(),
+            pending_action: Action::Allow,
             flow_action: Action::Allow,
+            enforcement: Enforcement::Consistent,
+            num_violations: 0,
             observed: Observed::Established,
             num_established: 1,
             num_attempted: 0,

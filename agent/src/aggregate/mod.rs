@@ -34,7 +34,7 @@ use std::{
 use flowaudit_common::{proto, tcp_flags};
 
 use crate::model::{
-    Action, CaptureBatch, FlowRecord, Hook, IfaceRole, Observation, Observed, Policies, RecordContext, Reporter,
+    Action, CaptureBatch, Enforcement, FlowRecord, Hook, IfaceRole, Observation, Observed, Policies, RecordContext, Reporter,
     record_id,
 };
 
@@ -355,7 +355,10 @@ impl Aggregator {
             num_flows_started: u64::from(side.started),
             num_flows_completed: u64::from(side.completed),
             policies: Policies::default(),
+            pending_action: Action::Allow,
             flow_action: Action::Allow,
+            enforcement: Enforcement::Consistent,
+            num_violations: 0,
             observed: side.observed,
             num_established: count(Observed::Established),
             num_attempted: count(Observed::Attempted),

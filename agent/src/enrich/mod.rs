@@ -51,7 +51,14 @@ pub trait IdentityLookup {
 pub struct Index {
     by_ip: HashMap<IpAddr, Arc<Endpoint>>,
     by_cgroup: HashMap<u64, Arc<Endpoint>>,
-    services: HashMap<IpAddr, Vec<(u16, String, String, String, String)>>,
+    services: HashMap<IpAddr, Vec<ServicePortEntry>>,
+}
+
+/// One port of a Service at one ClusterIP.
+struct ServicePortEntry {
+    port: u16,
+    protocol: String,
+    service: ServiceRef,
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -68,7 +75,12 @@ impl Index {
     pub fn build(state: &ClusterState, cgroup_root: &std::path::Path) -> Index {
         let mut index = Index::default();
         let kubepods = cgroups::kubepods_dirs(cgroup_root);
-        let ns_labels = |ns: &str| state.namespaces.get(ns).map(|n| n.labels.clone()).unwrap_or_default();
+        // Kubernetes labels every namespace with its name; manifests may leave it out.
+        let ns_labels = |ns: &str| {
+            let mut labels = state.namespaces.get(ns).map(|n| n.labels.clone()).unwrap_or_default();
+            labels.entry("kubernetes.io/metadata.name".into()).or_insert_with(|| ns.to_owned());
+            labels
+        };
         let sa_labels = |ns: &str, sa: &str| {
             state
                 .service_accounts
@@ -100,10 +112,8 @@ impl Index {
             if let Some(rel) = &pod.cgroup {
                 dirs.push(cgroup_root.join(rel.trim_start_matches('/')));
             }
-            if !pod.uid.is_empty() {
-                if let Some(dir) = kubepods.get(&pod.uid.replace('_', "-")) {
-                    dirs.push(dir.clone());
-                }
+            if let Some(dir) = kubepods.get(&pod.uid.replace('_', "-")).filter(|_| !pod.uid.is_empty()) {
+                dirs.push(dir.clone());
             }
             for dir in dirs {
                 for id in cgroups::ids_below(&dir) {
@@ -115,13 +125,15 @@ impl Index {
             for ip in &svc.cluster_ips {
                 let entry = index.services.entry(*ip).or_default();
                 for port in &svc.ports {
-                    entry.push((
-                        port.port,
-                        port.protocol.clone(),
-                        svc.namespace.clone(),
-                        svc.name.clone(),
-                        if port.name.is_empty() { "-".into() } else { port.name.clone() },
-                    ));
+                    entry.push(ServicePortEntry {
+                        port: port.port,
+                        protocol: port.protocol.clone(),
+                        service: ServiceRef {
+                            namespace: svc.namespace.clone(),
+                            name: svc.name.clone(),
+                            port: if port.name.is_empty() { "-".into() } else { port.name.clone() },
+                        },
+                    });
                 }
             }
         }
@@ -140,17 +152,10 @@ impl IdentityLookup for Index {
 
     fn service(&self, ip: IpAddr, port: Option<u16>, p: u8) -> Option<ServiceRef> {
         let ports = self.services.get(&ip)?;
-        let hit = ports.iter().find(|(n, protocol, ..)| Some(*n) == port && protocol == proto_name(p));
-        match hit {
-            Some((_, _, namespace, name, port_name)) => {
-                Some(ServiceRef { namespace: namespace.clone(), name: name.clone(), port: port_name.clone() })
-            }
+        match ports.iter().find(|e| Some(e.port) == port && e.protocol == proto_name(p)) {
+            Some(e) => Some(e.service.clone()),
             // The address is the Service's even on a port it does not expose.
-            None => ports.first().map(|(_, _, namespace, name, _)| ServiceRef {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                port: "-".into(),
-            }),
+            None => ports.first().map(|e| ServiceRef { port: "-".into(), ..e.service.clone() }),
         }
     }
 }

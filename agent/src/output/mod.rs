@@ -129,7 +129,7 @@ fn open_append(path: &Path) -> Result<(BufWriter<File>, u64), OutputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Action, Observed, Policies, Reporter};
+    use crate::model::{Action, Enforcement, Observed, Policies, Reporter};
 
     fn record(n: u64) -> FlowRecord {
         FlowRecord {
@@ -167,7 +167,10 @@ mod tests {
             num_flows_started: 1,
             num_flows_completed: 0,
             policies: Policies::default(),
+            pending_action: Action::Allow,
             flow_action: Action::Allow,
+            enforcement: Enforcement::Consistent,
+            num_violations: 0,
             observed: Observed::Established,
             num_established: 1,
             num_attempted: 0,

@@ -5,7 +5,8 @@
 //! level): 0 keeps them; 1 drops the source port; 2 also drops addresses and names, grouping by
 //! `*_name_aggr`; 3 also drops the destination port and service port. Counts are summed,
 //! `num_flows` counts the connections, labels are the ones every member shares, `observed`
-//! becomes `mixed` where members differ. Must never: merge records whose action, reporter,
+//! becomes `mixed` where members differ, `enforcement` is the worst member's and
+//! `num_violations` counts the violating members. Must never: merge records whose action, reporter,
 //! policies or any field kept at that level differ.
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +60,8 @@ fn key(r: &FlowRecord) -> String {
     k.dest_labels = serde_json::Value::Null;
     k.source_cgroup_id = None;
     k.host_network = false;
+    k.enforcement = crate::model::Enforcement::Consistent;
+    k.num_violations = 0;
     serde_json::to_string(&k).expect("records serialize")
 }
 
@@ -116,6 +119,8 @@ pub fn rollup(records: Vec<FlowRecord>, cfg: &RollupConfig) -> Vec<FlowRecord> {
                     g.source_cgroup_id = None;
                 }
                 g.host_network |= m.host_network;
+                g.enforcement = g.enforcement.max(m.enforcement);
+                g.num_violations += m.num_violations;
                 g.source_labels = shared_labels(&g.source_labels, &m.source_labels);
                 g.dest_labels = shared_labels(&g.dest_labels, &m.dest_labels);
             }

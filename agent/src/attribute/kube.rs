@@ -1,0 +1,185 @@
+//! Kubernetes `networking.k8s.io/v1` NetworkPolicy semantics, compiled for the tier walk.
+//!
+//! Takes: a [`NetworkPolicySpec`]. Gives: selection of the policy's subject pods per direction
+//! and the index of the first rule that admits a flow. Must never: match host-network pods as
+//! subjects or as pod peers (Kubernetes policies do not apply to them), or treat a rule as
+//! anything but Allow (Kubernetes rules only allow; the tier's default denies the rest).
+//!
+//! Rules: isolation per direction (`policyTypes`, or Ingress plus Egress when egress rules
+//! exist); a rule admits when one of its peers and one of its ports match; no `from`/`to` = every
+//! peer; a peer's `namespaceSelector` AND `podSelector`; a `podSelector` alone = the policy's
+//! namespace; `ipBlock` with `except` (host bits accepted); ports with protocol (default TCP),
+//! number or name (resolved on the destination pod's container ports) and `endPort`.
+
+use std::net::IpAddr;
+
+use k8s_openapi::{
+    api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec},
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+
+use flowaudit_common::proto;
+
+use super::engine::{Dir, FlowView, RuleAction};
+use crate::model::{Endpoint, EndpointKind};
+
+/// A compiled Kubernetes NetworkPolicy.
+#[derive(Clone, Debug)]
+pub struct KubePolicy {
+    pod_selector: LabelSelector,
+    /// `None`: the policy does not isolate in this direction.
+    ingress: Option<Vec<KubeRule>>,
+    egress: Option<Vec<KubeRule>>,
+}
+
+#[derive(Clone, Debug)]
+struct KubeRule {
+    /// `None`: every peer.
+    peers: Option<Vec<NetworkPolicyPeer>>,
+    /// `None`: every port.
+    ports: Option<Vec<NetworkPolicyPort>>,
+}
+
+/// Whether `labels` satisfy a Kubernetes label selector.
+pub fn label_selector_matches(selector: &LabelSelector, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    for (k, v) in selector.match_labels.iter().flatten() {
+        if labels.get(k) != Some(v) {
+            return false;
+        }
+    }
+    for expr in selector.match_expressions.iter().flatten() {
+        let value = labels.get(&expr.key);
+        let values = expr.values.as_deref().unwrap_or_default();
+        let ok = match expr.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `ip` is in `cidr` (`a.b.c.d/n`, host bits allowed; a bare address is one host).
+pub fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
+    let (addr, len) = match cidr.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().ok()),
+        None => (cidr, None),
+    };
+    let Ok(net) = addr.parse::<IpAddr>() else { return false };
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let len = len.unwrap_or(32).min(32);
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let len = len.unwrap_or(128).min(128);
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+fn proto_matches(protocol: Option<&str>, p: u8) -> bool {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => p == proto::TCP,
+        "UDP" => p == proto::UDP,
+        "SCTP" => p == proto::SCTP,
+        _ => false,
+    }
+}
+
+fn is_pod(ep: Option<&Endpoint>) -> Option<&Endpoint> {
+    ep.filter(|e| e.kind == EndpointKind::Wep && !e.host_network)
+}
+
+impl KubePolicy {
+    /// Compiles a spec.
+    pub fn new(spec: &NetworkPolicySpec) -> KubePolicy {
+        let rules_in = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyIngressRule]| {
+            rules.iter().map(|r| KubeRule { peers: r.from.clone().filter(|v| !v.is_empty()), ports: r.ports.clone().filter(|v| !v.is_empty()) }).collect()
+        };
+        let rules_out = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyEgressRule]| {
+            rules.iter().map(|r| KubeRule { peers: r.to.clone().filter(|v| !v.is_empty()), ports: r.ports.clone().filter(|v| !v.is_empty()) }).collect()
+        };
+        let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        let types: Vec<String> = match &spec.policy_types {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ if has_egress => vec!["Ingress".into(), "Egress".into()],
+            _ => vec!["Ingress".into()],
+        };
+        KubePolicy {
+            pod_selector: spec.pod_selector.clone().unwrap_or_default(),
+            ingress: types.iter().any(|t| t == "Ingress").then(|| rules_in(spec.ingress.as_deref().unwrap_or_default())),
+            egress: types.iter().any(|t| t == "Egress").then(|| rules_out(spec.egress.as_deref().unwrap_or_default())),
+        }
+    }
+
+    /// Whether the policy isolates `subject` in `dir`.
+    pub fn selects(&self, namespace: &str, subject: &Endpoint, dir: Dir) -> bool {
+        let isolates = match dir {
+            Dir::Ingress => self.ingress.is_some(),
+            Dir::Egress => self.egress.is_some(),
+        };
+        isolates
+            && is_pod(Some(subject)).is_some()
+            && subject.namespace.as_deref() == Some(namespace)
+            && label_selector_matches(&self.pod_selector, &subject.labels)
+    }
+
+    /// The first rule admitting `flow` in `dir`.
+    pub fn first_match(&self, namespace: &str, dir: Dir, flow: &FlowView<'_>) -> Option<(usize, RuleAction)> {
+        let (rules, peer, peer_ip) = match dir {
+            Dir::Ingress => (self.ingress.as_ref()?, flow.src, flow.src_ip),
+            Dir::Egress => (self.egress.as_ref()?, flow.dst, flow.dst_ip),
+        };
+        rules.iter().position(|rule| {
+            let peer_ok = rule.peers.as_ref().is_none_or(|peers| peers.iter().any(|p| peer_matches(namespace, p, peer, peer_ip)));
+            peer_ok && rule.ports.as_ref().is_none_or(|ports| ports.iter().any(|p| port_matches(p, flow)))
+        })
+        .map(|i| (i, RuleAction::Allow))
+    }
+}
+
+fn peer_matches(namespace: &str, peer: &NetworkPolicyPeer, ep: Option<&Endpoint>, ip: IpAddr) -> bool {
+    if let Some(block) = &peer.ip_block {
+        return in_cidr(ip, &block.cidr) && !block.except.iter().flatten().any(|e| in_cidr(ip, e));
+    }
+    if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+        return false;
+    }
+    let Some(pod) = is_pod(ep) else { return false };
+    let ns_ok = match &peer.namespace_selector {
+        Some(sel) => label_selector_matches(sel, &pod.namespace_labels),
+        None => pod.namespace.as_deref() == Some(namespace),
+    };
+    ns_ok && peer.pod_selector.as_ref().is_none_or(|sel| label_selector_matches(sel, &pod.labels))
+}
+
+fn port_matches(port: &NetworkPolicyPort, flow: &FlowView<'_>) -> bool {
+    if !proto_matches(port.protocol.as_deref(), flow.proto) {
+        return false;
+    }
+    let Some(dst_port) = flow.dst_port else { return port.port.is_none() };
+    match &port.port {
+        None => true,
+        Some(IntOrString::Int(n)) => {
+            let start = *n as i64;
+            let end = port.end_port.map(i64::from).unwrap_or(start);
+            (start..=end).contains(&i64::from(dst_port))
+        }
+        Some(IntOrString::String(name)) => {
+            // A named port is the destination pod's container port of that name and protocol.
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            is_pod(flow.dst).is_some_and(|pod| {
+                pod.named_ports.iter().any(|np| &np.name == name && np.protocol == protocol && np.port == dst_port)
+            })
+        }
+    }
+}
