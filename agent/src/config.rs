@@ -55,6 +55,8 @@ pub struct RunFlags {
     pub aggregation_allowed: Option<u8>,
     /// `--aggregation-denied N`.
     pub aggregation_denied: Option<u8>,
+    /// `--cluster kube|DIR`.
+    pub cluster: Option<String>,
 }
 
 /// The YAML file. Every field optional; unknown keys are an error.
@@ -69,6 +71,8 @@ struct FileConfig {
     node: Option<String>,
     aggregation_allowed: Option<u8>,
     aggregation_denied: Option<u8>,
+    cluster: Option<String>,
+    pod_deletion_grace: Option<String>,
     flow_table_entries: Option<u32>,
     ring_buffer_size: Option<String>,
     idle_timeout: Option<String>,
@@ -96,6 +100,10 @@ pub struct Settings {
     pub aggregation_allowed: AggregationLevel,
     /// Aggregation of denied flows.
     pub aggregation_denied: AggregationLevel,
+    /// Where cluster state comes from (`None`: no identity, names are `-`).
+    pub cluster: Option<ClusterSource>,
+    /// How long a deleted pod keeps naming its addresses and cgroups.
+    pub pod_deletion_grace: Duration,
     /// Entries of each of the two kernel flow tables.
     pub flow_table_entries: u32,
     /// Bytes of the kernel ring buffer (a power of two, at least one page).
@@ -110,6 +118,15 @@ pub struct Settings {
     pub flow_log_max_files: u32,
 }
 
+/// Where the cluster state comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// The Kubernetes API (in-cluster config or KUBECONFIG).
+    Kube,
+    /// A directory of manifests, watched.
+    Dir(PathBuf),
+}
+
 /// Default `--flow-log-dir`.
 pub const DEFAULT_FLOW_LOG_DIR: &str = "/var/log/flowaudit";
 const DEFAULT_FLUSH_INTERVAL: &str = "15s";
@@ -120,6 +137,7 @@ const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 const DEFAULT_TCP_IDLE_TIMEOUT: &str = "2h";
 const DEFAULT_MAX_FILE_SIZE: &str = "100MB";
 const DEFAULT_MAX_FILES: u32 = 5;
+const DEFAULT_POD_DELETION_GRACE: &str = "60s";
 const CLI: &str = "command line";
 
 impl Settings {
@@ -173,23 +191,35 @@ impl Settings {
             Some((v, _)) => v,
             None => hostname().unwrap_or_else(|| "unknown".to_owned()),
         };
-        let level = |field: &str, flag: &Option<u8>, key: &Option<u8>| -> Result<_, ConfigError> {
-            match pick(flag, key, &file_name) {
-                None | Some((1, _)) => Ok(AggregationLevel::NoSourcePort),
-                Some((0, _)) => Ok(AggregationLevel::FiveTuple),
-                Some((2 | 3, src)) => Err(ConfigError::new(
-                    src,
-                    field,
-                    "levels 2 and 3 group by endpoint name, which needs cluster identity; \
-                     this version supports 0 and 1",
-                )),
-                Some((n, src)) => Err(ConfigError::new(src, field, format!("{n} is not a level (0-3)"))),
+        let level = |field: &str, flag: &Option<u8>, key: &Option<u8>, default: u8| -> Result<_, ConfigError> {
+            match pick(flag, key, &file_name).unwrap_or((default, CLI)) {
+                (0, _) => Ok(AggregationLevel::FiveTuple),
+                (1, _) => Ok(AggregationLevel::NoSourcePort),
+                (2, _) => Ok(AggregationLevel::PrefixName),
+                (3, _) => Ok(AggregationLevel::NoDestPorts),
+                (n, src) => Err(ConfigError::new(src, field, format!("{n} is not a level (0-3)"))),
             }
         };
         let aggregation_allowed =
-            level("aggregation_allowed", &flags.aggregation_allowed, &file.aggregation_allowed)?;
+            level("aggregation_allowed", &flags.aggregation_allowed, &file.aggregation_allowed, 2)?;
         let aggregation_denied =
-            level("aggregation_denied", &flags.aggregation_denied, &file.aggregation_denied)?;
+            level("aggregation_denied", &flags.aggregation_denied, &file.aggregation_denied, 1)?;
+        let cluster = match pick(&flags.cluster, &file.cluster, &file_name) {
+            None => None,
+            Some((v, _)) if v == "kube" => Some(ClusterSource::Kube),
+            Some((v, src)) => {
+                let dir = PathBuf::from(&v);
+                if !dir.is_dir() {
+                    return Err(ConfigError::new(src, "cluster", format!("{v:?} is neither `kube` nor a directory")));
+                }
+                Some(ClusterSource::Dir(dir))
+            }
+        };
+        let pod_deletion_grace = duration(
+            &file_name,
+            "pod_deletion_grace",
+            file.pod_deletion_grace.as_deref().unwrap_or(DEFAULT_POD_DELETION_GRACE),
+        )?;
 
         let fname = file_name.as_str();
         let flow_table_entries = file.flow_table_entries.unwrap_or(DEFAULT_FLOW_TABLE_ENTRIES);
@@ -235,6 +265,8 @@ impl Settings {
             node,
             aggregation_allowed,
             aggregation_denied,
+            cluster,
+            pod_deletion_grace,
             flow_table_entries,
             ring_buffer_size: ring_buffer_size as u32,
             idle_timeout,
@@ -328,6 +360,9 @@ mod tests {
         assert_eq!(s.flow_log_max_file_size, 100_000_000);
         assert_eq!(s.flow_log_max_files, 5);
         assert_eq!(s.ring_buffer_size, 1 << 20);
+        assert_eq!((s.aggregation_allowed, s.aggregation_denied), (AggregationLevel::PrefixName, AggregationLevel::NoSourcePort));
+        assert_eq!(s.cluster, None);
+        assert_eq!(s.pod_deletion_grace, Duration::from_secs(60));
     }
 
     #[test]
@@ -360,8 +395,10 @@ mod tests {
         assert_eq!(err.field, "ring_buffer_size");
         let err = resolve(RunFlags { flush_interval: Some("soon".into()), ..Default::default() }).unwrap_err();
         assert_eq!((err.source_name.as_str(), err.field.as_str()), ("command line", "flush_interval"));
-        let err = resolve(RunFlags { aggregation_allowed: Some(2), ..Default::default() }).unwrap_err();
+        let err = resolve(RunFlags { aggregation_allowed: Some(4), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "aggregation_allowed");
+        let err = resolve(RunFlags { cluster: Some("/no/such/dir".into()), ..Default::default() }).unwrap_err();
+        assert_eq!((err.field.as_str(), err.source_name.as_str()), ("cluster", "command line"));
         let err = resolve(RunFlags { aggregation_denied: Some(7), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "aggregation_denied");
         let err = resolve(RunFlags { interfaces: Some(vec!["veth[".into()]), ..Default::default() }).unwrap_err();

@@ -53,12 +53,15 @@ struct RunArgs {
     /// Node name written in `host` [default: the hostname].
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
-    /// Aggregation level of allowed flows: 0 per 5-tuple, 1 without source port [default: 1].
+    /// Aggregation level of allowed flows: 0 per 5-tuple, 1 without source port, 2 by name prefix, 3 also without destination port [default: 2].
     #[arg(long, value_name = "N")]
     aggregation_allowed: Option<u8>,
     /// Aggregation level of denied flows [default: 1].
     #[arg(long, value_name = "N")]
     aggregation_denied: Option<u8>,
+    /// Cluster state: `kube` (the API) or a directory of manifests [default: none, names are `-`].
+    #[arg(long, value_name = "kube|DIR")]
+    cluster: Option<String>,
 }
 
 impl RunArgs {
@@ -73,6 +76,7 @@ impl RunArgs {
             node: self.node,
             aggregation_allowed: self.aggregation_allowed,
             aggregation_denied: self.aggregation_denied,
+            cluster: self.cluster,
         }
     }
 }
@@ -157,6 +161,10 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(pipeline::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ pipeline::PipelineError::Manifests(_)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     eprintln!("error: {}", chain(&e));
                     ExitCode::FAILURE

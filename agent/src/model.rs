@@ -150,6 +150,8 @@ pub struct CaptureBatch {
     pub observations: Vec<Observation>,
     /// The last batch: the agent is stopping.
     pub last: bool,
+    /// The drain request this batch answers (an early drain before a policy change).
+    pub answers: Option<u64>,
 }
 
 /// `reporter` of a record.

@@ -1,5 +1,5 @@
-//! The one place where stages are wired: capture → aggregate → output, plus telemetry and
-//! signals.
+//! The one place where stages are wired: capture → aggregate → enrich → attribute → rollup →
+//! output, with the cluster state as a side input, plus telemetry and signals.
 //!
 //! Takes: validated [`Settings`]. Gives: a running agent until SIGINT/SIGTERM, then a last drain
 //! of every open flow written to the flow log, everything detached, and `Ok`. Must never: hold
@@ -12,8 +12,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     aggregate::{AggregateConfig, Aggregator},
+    attribute::Attributor,
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
-    config::Settings,
+    cluster::{ClusterState, manifests},
+    config::{ClusterSource, Settings},
+    enrich::{EnrichConfig, Enricher},
+    model::{CaptureBatch, Reporter},
     output::{FileConfig, FlowLogWriter, OutputError},
     rollup::{self, RollupConfig},
     telemetry,
@@ -36,6 +40,12 @@ pub enum PipelineError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The manifests directory has problems (every one is listed).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Manifests(Vec<manifests::ManifestError>),
+    /// `--cluster kube` is not available in this build.
+    #[error("--cluster kube: the Kubernetes API source is not in this version yet")]
+    KubeUnavailable,
     /// A stage task panicked.
     #[error("a pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -72,20 +82,84 @@ impl OutputMetrics {
 }
 
 /// Runs the agent until a signal, then flushes and returns.
+/// The stages that turn one batch into written records, with the state version they use.
+struct Stages {
+    aggregator: Aggregator,
+    enricher: Enricher,
+    attributor: Attributor,
+    levels: RollupConfig,
+    writer: FlowLogWriter,
+    metrics: OutputMetrics,
+}
+
+impl Stages {
+    fn update(&mut self, state: &ClusterState, now_ns: u64) {
+        self.enricher.update(state, now_ns);
+        self.attributor.update(state, now_ns);
+        tracing::info!(message = "Cluster state in force.", version = state.version);
+    }
+
+    fn process(&mut self, batch: &CaptureBatch) {
+        let mut records = self.aggregator.process(batch);
+        self.enricher.enrich(&mut records, batch.end_ns);
+        self.attributor.attribute(&mut records);
+        let records = rollup::rollup(records, &self.levels);
+        self.metrics.connections.set(self.aggregator.tracked() as i64);
+        match self.writer.write(&records) {
+            Ok(bytes) => {
+                self.metrics.bytes.inc_by(bytes);
+                for r in &records {
+                    let reporter = match r.reporter {
+                        Reporter::Src => "src",
+                        Reporter::Dst => "dst",
+                        Reporter::Fwd => "fwd",
+                    };
+                    self.metrics.records.with_label_values(&[reporter]).inc();
+                }
+            }
+            Err(error) => {
+                self.metrics.dropped.with_label_values(&["write_error"]).inc_by(records.len() as u64);
+                tracing::error!(message = "Writing flow records failed.", records = records.len(), %error);
+            }
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// The cluster state source, if any: the first state, then every new version.
+async fn cluster_states(settings: &Settings) -> Result<Option<watch::Receiver<Arc<ClusterState>>>, PipelineError> {
+    match &settings.cluster {
+        None => Ok(None),
+        Some(ClusterSource::Dir(dir)) => {
+            let loaded = manifests::load_dir(dir).map_err(PipelineError::Manifests)?;
+            for s in &loaded.skipped {
+                tracing::info!(message = "Manifest skipped.", file = %s.file.display(), document = s.document, kind = %s.kind, reason = s.reason);
+            }
+            Ok(Some(manifests::watch(dir.clone(), loaded, std::time::Duration::from_secs(1))))
+        }
+        Some(ClusterSource::Kube) => Err(PipelineError::KubeUnavailable),
+    }
+}
+
+/// Runs the agent until a signal, then flushes and returns.
 pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     let registry = Registry::new();
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let mut writer = FlowLogWriter::open(FileConfig {
+    let writer = FlowLogWriter::open(FileConfig {
         dir: settings.flow_log_dir.clone(),
         max_file_size: settings.flow_log_max_file_size,
         max_files: settings.flow_log_max_files,
     })?;
+    let mut states = cluster_states(&settings).await?;
     let listener = telemetry::bind(settings.metrics_addr)
         .await
         .map_err(|source| PipelineError::Metrics { addr: settings.metrics_addr, source })?;
-    let out_metrics = OutputMetrics::new(&registry);
+    let metrics = OutputMetrics::new(&registry);
     let capture = Capture::load(
         CaptureConfig {
             cgroup: settings.cgroup.clone(),
@@ -97,50 +171,78 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         CaptureMetrics::new(&registry),
         ready.clone(),
     )?;
-    let mut aggregator = Aggregator::new(AggregateConfig {
-        node: settings.node.clone(),
-        idle_timeout: settings.idle_timeout,
-        tcp_idle_timeout: settings.tcp_idle_timeout,
-    });
-
-    let levels = RollupConfig { allowed: settings.aggregation_allowed, denied: settings.aggregation_denied };
+    let mut stages = Stages {
+        aggregator: Aggregator::new(AggregateConfig {
+            node: settings.node.clone(),
+            idle_timeout: settings.idle_timeout,
+            tcp_idle_timeout: settings.tcp_idle_timeout,
+        }),
+        enricher: Enricher::new(EnrichConfig { cgroup_root: cgroup_root(&settings), grace: settings.pod_deletion_grace }),
+        attributor: Attributor::new(),
+        levels: RollupConfig { allowed: settings.aggregation_allowed, denied: settings.aggregation_denied },
+        writer,
+        metrics,
+    };
+    if let Some(rx) = &mut states {
+        let state = rx.borrow_and_update().clone();
+        stages.update(&state, now_ns());
+    }
 
     let server = tokio::spawn(telemetry::serve(listener, registry.clone(), ready, shutdown_rx.clone()));
     let (batches_tx, mut batches) = mpsc::channel(4);
-    let capture_task = tokio::spawn(capture.run(batches_tx, shutdown_rx));
+    let (drain_tx, drain_rx) = mpsc::channel(1);
+    let capture_task = tokio::spawn(capture.run(batches_tx, drain_rx, shutdown_rx));
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!(message = "Signal received; flushing open flows.");
         let _ = shutdown_tx.send(true);
     });
 
-    while let Some(batch) = batches.recv().await {
-        let records = rollup::rollup(aggregator.process(&batch), &levels);
-        out_metrics.connections.set(aggregator.tracked() as i64);
-        match writer.write(&records) {
-            Ok(bytes) => {
-                out_metrics.bytes.inc_by(bytes);
-                for r in &records {
-                    let reporter = match r.reporter {
-                        crate::model::Reporter::Src => "src",
-                        crate::model::Reporter::Dst => "dst",
-                        crate::model::Reporter::Fwd => "fwd",
-                    };
-                    out_metrics.records.with_label_values(&[reporter]).inc();
+    // A state change first drains the kernel table, so traffic before the change is written with
+    // the verdicts of the state it happened under, and traffic after it with the new ones.
+    let mut pending: Option<(u64, Arc<ClusterState>, u64)> = None;
+    let mut request = 0u64;
+    loop {
+        let state_changed = async {
+            match (&mut states, &pending) {
+                (Some(rx), None) => rx.changed().await.ok(),
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            batch = batches.recv() => {
+                let Some(batch) = batch else { break };
+                stages.process(&batch);
+                if let Some((id, state, at)) = pending.take() {
+                    if batch.answers == Some(id) || batch.last {
+                        stages.update(&state, at);
+                    } else {
+                        pending = Some((id, state, at));
+                    }
+                }
+                if batch.last {
+                    break;
                 }
             }
-            Err(error) => {
-                out_metrics.dropped.with_label_values(&["write_error"]).inc_by(records.len() as u64);
-                tracing::error!(message = "Writing flow records failed.", records = records.len(), %error);
+            Some(()) = state_changed => {
+                let state = states.as_mut().expect("a source").borrow_and_update().clone();
+                request += 1;
+                pending = Some((request, state, now_ns()));
+                let _ = drain_tx.send(request).await;
             }
-        }
-        if batch.last {
-            break;
         }
     }
     capture_task.await??;
     let _ = server.await?;
     Ok(())
+}
+
+/// The cgroup v2 mount (pods' cgroup paths are relative to it), whatever subtree capture uses.
+fn cgroup_root(settings: &Settings) -> std::path::PathBuf {
+    std::fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|m| crate::config::cgroup2_mount(&m))
+        .unwrap_or_else(|| settings.cgroup.clone())
 }
 
 async fn wait_for_signal() {

@@ -131,7 +131,7 @@ impl ObsExt for Observation {
 
 /// A batch covering T0+start_s .. T0+end_s.
 fn batch(start_s: u64, end_s: u64, observations: Vec<Observation>) -> CaptureBatch {
-    CaptureBatch { start_ns: T0 + start_s * SEC, end_ns: T0 + end_s * SEC, observations, last: false }
+    CaptureBatch { start_ns: T0 + start_s * SEC, end_ns: T0 + end_s * SEC, observations, last: false, answers: None }
 }
 
 fn cfg() -> AggregateConfig {

@@ -187,7 +187,7 @@ pub struct SideOutcome {
 /// Walks `tiers` for `subject` in `dir`.
 pub fn evaluate(tiers: &[Tier], subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> SideOutcome {
     let mut trace = Vec::new();
-    let mut entry = |trace: &mut Vec<String>, tier: &Tier, policy: &Policy, action: RuleAction, rule: i64| {
+    let entry = |trace: &mut Vec<String>, tier: &Tier, policy: &Policy, action: RuleAction, rule: i64| {
         let hit = trace.len();
         trace.push(format!("{hit}|{}|{}|{}|{rule}", tier.name, policy.trace_name(), action.word()));
     };

@@ -307,7 +307,7 @@ impl Capture {
 
     /// Swaps in a fresh table and reads the old one and the ring buffer. `last` marks the batch
     /// sent at shutdown.
-    fn drain(&mut self, last: bool) -> CaptureBatch {
+    fn drain(&mut self, last: bool, answers: Option<u64>) -> CaptureBatch {
         let started = Instant::now();
         let end_ns = wall_now_ns();
         let wall_minus_mono = end_ns as i128 - mono_now_ns() as i128;
@@ -388,7 +388,7 @@ impl Capture {
             });
         }
         self.gone.clear();
-        let batch = CaptureBatch { start_ns: self.interval_start_ns, end_ns, observations, last };
+        let batch = CaptureBatch { start_ns: self.interval_start_ns, end_ns, observations, last, answers };
         self.interval_start_ns = end_ns;
         self.metrics.drain_seconds.observe(started.elapsed().as_secs_f64());
         batch
@@ -406,11 +406,13 @@ impl Capture {
         self.metrics.observe_kernel(&values);
     }
 
-    /// Runs until `shutdown` fires: attaches TC as links come and go, drains every interval, and
-    /// sends each batch on `out`. On shutdown it detaches everything, then drains a last time.
+    /// Runs until `shutdown` fires: attaches TC as links come and go, drains every interval and
+    /// whenever a drain is requested (before a policy change), and sends each batch on `out`. On
+    /// shutdown it detaches everything, then drains a last time.
     pub async fn run(
         mut self,
         out: mpsc::Sender<CaptureBatch>,
+        mut drain_requests: mpsc::Receiver<u64>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), CaptureError> {
         let mut links = if self.patterns.is_empty() {
@@ -428,7 +430,13 @@ impl Capture {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let batch = self.drain(false);
+                    let batch = self.drain(false, None);
+                    if out.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                Some(request) = drain_requests.recv() => {
+                    let batch = self.drain(false, Some(request));
                     if out.send(batch).await.is_err() {
                         break;
                     }
@@ -444,7 +452,7 @@ impl Capture {
             }
         }
         self.detach_all();
-        let batch = self.drain(true);
+        let batch = self.drain(true, None);
         let _ = out.send(batch).await;
         tracing::info!(message = "Detached every program; final drain sent.");
         Ok(())
