@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cluster;
 pub mod config;
 pub mod enrich;
+pub mod explain;
 pub mod model;
 pub mod output;
 pub mod pipeline;

@@ -19,6 +19,27 @@ struct Cli {
 enum Command {
     /// Capture flows and write flow logs until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// The verdict and policy trace of one hypothetical flow.
+    Explain {
+        /// Cluster state: a directory of manifests.
+        #[arg(long, value_name = "DIR")]
+        cluster: PathBuf,
+        /// Source: namespace/pod or an address.
+        #[arg(long)]
+        src: String,
+        /// Destination: namespace/pod or an address.
+        #[arg(long)]
+        dst: String,
+        /// tcp, udp, sctp, icmp, icmp6 or a number.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Destination port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// text or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// Validate a configuration file and/or a manifests directory, listing every problem.
     Check {
         /// The YAML configuration to validate.
@@ -139,11 +160,44 @@ fn check(config: Option<PathBuf>, cluster: Option<PathBuf>) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::from(2) }
 }
 
+/// `flowaudit explain`.
+fn explain(dir: &std::path::Path, src: &str, dst: &str, proto: &str, port: Option<u16>, output: &str) -> ExitCode {
+    use flowaudit::explain as ex;
+    let state = match flowaudit::cluster::manifests::load_dir(dir) {
+        Ok(loaded) => loaded.state,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let index = flowaudit::enrich::Index::build(&state, std::path::Path::new("/nonexistent"));
+    let question = (|| -> Result<_, ex::ExplainError> {
+        Ok((ex::resolve(&index, "--src", src)?, ex::resolve(&index, "--dst", dst)?, ex::protocol(proto)?))
+    })();
+    let (s, d, p) = match question {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let verdict = ex::explain(&state, &s, &d, p, port);
+    if output == "json" {
+        println!("{}", ex::to_json(&verdict));
+    } else {
+        print!("{}", ex::to_text(&verdict, &s, &d, proto, port));
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     flowaudit::telemetry::init_logging();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config, cluster } => check(config, cluster),
+        Command::Explain { cluster, src, dst, proto, port, output } => explain(&cluster, &src, &dst, &proto, port, &output),
         Command::Run(args) => {
             let settings = match resolve(&args.flags()) {
                 Ok(s) => s,

@@ -47,6 +47,8 @@ pub struct Endpoint {
     pub host_network: bool,
     /// Named container ports (targets of named ports in policies).
     pub named_ports: Vec<NamedPort>,
+    /// The node a pod is scheduled on.
+    pub node: Option<String>,
 }
 
 /// The Service a destination address and port belong to.
@@ -159,7 +161,7 @@ pub struct CaptureBatch {
 #[serde(rename_all = "lowercase")]
 pub enum Reporter {
     /// From the source's (initiator's) side.
-    Src,
+    Src = 0,
     /// From the destination's side.
     Dst,
     /// Traffic that only passed through this node.
@@ -329,6 +331,11 @@ pub struct RecordContext {
     pub source: Option<Arc<Endpoint>>,
     /// The destination.
     pub dest: Option<Arc<Endpoint>>,
+    /// The connection and interval this record belongs to (the record id's input, reporter
+    /// left as `{R}`): records of one connection share it.
+    pub conn: String,
+    /// The connection's packets and bytes forward, then reverse, at the point that saw most.
+    pub alt: [u64; 4],
 }
 
 /// A record id: FNV-1a (64-bit) of `input`, as 16 hex digits. Stable across builds and

@@ -11,7 +11,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    aggregate::{AggregateConfig, Aggregator},
+    aggregate::{self, AggregateConfig, Aggregator},
     attribute::Attributor,
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
     cluster::{ClusterState, manifests},
@@ -52,6 +52,7 @@ pub enum PipelineError {
 }
 
 struct OutputMetrics {
+    state_version: IntGauge,
     records: IntCounterVec,
     bytes: IntCounter,
     dropped: IntCounterVec,
@@ -73,17 +74,21 @@ impl OutputMetrics {
         .expect("valid");
         let connections =
             IntGauge::new("flowaudit_connections_tracked", "Connections the aggregate stage remembers.").expect("valid");
+        let state_version =
+            IntGauge::new("flowaudit_cluster_state_version", "Version of the cluster state in force (0: none).").expect("valid");
+        registry.register(Box::new(state_version.clone())).expect("unique");
         registry.register(Box::new(records.clone())).expect("unique");
         registry.register(Box::new(bytes.clone())).expect("unique");
         registry.register(Box::new(dropped.clone())).expect("unique");
         registry.register(Box::new(connections.clone())).expect("unique");
-        Self { records, bytes, dropped, connections }
+        Self { state_version, records, bytes, dropped, connections }
     }
 }
 
 /// Runs the agent until a signal, then flushes and returns.
 /// The stages that turn one batch into written records, with the state version they use.
 struct Stages {
+    node: String,
     aggregator: Aggregator,
     enricher: Enricher,
     attributor: Attributor,
@@ -96,12 +101,14 @@ impl Stages {
     fn update(&mut self, state: &ClusterState, now_ns: u64) {
         self.enricher.update(state, now_ns);
         self.attributor.update(state, now_ns);
+        self.metrics.state_version.set(state.version as i64);
         tracing::info!(message = "Cluster state in force.", version = state.version);
     }
 
     fn process(&mut self, batch: &CaptureBatch) {
         let mut records = self.aggregator.process(batch);
         self.enricher.enrich(&mut records, batch.end_ns);
+        let mut records = aggregate::localize(records, &self.node);
         self.attributor.attribute(&mut records);
         let records = rollup::rollup(records, &self.levels);
         self.metrics.connections.set(self.aggregator.tracked() as i64);
@@ -172,6 +179,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         ready.clone(),
     )?;
     let mut stages = Stages {
+        node: settings.node.clone(),
         aggregator: Aggregator::new(AggregateConfig {
             node: settings.node.clone(),
             idle_timeout: settings.idle_timeout,

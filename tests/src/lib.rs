@@ -330,6 +330,48 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops forwarded packets matching each `match` in the node, as a CNI enforcing a policy would
+    /// (a chain after the counters, so the counters still see the attempts).
+    pub fn nft_drop(&self, matches: &[String]) -> Result<()> {
+        let mut script = String::from("table inet falab_enforce {\n  chain enforce {\n    type filter hook forward priority 0; policy accept;\n");
+        for m in matches {
+            script.push_str(&format!("    {m} drop\n"));
+        }
+        script.push_str("  }\n}\n");
+        let mut child = self
+            .node_command("nft")?
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io("running nft"))?;
+        child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(io("writing to nft"))?;
+        let out = child.wait_with_output().map_err(io("waiting for nft"))?;
+        if !out.status.success() {
+            return Err(LabError::Command { cmd: format!("nft -f - <<{script}"), stderr: String::from_utf8_lossy(&out.stderr).into() });
+        }
+        Ok(())
+    }
+
+    /// A cgroup of its own under the lab's (for a "host-network pod": a process in the node's
+    /// network namespace named through its cgroup). Returns its path.
+    pub fn add_cgroup(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.cgroup.join(name);
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        Ok(dir)
+    }
+
+    /// A command in the node's network namespace and the lab cgroup `name` (see [`Lab::add_cgroup`]).
+    pub fn node_command_in_cgroup(&self, name: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        command_in(&self.node_netns, Some(&self.cgroup.join(name)), program)
+    }
+
+    /// The path of the lab's cgroup relative to the cgroup v2 mount (for manifests' annotations).
+    pub fn cgroup_relative(&self) -> String {
+        let root = cgroup2_root().unwrap_or_default();
+        self.cgroup.strip_prefix(&root).map(|p| p.display().to_string()).unwrap_or_default()
+    }
+
     /// Reads the named counters: name → (packets, bytes).
     pub fn read_counters(&self) -> Result<HashMap<String, (u64, u64)>> {
         let text = self.node_run("nft", &["-j", "list", "counters", "table", "inet", "falab"])?;
@@ -480,7 +522,7 @@ impl Agent {
             .arg("--flow-log-dir")
             .arg(flow_log_dir)
             .args(if extra.contains(&"--flush-interval") { &[][..] } else { &["--flush-interval", "1s"][..] })
-            .args(["--aggregation-allowed", "0", "--node", "lab-node"])
+            .args(["--aggregation-allowed", "0", "--aggregation-denied", "0", "--node", "lab-node"])
             .args(["--metrics-addr", &format!("127.0.0.1:{AGENT_METRICS_PORT}")])
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));

@@ -363,3 +363,132 @@ fn sigterm_flushes_open_flows_and_sigkill_leaves_nothing_attached() {
     let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("a new start works");
     assert!(agent.stop(&mut lab).expect("exit").success());
 }
+
+/// `deploy/demo` with the lab's cgroup filled in, copied into `dir`.
+fn demo_manifests(lab: &Lab, dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo");
+    for entry in std::fs::read_dir(&src).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap().replace("@LAB_CGROUP@", &lab.cgroup_relative());
+            std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+}
+
+fn one<'a>(records: &'a [Value], reporter: &str, f: impl Fn(&Value) -> bool) -> &'a Value {
+    let found: Vec<&Value> = records.iter().filter(|r| r["reporter"] == reporter && f(r)).collect();
+    assert_eq!(found.len(), 1, "exactly one {reporter} record expected, got {found:#?}");
+    found[0]
+}
+
+#[test]
+fn identity_and_verdicts_from_manifests() {
+    if !root_or_skip("identity_and_verdicts_from_manifests") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    lab.add_cgroup("hostnet").unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let cluster = tempfile::tempdir().unwrap();
+    demo_manifests(&lab, cluster.path());
+    let (p1, p2, p3) = (lab.pod("p1").clone(), lab.pod("p2").clone(), lab.pod("p3").clone());
+    lab.nft_counters(&[
+        ("allowed_fwd", format!("ip saddr {} ip daddr {} tcp dport 5432 tcp sport 41001", p1.ipv4, p2.ipv4)),
+        ("allowed_rev", format!("ip saddr {} ip daddr {} tcp sport 5432 tcp dport 41001", p2.ipv4, p1.ipv4)),
+    ])
+    .unwrap();
+    // The "CNI" enforces monitor → db:5432 as denied; monitor → db:9000 is denied by policy too,
+    // but gets through: a violation flowaudit must report.
+    lab.nft_drop(&[format!("ip saddr {} ip daddr {} tcp dport 5432", p3.ipv4, p2.ipv4)]).unwrap();
+    let glob = format!("fa{}p*", lab.id);
+    let agent = Agent::start(
+        &mut lab,
+        logs.path(),
+        &["--interfaces", &glob, "--flush-interval", "1h", "--cluster", cluster.path().to_str().unwrap()],
+    )
+    .expect("agent");
+    assert_eq!(agent.metric("flowaudit_cluster_state_version").unwrap(), 0.0);
+    let t = traffic();
+    for (port, reply) in [("5432", "100"), ("9000", "100")] {
+        let mut server = lab.pod_command("p2", &t).unwrap();
+        server.args(["tcp-serve", &p2.ipv4.to_string(), port, reply]);
+        lab.spawn(server).unwrap();
+    }
+    let mut server = lab.pod_command("p3", &t).unwrap();
+    server.args(["tcp-serve", &p3.ipv4.to_string(), "8080", "10"]);
+    lab.spawn(server).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let run = |lab: &Lab, mut cmd: std::process::Command, args: &[&str]| {
+        cmd.args(args);
+        lab.output(cmd).expect("traffic")
+    };
+    let ip = |p: &flowaudit_lab::Pod| p.ipv4.to_string();
+    run(&lab, lab.pod_command("p1", &t).unwrap(), &["tcp-send", &ip(&p2), "5432", "41001", "2000"]);
+    run(&lab, lab.pod_command("p3", &t).unwrap(), &["tcp-blocked", &ip(&p2), "5432", "41002"]);
+    run(&lab, lab.pod_command("p3", &t).unwrap(), &["tcp-send", &ip(&p2), "9000", "41003", "500"]);
+    // A host-network pod: a process in the node's network namespace, named by its cgroup only.
+    run(&lab, lab.node_command_in_cgroup("hostnet", &t).unwrap(), &["tcp-send", &ip(&p3), "8080", "41004", "300"]);
+    run(&lab, lab.pod_command("p1", &t).unwrap(), &["udp-send", &ip(&p3), "7000", "41005", "5", "100"]);
+    // A policy change: ops becomes default-deny. Traffic before it keeps the old verdict.
+    std::fs::write(
+        cluster.path().join("ops-deny.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: ops}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while agent.metric("flowaudit_cluster_state_version").unwrap() < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the policy change was not applied within 5 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run(&lab, lab.pod_command("p1", &t).unwrap(), &["udp-send", &ip(&p3), "7000", "41005", "3", "100"]);
+    let counters = lab.read_counters().unwrap();
+    assert!(agent.stop(&mut lab).expect("exit").success());
+    let records = Agent::records(logs.path());
+    let port = |p: u64| move |r: &Value| r["source_port"] == p;
+
+    // Allowed: both ends named, the destination's trace names the allowing rule.
+    let src = one(&records, "src", port(41001));
+    let dst = one(&records, "dst", port(41001));
+    for r in [src, dst] {
+        assert_eq!((r["source_name"].as_str(), r["source_namespace"].as_str(), r["source_type"].as_str()), (Some("web-7d9f-p1"), Some("shop"), Some("wep")));
+        assert_eq!(r["source_name_aggr"], "web-7d9f-*");
+        assert_eq!((r["dest_name"].as_str(), r["dest_namespace"].as_str()), (Some("db"), Some("shop")));
+        assert_eq!(r["dest_labels"], serde_json::json!({"labels": ["app=db", "tier=backend"]}));
+        assert_eq!((r["flow_action"].as_str(), r["enforcement"].as_str()), (Some("allow"), Some("consistent")));
+    }
+    assert_eq!(src["policies"]["enforced_policies"], serde_json::json!([]));
+    assert_eq!(dst["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:shop/db-from-web|allow|0"]));
+    let flow = Flow { name: "allowed", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(41001), dst: p2.ipv4.to_string(), dport: Some(5432) };
+    assert_exact(&records, &counters, &flow, "src");
+    assert_exact(&records, &counters, &flow, "dst");
+
+    // Denied and dropped: the destination's side denies, the packets only attempted.
+    let dst = one(&records, "dst", port(41002));
+    assert_eq!((dst["action"].as_str(), dst["observed"].as_str(), dst["enforcement"].as_str()), (Some("deny"), Some("attempted"), Some("consistent")));
+    assert_eq!(dst["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:shop/db-from-web|deny|-1"]));
+    let src = one(&records, "src", port(41002));
+    assert_eq!((src["action"].as_str(), src["flow_action"].as_str()), (Some("allow"), Some("deny")));
+
+    // Denied but established: a violation, on both reporters.
+    for reporter in ["src", "dst"] {
+        let r = one(&records, reporter, port(41003));
+        assert_eq!((r["flow_action"].as_str(), r["observed"].as_str(), r["enforcement"].as_str()), (Some("deny"), Some("established"), Some("violation")));
+        assert_eq!(r["num_violations"], 1);
+    }
+
+    // The host-network pod is named through its cgroup.
+    let r = one(&records, "src", port(41004));
+    assert_eq!((r["source_name"].as_str(), r["source_namespace"].as_str(), r["host_network"].as_bool()), (Some("node-agent"), Some("ops"), Some(true)));
+    assert_eq!(r["dest_name"], "monitor");
+
+    // The policy change split the UDP flow: 5 datagrams allowed before, 3 denied after.
+    let udp: Vec<(String, u64)> = records
+        .iter()
+        .filter(|r| r["reporter"] == "dst" && r["source_port"] == 41005)
+        .map(|r| (r["action"].as_str().unwrap().to_owned(), r["packets_in"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(udp, vec![("allow".to_owned(), 5), ("deny".to_owned(), 3)]);
+    let after = records.iter().rfind(|r| r["reporter"] == "dst" && r["source_port"] == 41005).unwrap();
+    assert_eq!(after["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:ops/default-deny|deny|-1"]));
+}

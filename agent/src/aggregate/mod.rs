@@ -130,6 +130,10 @@ struct SideRecord {
     source_cgroup_id: Option<u64>,
     dest_cgroup_id: Option<u64>,
     first_seen_ns: u64,
+    /// The connection's packets per direction at the point that saw most of them, for a side
+    /// that identity finds local but capture did not see (see [`localize`]).
+    alt_fwd: Counts,
+    alt_rev: Counts,
 }
 
 impl Aggregator {
@@ -218,6 +222,15 @@ impl Aggregator {
                 .unwrap_or_default()
         };
         let has = |side: Side| picks.contains_key(&(side, true)) || picks.contains_key(&(side, false));
+        let most = |forward: bool| {
+            observations
+                .iter()
+                .filter(|o| is_forward(conn, o) == forward)
+                .map(|o| Counts { packets: o.packets, bytes: o.bytes })
+                .max_by_key(|c| (c.packets, c.bytes))
+                .unwrap_or_default()
+        };
+        let (alt_fwd, alt_rev) = (most(true), most(false));
         let mut emit = |reporter: Reporter, out_counts: Counts, in_counts: Counts| {
             conn.reporters.insert(reporter);
             out.push(SideRecord {
@@ -235,6 +248,8 @@ impl Aggregator {
                 source_cgroup_id: conn.source_cgroup_id,
                 dest_cgroup_id: conn.dest_cgroup_id,
                 first_seen_ns: conn.first_seen_ns,
+                alt_fwd,
+                alt_rev,
             });
         };
         let local = has(Side::Src) || has(Side::Dst);
@@ -287,6 +302,8 @@ impl Aggregator {
                     source_cgroup_id: conn.source_cgroup_id,
                     dest_cgroup_id: conn.dest_cgroup_id,
                     first_seen_ns: conn.first_seen_ns,
+                    alt_fwd: Counts::default(),
+                    alt_rev: Counts::default(),
                 });
             }
             false
@@ -304,10 +321,9 @@ impl Aggregator {
             Extra::Echo(id) => Some(id),
             _ => None,
         };
-        let id_input = format!(
-            "{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}",
+        let conn = format!(
+            "{}|{{R}}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}",
             self.cfg.node,
-            side.reporter,
             side.proto,
             side.initiator.ip,
             side.initiator.port,
@@ -318,6 +334,7 @@ impl Aggregator {
             batch.start_ns,
             batch.end_ns
         );
+        let id_input = conn.replace("{R}", &format!("{:?}", side.reporter));
         let icmp = is_icmp(side.proto);
         let count = |o: Observed| u64::from(side.observed == o);
         FlowRecord {
@@ -371,9 +388,58 @@ impl Aggregator {
                 first_seen_ns: side.first_seen_ns,
                 source: None,
                 dest: None,
+                conn,
+                alt: [side.alt_fwd.packets, side.alt_fwd.bytes, side.alt_rev.packets, side.alt_rev.bytes],
             },
         }
     }
+}
+
+/// Reporter records for ends that identity knows are local but capture did not see (their
+/// packets were dropped on the node before reaching them, or only a host interface is watched),
+/// counted from the point that saw most of the connection's packets; and no `fwd` record for a
+/// connection with a local end. `node` is this node's name; an end is local when it is a pod
+/// scheduled on it. Call after enrich.
+pub fn localize(records: Vec<FlowRecord>, node: &str) -> Vec<FlowRecord> {
+    let on_node = |ep: &Option<std::sync::Arc<crate::model::Endpoint>>| {
+        ep.as_ref().is_some_and(|e| e.node.as_deref() == Some(node))
+    };
+    let mut by_conn: HashMap<String, [bool; 3]> = HashMap::new();
+    for r in &records {
+        let seen = by_conn.entry(r.context.conn.clone()).or_default();
+        seen[r.reporter as usize] = true;
+    }
+    let mut out = Vec::with_capacity(records.len());
+    let mut extras = Vec::new();
+    let mut done: HashSet<String> = HashSet::new();
+    for r in records {
+        let seen = by_conn[&r.context.conn];
+        let local_src = seen[Reporter::Src as usize] || on_node(&r.context.source);
+        let local_dst = seen[Reporter::Dst as usize] || on_node(&r.context.dest);
+        if done.insert(r.context.conn.clone()) {
+            let [fp, fb, rp, rb] = r.context.alt;
+            let mut add = |reporter: Reporter, out_counts: (u64, u64), in_counts: (u64, u64)| {
+                let mut extra = r.clone();
+                extra.reporter = reporter;
+                extra.id = record_id(&r.context.conn.replace("{R}", &format!("{reporter:?}")));
+                (extra.packets_out, extra.bytes_out) = out_counts;
+                (extra.packets_in, extra.bytes_in) = in_counts;
+                extras.push(extra);
+            };
+            if local_src && !seen[Reporter::Src as usize] {
+                add(Reporter::Src, (fp, fb), (rp, rb));
+            }
+            if local_dst && !seen[Reporter::Dst as usize] {
+                add(Reporter::Dst, (rp, rb), (fp, fb));
+            }
+        }
+        if r.reporter == Reporter::Fwd && (local_src || local_dst) {
+            continue;
+        }
+        out.push(r);
+    }
+    out.extend(extras);
+    out
 }
 
 fn is_icmp(p: u8) -> bool {

@@ -1386,3 +1386,54 @@ fn transit_udp_expires_as_fwd() {
     assert_eq!(views(&records), vec![want(Reporter::Fwd, "udp", client, Some(50000), server, Some(53)).flows(1, 0, 1)]);
     assert_eq!(a.tracked(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// localize: sides that identity knows are local
+// ---------------------------------------------------------------------------------------------
+
+fn pod_on(node: &str) -> Option<std::sync::Arc<crate::model::Endpoint>> {
+    Some(std::sync::Arc::new(crate::model::Endpoint {
+        kind: crate::model::EndpointKind::Wep,
+        name: Some("db".into()),
+        name_aggr: "db".into(),
+        namespace: Some("shop".into()),
+        labels: Default::default(),
+        namespace_labels: Default::default(),
+        service_account: None,
+        service_account_labels: Default::default(),
+        host_network: false,
+        named_ports: Vec::new(),
+        node: Some(node.into()),
+    }))
+}
+
+#[test]
+fn localize_adds_the_side_of_a_local_pod_that_capture_did_not_see() {
+    // A SYN dropped on the node before the destination's veth: only the source's side saw it.
+    let observations = vec![obs(pod_in(5), A, 41002, B, 5432, TCP, 2, 120, SYN | SYN_ONLY)];
+    let mut records = agg().process(&batch(0, 10, observations));
+    assert_eq!(records.len(), 1);
+    records[0].context.dest = pod_on("node-1");
+    let records = localize(records, "node-1");
+    let v = views(&records);
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[1], want(Reporter::Dst, "tcp", A, Some(41002), B, Some(5432)).inc(2, 120).out(0, 0).flows(1, 1, 0).observed(Observed::Attempted));
+    assert_ne!(records[0].id, records[1].id);
+    // On another node the destination is not local: nothing is added.
+    let mut again = agg().process(&batch(0, 10, vec![obs(pod_in(5), A, 41002, B, 5432, TCP, 2, 120, SYN | SYN_ONLY)]));
+    again[0].context.dest = pod_on("node-2");
+    assert_eq!(localize(again, "node-1").len(), 1);
+}
+
+#[test]
+fn localize_turns_transit_into_the_local_side() {
+    let observations = vec![
+        obs(host_in(2), A, 40000, B, 80, TCP, 3, 300, SYN | SYN_ONLY),
+        obs(host_eg(2), B, 80, A, 40000, TCP, 2, 200, SYN | ACK | SYN_ACK),
+    ];
+    let mut records = agg().process(&batch(0, 10, observations));
+    assert_eq!(records[0].reporter, Reporter::Fwd);
+    records[0].context.dest = pod_on("node-1");
+    let v = views(&localize(records, "node-1"));
+    assert_eq!(v, vec![want(Reporter::Dst, "tcp", A, Some(40000), B, Some(80)).inc(3, 300).out(2, 200).flows(1, 1, 0).observed(Observed::Established)]);
+}

@@ -50,6 +50,7 @@ pub trait IdentityLookup {
 #[derive(Default)]
 pub struct Index {
     by_ip: HashMap<IpAddr, Arc<Endpoint>>,
+    by_pod: HashMap<(String, String), (Arc<Endpoint>, Vec<IpAddr>)>,
     by_cgroup: HashMap<u64, Arc<Endpoint>>,
     services: HashMap<IpAddr, Vec<ServicePortEntry>>,
 }
@@ -101,7 +102,9 @@ impl Index {
                 service_account_labels: sa_labels(&pod.namespace, &pod.service_account),
                 host_network: pod.host_network,
                 named_ports: pod.named_ports.clone(),
+                node: pod.node_name.clone(),
             });
+            index.by_pod.insert((pod.namespace.clone(), pod.name.clone()), (endpoint.clone(), pod.ips.clone()));
             // A host-network pod's address is its node's: only its cgroup names it.
             if !pod.host_network {
                 for ip in &pod.ips {
@@ -138,6 +141,13 @@ impl Index {
             }
         }
         index
+    }
+}
+
+impl Index {
+    /// A pod by namespace and name, with its addresses.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<(Arc<Endpoint>, Vec<IpAddr>)> {
+        self.by_pod.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 }
 

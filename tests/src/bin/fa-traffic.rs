@@ -5,6 +5,7 @@
 //! fa-traffic tcp-serve ADDR PORT REPLY_BYTES      # per connection: read to EOF, send REPLY_BYTES
 //! fa-traffic tcp-send ADDR PORT SPORT BYTES       # connect from SPORT, send, half-close, read to EOF
 //! fa-traffic tcp-refused ADDR PORT SPORT          # connect; succeeds when refused
+//! fa-traffic tcp-blocked ADDR PORT SPORT          # connect; succeeds when the attempt times out
 //! fa-traffic udp-echo ADDR PORT                   # echo every datagram
 //! fa-traffic udp-send ADDR PORT SPORT COUNT SIZE [ECHO] # COUNT datagrams; ECHO=1 waits for each echo
 //! fa-traffic udp-spray ADDR FIRST_PORT PORTS SPORT # one 64-byte datagram to each of PORTS ports
@@ -92,6 +93,20 @@ fn main() {
             match s.connect_timeout(&target.into(), Duration::from_secs(5)) {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("{{\"refused\":true}}"),
                 other => panic!("expected a refused connection, got {other:?}"),
+            }
+        }
+        "tcp-blocked" => {
+            // A connection that something drops: the attempt times out.
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let sport: u16 = arg(&args, 4, "sport");
+            let target = SocketAddr::new(ip, port);
+            let s = bound(ip, sport, &target, Type::STREAM, Protocol::TCP);
+            match s.connect_timeout(&target.into(), Duration::from_millis(1500)) {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock => {
+                    println!("{{\"blocked\":true}}")
+                }
+                other => panic!("expected a dropped connection attempt, got {other:?}"),
             }
         }
         "udp-echo" => {
