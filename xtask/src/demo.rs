@@ -48,16 +48,35 @@ pub fn supervise() -> anyhow::Result<()> {
 /// The demo proper (child process).
 pub fn run() -> anyhow::Result<()> {
     let mut lab = Lab::new(3)?;
+    lab.add_cgroup("hostnet")?;
     let (p1, p2, p3) = (lab.pod("p1").clone(), lab.pod("p2").clone(), lab.pod("p3").clone());
     println!("== lab: node netns {}, pods:", lab.node_netns);
     for p in &lab.pods {
         println!("   {}  {:<12} {:<14} veth {} cgroup {}", p.name, p.ipv4, p.ipv6, p.node_veth, p.cgroup.display());
     }
-    let logs = root().join("target").join("demo");
-    let _ = std::fs::remove_dir_all(&logs);
+    // The cluster: deploy/demo with the lab's cgroup filled in.
+    let out = root().join("target").join("demo");
+    let _ = std::fs::remove_dir_all(&out);
+    let cluster = out.join("cluster");
+    let logs = out.join("flows");
+    std::fs::create_dir_all(&cluster)?;
+    for entry in std::fs::read_dir(root().join("deploy").join("demo"))?.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path)?.replace("@LAB_CGROUP@", &lab.cgroup_relative());
+            std::fs::write(cluster.join(entry.file_name()), text)?;
+        }
+    }
+    println!("== cluster: deploy/demo (namespaces shop and ops, pods web, db, monitor, a host-network node-agent;");
+    println!("   shop is default-deny for ingress, db admits web on its sql port)");
+    // The "CNI" enforces two of the denials; monitor → db:9000 gets through on purpose.
+    lab.nft_drop(&[
+        format!("ip saddr {} ip daddr {} tcp dport 5432", p3.ipv4, p2.ipv4),
+        format!("ip saddr {} ip daddr {} icmp type echo-request", p3.ipv4, p1.ipv4),
+    ])?;
     let glob = format!("fa{}p*", lab.id);
-    println!("== flowaudit run --cgroup {} --interfaces '{glob}' --flush-interval 1s", lab.cgroup.display());
-    let agent = Agent::start(&mut lab, &logs, &["--interfaces", &glob])?;
+    println!("== flowaudit run --cluster {} --cgroup {} --interfaces '{glob}'", cluster.display(), lab.cgroup.display());
+    let agent = Agent::start(&mut lab, &logs, &["--interfaces", &glob, "--cluster", cluster.to_str().unwrap_or_default()])?;
 
     let t = workspace_bin("fa-traffic");
     let mut serve = |pod: &str, args: &[&str]| -> anyhow::Result<()> {
@@ -66,27 +85,34 @@ pub fn run() -> anyhow::Result<()> {
         lab.spawn(cmd)?;
         Ok(())
     };
-    serve("p2", &["tcp-serve", &p2.ipv4.to_string(), "80", "5000"])?;
+    serve("p2", &["tcp-serve", &p2.ipv4.to_string(), "5432", "5000"])?;
+    serve("p2", &["tcp-serve", &p2.ipv4.to_string(), "9000", "100"])?;
     serve("p3", &["tcp-serve", &p3.ipv6.to_string(), "443", "7000"])?;
+    serve("p3", &["tcp-serve", &p3.ipv4.to_string(), "8080", "10"])?;
     serve("p3", &["udp-echo", &p3.ipv4.to_string(), "53"])?;
     std::thread::sleep(Duration::from_millis(500));
-    let steps: Vec<(&str, &str, Vec<String>)> = vec![
-        ("p1 → p2 TCP/IPv4 :80, 100 kB up, 5 kB back", "p1", vec!["tcp-send".into(), p2.ipv4.to_string(), "80".into(), "40001".into(), "100000".into()]),
-        ("p1 → p3 TCP/IPv6 :443, 30 kB up, 7 kB back", "p1", vec!["tcp-send".into(), p3.ipv6.to_string(), "443".into(), "40002".into(), "30000".into()]),
-        ("p2 → p3 UDP :53, 10 datagrams echoed", "p2", vec!["udp-send".into(), p3.ipv4.to_string(), "53".into(), "40003".into(), "10".into(), "300".into(), "1".into()]),
-        ("p1 → p2 TCP :5999, nobody listens (refused)", "p1", vec!["tcp-refused".into(), p2.ipv4.to_string(), "5999".into(), "40004".into()]),
+    let steps: Vec<(&str, Option<&str>, Vec<String>)> = vec![
+        ("web → db :5432 (allowed)", Some("p1"), vec!["tcp-send".into(), p2.ipv4.to_string(), "5432".into(), "40001".into(), "100000".into()]),
+        ("monitor → db :5432 (denied; the CNI drops it)", Some("p3"), vec!["tcp-blocked".into(), p2.ipv4.to_string(), "5432".into(), "40002".into()]),
+        ("monitor → db :9000 (denied, but it gets through)", Some("p3"), vec!["tcp-send".into(), p2.ipv4.to_string(), "9000".into(), "40003".into(), "500".into()]),
+        ("web → monitor TCP/IPv6 :443 (allowed)", Some("p1"), vec!["tcp-send".into(), p3.ipv6.to_string(), "443".into(), "40004".into(), "30000".into()]),
+        ("db → monitor UDP :53 (allowed)", Some("p2"), vec!["udp-send".into(), p3.ipv4.to_string(), "53".into(), "40005".into(), "10".into(), "300".into(), "1".into()]),
+        ("node-agent (host network) → monitor :8080", None, vec!["tcp-send".into(), p3.ipv4.to_string(), "8080".into(), "40006".into(), "300".into()]),
     ];
     println!("== traffic");
     for (what, pod, args) in steps {
-        let mut cmd = lab.pod_command(pod, &t)?;
+        let mut cmd = match pod {
+            Some(pod) => lab.pod_command(pod, &t)?,
+            None => lab.node_command_in_cgroup("hostnet", &t)?,
+        };
         cmd.args(&args);
         let out = lab.output(cmd)?;
         println!("   {what}: {}", out.trim());
     }
     let mut ping = lab.pod_command("p3", "ping")?;
-    ping.args(["-c", "3", "-i", "0.2", &p1.ipv4.to_string()]);
-    lab.output(ping)?;
-    println!("   p3 → p1 ICMP echo ×3: ok");
+    ping.args(["-c", "2", "-i", "0.2", "-W", "1", &p1.ipv4.to_string()]);
+    let _ = ping.stdin(std::process::Stdio::null()).output();
+    println!("   monitor → web ICMP echo (denied; the CNI drops it): no reply");
     std::thread::sleep(Duration::from_millis(1500));
     let (_, metrics) = agent.get("/metrics")?;
     println!("== metrics (excerpt)");
@@ -95,6 +121,7 @@ pub fn run() -> anyhow::Result<()> {
             || (l.starts_with("flowaudit_kernel_events_total") && l.contains("lost_packets"))
             || l.starts_with("flowaudit_records_written_total")
             || l.starts_with("flowaudit_attached_programs")
+            || l.starts_with("flowaudit_cluster_state_version")
     }) {
         println!("   {line}");
     }
@@ -103,30 +130,40 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the agent exited with {status}");
     }
     let records = Agent::records(&logs);
-    println!("== flow log {} ({} records)", logs.join("flows.log").display(), records.len());
-    println!("   {:<3} {:<5} {:<36} {:>16} {:>16} {:<11} done", "rep", "proto", "source → dest", "out pkts/bytes", "in pkts/bytes", "observed");
+    println!("== flow log {} ({} records; lab traffic below)", logs.join("flows.log").display(), records.len());
+    println!(
+        "   {:<3} {:<5} {:<22} {:<20} {:>5} {:>12} {:>12} {:<6} {:<6} {:<11} {:<14} trace",
+        "rep", "proto", "source", "dest", "port", "out p/B", "in p/B", "action", "flow", "observed", "enforcement"
+    );
     let lab_net = |v: &serde_json::Value| v.as_str().is_some_and(|s| s.starts_with("10.231.") || s.starts_with("fd00:fa:"));
+    let name = |r: &serde_json::Value, side: &str| {
+        let n = r[format!("{side}_name")].as_str().unwrap_or("-");
+        let ns = r[format!("{side}_namespace")].as_str().unwrap_or("-");
+        if n == "-" { r[format!("{side}_ip")].as_str().unwrap_or("-").to_owned() } else { format!("{ns}/{n}") }
+    };
     for r in records.iter().filter(|r| lab_net(&r["source_ip"]) && lab_net(&r["dest_ip"])) {
-        let end = |ip: &serde_json::Value, port: &serde_json::Value| match port.as_u64() {
-            Some(p) if ip.as_str().is_some_and(|s| s.contains(':')) => format!("[{}]:{p}", ip.as_str().unwrap_or("")),
-            Some(p) => format!("{}:{p}", ip.as_str().unwrap_or("")),
-            None => ip.as_str().unwrap_or("").to_owned(),
-        };
+        let trace: Vec<&str> = r["policies"]["enforced_policies"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
         println!(
-            "   {:<3} {:<5} {:<36} {:>16} {:>16} {:<11} {}",
+            "   {:<3} {:<5} {:<22} {:<20} {:>5} {:>12} {:>12} {:<6} {:<6} {:<11} {:<14} {}",
             r["reporter"].as_str().unwrap_or(""),
             r["proto"].as_str().unwrap_or(""),
-            format!("{} → {}", end(&r["source_ip"], &r["source_port"]), end(&r["dest_ip"], &r["dest_port"])),
+            name(r, "source"),
+            name(r, "dest"),
+            r["dest_port"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             format!("{}/{}", r["packets_out"], r["bytes_out"]),
             format!("{}/{}", r["packets_in"], r["bytes_in"]),
+            r["action"].as_str().unwrap_or(""),
+            r["flow_action"].as_str().unwrap_or(""),
             r["observed"].as_str().unwrap_or(""),
-            r["num_flows_completed"],
+            r["enforcement"].as_str().unwrap_or(""),
+            if trace.is_empty() { "-".to_owned() } else { trace.join(" ") },
         );
     }
     let raw = std::fs::read_to_string(logs.join("flows.log")).unwrap_or_default();
-    if let Some(first) = raw.lines().next() {
-        println!("== one line of flows.log, as written:\n{first}");
+    if let Some(line) = raw.lines().find(|l| l.contains("\"violation\"")) {
+        println!("== the violation, as written in flows.log:\n{line}");
     }
+    println!("== try: target/debug/flowaudit explain --cluster deploy/demo --src ops/monitor --dst shop/db --port 9000");
     drop(lab);
     println!("== lab removed (namespaces, veths, cgroups, processes)");
     Ok(())
