@@ -96,6 +96,9 @@ const CALICO_CRD: &str = "crd.projectcalico.org/v1";
 /// The admin network policy API.
 const ADMIN_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
 
+/// The kind key of Tiers among the names seen.
+const TIER_KIND: &str = "Tier.projectcalico.org";
+
 /// A document with metadata and a spec of type `S` (`None` when absent or null).
 #[derive(Deserialize)]
 struct Doc<S> {
@@ -357,8 +360,13 @@ impl Builder {
     fn calico_policy(&mut self, file: &Path, document: usize, kind: CalicoPolicyKind, value: Value) {
         let staged_action = self.staged_action(file, document, kind.is_staged(), &value);
         let Some(doc) = self.doc::<WirePolicySpec>(file, document, value) else { return };
+        let wire = doc.spec.unwrap_or_default();
+        // The tier is checked once every Tier is known, whatever else is wrong.
+        if let Some(tier) = &wire.tier {
+            self.tier_refs.push((tier.clone(), file.to_owned(), document));
+        }
         let Ok(staged_action) = staged_action else { return };
-        let spec = match doc.spec.unwrap_or_default().check(kind.is_global()) {
+        let spec = match wire.check(kind.is_global()) {
             Ok(spec) => spec,
             Err(errors) => return self.field_errors(file, document, errors),
         };
@@ -372,9 +380,6 @@ impl Builder {
         let kind_key = format!("{}.projectcalico.org", kind.as_str());
         if !self.claim(file, document, &kind_key, namespace.as_deref().unwrap_or_default(), &key, &name, namespace.is_some()) {
             return;
-        }
-        if spec.tier.is_some() {
-            self.tier_refs.push((tier, file.to_owned(), document));
         }
         self.state.calico_policies.push(CalicoPolicy { kind, namespace, name, spec, staged_action });
     }
@@ -396,13 +401,13 @@ impl Builder {
 
     fn tier(&mut self, file: &Path, document: usize, value: Value) {
         let Some(doc) = self.doc::<TierSpec>(file, document, value) else { return };
+        // Named first: a tier with a broken spec still counts as defined for its policies.
+        let Some((_, name)) = self.name(file, document, TIER_KIND, &doc.metadata, false) else { return };
         let spec = doc.spec.unwrap_or_default();
-        let default_action = match spec.check() {
-            Ok(action) => action,
-            Err(e) => return self.field_errors(file, document, vec![e]),
-        };
-        let Some((_, name)) = self.name(file, document, "Tier.projectcalico.org", &doc.metadata, false) else { return };
-        self.state.tiers.push(Tier { name, order: spec.order, default_action });
+        match spec.check() {
+            Ok(default_action) => self.state.tiers.push(Tier { name, order: spec.order, default_action }),
+            Err(e) => self.field_errors(file, document, vec![e]),
+        }
     }
 
     fn network_set(&mut self, file: &Path, document: usize, namespaced: bool, value: Value) {
@@ -572,7 +577,8 @@ impl Builder {
     fn finish(mut self) -> Result<Loaded, Vec<ManifestError>> {
         let refs = std::mem::take(&mut self.tier_refs);
         for (tier, file, document) in refs {
-            let defined = calico::BUILT_IN_TIERS.contains(&tier.as_str()) || self.state.tiers.iter().any(|t| t.name == tier);
+            let defined = calico::BUILT_IN_TIERS.contains(&tier.as_str())
+                || self.seen.contains_key(&(TIER_KIND.to_owned(), String::new(), tier.clone()));
             if !defined {
                 let reason = format!("tier {tier:?} is not defined by a Tier document (built in: {})", calico::BUILT_IN_TIERS.join(", "));
                 self.error(&file, document, "spec.tier", reason);
