@@ -83,7 +83,7 @@ impl<'de> Deserialize<'de> for IntOrString {
         impl Visitor<'_> for V {
             type Value = IntOrString;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number or a string")
+                f.write_str("an integer or a string")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrString, E> {
                 Ok(IntOrString::Int(v))
