@@ -6,6 +6,14 @@
 //! found as a [`ManifestError`] naming the file, the document (1-based) and the field. Must never:
 //! stop at the first problem (a check lists them all), guess a value it cannot parse, or replace a
 //! good state with a broken one while watching.
+//!
+//! Kinds read: Namespace, Pod, Service, Node, ServiceAccount, NetworkPolicy
+//! (`networking.k8s.io/v1`); Calico's NetworkPolicy, GlobalNetworkPolicy, StagedNetworkPolicy,
+//! StagedGlobalNetworkPolicy, StagedKubernetesNetworkPolicy, Tier, NetworkSet, GlobalNetworkSet
+//! and HostEndpoint (`projectcalico.org/v3` or `crd.projectcalico.org/v1`, see [`super::calico`]);
+//! AdminNetworkPolicy and BaselineAdminNetworkPolicy (`policy.networking.k8s.io/v1alpha1`, see
+//! [`super::admin`]). Selector expressions are kept as strings: the attribute stage validates
+//! their syntax.
 
 use std::{
     collections::BTreeMap,
@@ -15,14 +23,20 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::api::{
-    core::v1 as core,
-    networking::v1 as networking,
+use k8s_openapi::{
+    api::{core::v1 as core, networking::v1 as networking},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::Deserialize as _;
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ClusterState, KubeNetworkPolicy, Namespace, NamedPort, Node, Pod, Service, ServiceAccount, ServicePort};
+use super::{
+    AdminPolicy, BaselineAdminPolicy, CalicoPolicy, CalicoPolicyKind, ClusterState, FieldError, KubeNetworkPolicy, Namespace,
+    NamedPort, Node, Pod, Service, ServiceAccount, ServicePort, StagedKubeNetworkPolicy, Tier,
+    admin::{self, AdminNetworkPolicySpec, BaselineAdminNetworkPolicySpec},
+    calico::{self, HostEndpointSpec, NetworkSetSpec, StagedActionField, TierSpec, WirePolicySpec},
+    null_as_default,
+};
 
 /// A problem in one document.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -69,22 +83,36 @@ pub const CGROUP_ANNOTATION: &str = "flowaudit.io/cgroup";
 
 /// Kinds flowaudit will read once policy attribution covers them; skipped with that reason now.
 const LATER: &[(&str, &str)] = &[
-    ("projectcalico.org/v3", "NetworkPolicy"),
-    ("projectcalico.org/v3", "GlobalNetworkPolicy"),
-    ("projectcalico.org/v3", "Tier"),
-    ("projectcalico.org/v3", "NetworkSet"),
-    ("projectcalico.org/v3", "GlobalNetworkSet"),
-    ("projectcalico.org/v3", "HostEndpoint"),
-    ("projectcalico.org/v3", "StagedNetworkPolicy"),
-    ("projectcalico.org/v3", "StagedGlobalNetworkPolicy"),
-    ("projectcalico.org/v3", "StagedKubernetesNetworkPolicy"),
     ("projectcalico.org/v3", "GlobalReport"),
     ("flowaudit.io/v1", "GlobalReport"),
-    ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
-    ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy"),
     ("v1", "Endpoints"),
     ("discovery.k8s.io/v1", "EndpointSlice"),
 ];
+
+/// Calico's API group version, served by its API server.
+const CALICO_V3: &str = "projectcalico.org/v3";
+/// The CRDs behind Calico's API (same spec shape as [`CALICO_V3`]).
+const CALICO_CRD: &str = "crd.projectcalico.org/v1";
+/// The admin network policy API.
+const ADMIN_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
+
+/// The kind key of Tiers among the names seen.
+const TIER_KIND: &str = "Tier.projectcalico.org";
+
+/// A document with metadata and a spec of type `S` (`None` when absent or null).
+#[derive(Deserialize)]
+struct Doc<S> {
+    #[serde(default, deserialize_with = "null_as_default")]
+    metadata: ObjectMeta,
+    spec: Option<S>,
+}
+
+/// `spec.stagedAction`, read apart from the rest of a spec.
+#[derive(Deserialize, Default)]
+struct StagedDoc {
+    #[serde(default, deserialize_with = "null_as_default")]
+    spec: StagedActionField,
+}
 
 /// The manifest files below `dir`, sorted.
 pub fn files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
@@ -134,6 +162,9 @@ struct Builder {
     errors: Vec<ManifestError>,
     /// (kind, namespace, name) → where it was first defined, to report duplicates.
     seen: BTreeMap<(String, String, String), (PathBuf, usize)>,
+    /// Tiers named by a policy's `spec.tier`, with the policy's file and document: each must be
+    /// built in or defined by a Tier document, which may come later.
+    tier_refs: Vec<(String, PathBuf, usize)>,
 }
 
 /// A parse error of a typed document, with the path serde reached.
@@ -225,6 +256,23 @@ impl Builder {
                 }
                 Err((field, reason)) => self.error(file, document, &field, reason),
             },
+            (CALICO_V3 | CALICO_CRD, "NetworkPolicy") => self.calico_policy(file, document, CalicoPolicyKind::NetworkPolicy, value),
+            (CALICO_V3 | CALICO_CRD, "GlobalNetworkPolicy") => {
+                self.calico_policy(file, document, CalicoPolicyKind::GlobalNetworkPolicy, value);
+            }
+            (CALICO_V3 | CALICO_CRD, "StagedNetworkPolicy") => {
+                self.calico_policy(file, document, CalicoPolicyKind::StagedNetworkPolicy, value);
+            }
+            (CALICO_V3 | CALICO_CRD, "StagedGlobalNetworkPolicy") => {
+                self.calico_policy(file, document, CalicoPolicyKind::StagedGlobalNetworkPolicy, value);
+            }
+            (CALICO_V3 | CALICO_CRD, "StagedKubernetesNetworkPolicy") => self.staged_kube_policy(file, document, value),
+            (CALICO_V3 | CALICO_CRD, "Tier") => self.tier(file, document, value),
+            (CALICO_V3 | CALICO_CRD, "NetworkSet") => self.network_set(file, document, true, value),
+            (CALICO_V3 | CALICO_CRD, "GlobalNetworkSet") => self.network_set(file, document, false, value),
+            (CALICO_V3 | CALICO_CRD, "HostEndpoint") => self.host_endpoint(file, document, value),
+            (ADMIN_V1ALPHA1, "AdminNetworkPolicy") => self.admin_policy(file, document, value),
+            (ADMIN_V1ALPHA1, "BaselineAdminNetworkPolicy") => self.baseline_admin_policy(file, document, value),
             (a, k) => {
                 let reason = if LATER.contains(&(a, k)) {
                     "read by a later version of flowaudit (policy attribution)"
@@ -251,14 +299,173 @@ impl Builder {
             return None;
         };
         let namespace = if namespaced { meta.namespace.clone().unwrap_or_else(|| "default".into()) } else { String::new() };
-        let key = (kind.to_owned(), namespace.clone(), name.clone());
-        if let Some((first_file, first_doc)) = self.seen.get(&key) {
-            let reason = format!("duplicate {kind} {}{name}, first defined in {} document {first_doc}", if namespaced { format!("{namespace}/") } else { String::new() }, first_file.display());
+        self.claim(file, document, kind, &namespace, &name, &name, namespaced).then_some((namespace, name))
+    }
+
+    /// Records that `file`/`document` defines `kind` `namespace`/`key`, reporting a duplicate on
+    /// `metadata.name` (as `shown`). False for a duplicate.
+    #[expect(clippy::too_many_arguments, reason = "a private helper; the arguments are all plain facts of one document")]
+    fn claim(&mut self, file: &Path, document: usize, kind: &str, namespace: &str, key: &str, shown: &str, namespaced: bool) -> bool {
+        let id = (kind.to_owned(), namespace.to_owned(), key.to_owned());
+        if let Some((first_file, first_doc)) = self.seen.get(&id) {
+            let reason = format!(
+                "duplicate {kind} {}{shown}, first defined in {} document {first_doc}",
+                if namespaced { format!("{namespace}/") } else { String::new() },
+                first_file.display()
+            );
             self.error(file, document, "metadata.name", reason);
-            return None;
+            return false;
         }
-        self.seen.insert(key, (file.to_owned(), document));
-        Some((namespace, name))
+        self.seen.insert(id, (file.to_owned(), document));
+        true
+    }
+
+    fn field_errors(&mut self, file: &Path, document: usize, errors: Vec<FieldError>) {
+        for e in errors {
+            self.error(file, document, &e.field, e.reason);
+        }
+    }
+
+    /// A typed document, or `None` with its problem reported.
+    fn doc<S: serde::de::DeserializeOwned>(&mut self, file: &Path, document: usize, value: Value) -> Option<Doc<S>> {
+        match typed::<Doc<S>>(value) {
+            Ok(doc) => Some(doc),
+            Err((field, reason)) => {
+                self.error(file, document, &field, reason);
+                None
+            }
+        }
+    }
+
+    /// `spec.stagedAction`: `Some` (default `Set`) for staged kinds, `None` for others, which
+    /// must not have one.
+    fn staged_action(&mut self, file: &Path, document: usize, staged: bool, value: &Value) -> Result<Option<calico::StagedAction>, ()> {
+        let field = match typed::<StagedDoc>(value.clone()) {
+            Ok(doc) => doc.spec.staged_action,
+            Err((field, reason)) => {
+                self.error(file, document, &field, reason);
+                return Err(());
+            }
+        };
+        match (staged, field) {
+            (true, action) => Ok(Some(action.unwrap_or_default())),
+            (false, None) => Ok(None),
+            (false, Some(_)) => {
+                self.error(file, document, "spec.stagedAction", "only the staged kinds have a staged action");
+                Err(())
+            }
+        }
+    }
+
+    fn calico_policy(&mut self, file: &Path, document: usize, kind: CalicoPolicyKind, value: Value) {
+        let staged_action = self.staged_action(file, document, kind.is_staged(), &value);
+        let Some(doc) = self.doc::<WirePolicySpec>(file, document, value) else { return };
+        let wire = doc.spec.unwrap_or_default();
+        // The tier is checked once every Tier is known, whatever else is wrong.
+        if let Some(tier) = &wire.tier {
+            self.tier_refs.push((tier.clone(), file.to_owned(), document));
+        }
+        let Ok(staged_action) = staged_action else { return };
+        let spec = match wire.check(kind.is_global()) {
+            Ok(spec) => spec,
+            Err(errors) => return self.field_errors(file, document, errors),
+        };
+        let Some(name) = doc.metadata.name.clone().filter(|n| !n.is_empty()) else {
+            return self.error(file, document, "metadata.name", "required");
+        };
+        let namespace = (!kind.is_global()).then(|| doc.metadata.namespace.clone().unwrap_or_else(|| "default".into()));
+        let tier = spec.tier.clone().unwrap_or_else(|| calico::DEFAULT_TIER.into());
+        // `p` in tier `t` and `t.p` are one policy to Calico (it prefixes tiered names).
+        let key = if name.starts_with(&format!("{tier}.")) { name.clone() } else { format!("{tier}.{name}") };
+        let kind_key = format!("{}.projectcalico.org", kind.as_str());
+        if !self.claim(file, document, &kind_key, namespace.as_deref().unwrap_or_default(), &key, &name, namespace.is_some()) {
+            return;
+        }
+        self.state.calico_policies.push(CalicoPolicy { kind, namespace, name, spec, staged_action });
+    }
+
+    fn staged_kube_policy(&mut self, file: &Path, document: usize, value: Value) {
+        let staged_action = self.staged_action(file, document, true, &value);
+        let Some(doc) = self.doc::<networking::NetworkPolicySpec>(file, document, value) else { return };
+        let Ok(staged_action) = staged_action else { return };
+        let Some((namespace, name)) = self.name(file, document, "StagedKubernetesNetworkPolicy.projectcalico.org", &doc.metadata, true) else {
+            return;
+        };
+        self.state.staged_kube_policies.push(StagedKubeNetworkPolicy {
+            namespace,
+            name,
+            spec: doc.spec.unwrap_or_default(),
+            staged_action: staged_action.unwrap_or_default(),
+        });
+    }
+
+    fn tier(&mut self, file: &Path, document: usize, value: Value) {
+        let Some(doc) = self.doc::<TierSpec>(file, document, value) else { return };
+        // Named first: a tier with a broken spec still counts as defined for its policies.
+        let Some((_, name)) = self.name(file, document, TIER_KIND, &doc.metadata, false) else { return };
+        let spec = doc.spec.unwrap_or_default();
+        match spec.check() {
+            Ok(default_action) => self.state.tiers.push(Tier { name, order: spec.order, default_action }),
+            Err(e) => self.field_errors(file, document, vec![e]),
+        }
+    }
+
+    fn network_set(&mut self, file: &Path, document: usize, namespaced: bool, value: Value) {
+        let Some(doc) = self.doc::<NetworkSetSpec>(file, document, value) else { return };
+        let kind = if namespaced { "NetworkSet.projectcalico.org" } else { "GlobalNetworkSet.projectcalico.org" };
+        let Some((namespace, name)) = self.name(file, document, kind, &doc.metadata, namespaced) else { return };
+        match doc.spec.unwrap_or_default().check(namespaced.then_some(namespace), name, labels(&doc.metadata)) {
+            Ok(set) => self.state.network_sets.push(set),
+            Err(errors) => self.field_errors(file, document, errors),
+        }
+    }
+
+    fn host_endpoint(&mut self, file: &Path, document: usize, value: Value) {
+        let Some(doc) = self.doc::<HostEndpointSpec>(file, document, value) else { return };
+        let Some((_, name)) = self.name(file, document, "HostEndpoint.projectcalico.org", &doc.metadata, false) else { return };
+        match doc.spec.unwrap_or_default().check(name, labels(&doc.metadata)) {
+            Ok(hep) => self.state.host_endpoints.push(hep),
+            Err(errors) => self.field_errors(file, document, errors),
+        }
+    }
+
+    fn admin_policy(&mut self, file: &Path, document: usize, value: Value) {
+        let Some(doc) = self.doc::<AdminNetworkPolicySpec<String>>(file, document, value) else { return };
+        let Some(spec) = doc.spec else { return self.error(file, document, "spec", "required") };
+        let spec = match spec.check() {
+            Ok(spec) => spec,
+            Err(errors) => return self.field_errors(file, document, errors),
+        };
+        let Some((_, name)) = self.name(file, document, "AdminNetworkPolicy.policy.networking.k8s.io", &doc.metadata, false) else {
+            return;
+        };
+        // `check` kept the priority within 0-1000.
+        let priority = u16::try_from(spec.priority).unwrap_or(u16::MAX);
+        self.state.admin_policies.push(AdminPolicy { name, priority, spec });
+    }
+
+    fn baseline_admin_policy(&mut self, file: &Path, document: usize, value: Value) {
+        let Some(doc) = self.doc::<BaselineAdminNetworkPolicySpec<String>>(file, document, value) else { return };
+        let spec = match doc.spec.map(BaselineAdminNetworkPolicySpec::check) {
+            Some(Ok(spec)) => Some(spec),
+            Some(Err(errors)) => {
+                self.field_errors(file, document, errors);
+                None
+            }
+            None => {
+                self.error(file, document, "spec", "required");
+                None
+            }
+        };
+        let Some((_, name)) = self.name(file, document, "BaselineAdminNetworkPolicy.policy.networking.k8s.io", &doc.metadata, false) else {
+            return;
+        };
+        if name != admin::BASELINE_NAME {
+            return self.error(file, document, "metadata.name", format!("{name:?}: a BaselineAdminNetworkPolicy must be named {:?}", admin::BASELINE_NAME));
+        }
+        if let Some(spec) = spec {
+            self.state.baseline_admin_policy = Some(BaselineAdminPolicy { name, spec });
+        }
     }
 
     fn pod(&mut self, file: &Path, document: usize, pod: core::Pod) {
@@ -368,7 +575,18 @@ impl Builder {
     }
 
     fn finish(mut self) -> Result<Loaded, Vec<ManifestError>> {
+        let refs = std::mem::take(&mut self.tier_refs);
+        for (tier, file, document) in refs {
+            let defined = calico::BUILT_IN_TIERS.contains(&tier.as_str())
+                || self.seen.contains_key(&(TIER_KIND.to_owned(), String::new(), tier.clone()));
+            if !defined {
+                let reason = format!("tier {tier:?} is not defined by a Tier document (built in: {})", calico::BUILT_IN_TIERS.join(", "));
+                self.error(&file, document, "spec.tier", reason);
+            }
+        }
         if !self.errors.is_empty() {
+            // In file and document order (a stable sort keeps each document's own order).
+            self.errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
             return Err(self.errors);
         }
         let s = &mut self.state;
@@ -377,6 +595,12 @@ impl Builder {
         s.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         s.service_accounts.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         s.network_policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        s.calico_policies.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+        s.staged_kube_policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        s.tiers.sort_by(|a, b| a.name.cmp(&b.name));
+        s.network_sets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        s.host_endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        s.admin_policies.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
         Ok(Loaded { state: self.state, skipped: self.skipped, fingerprint: Vec::new() })
     }
 }

@@ -5,11 +5,20 @@
 //! fields flowaudit uses. Must never: sit in the flow path, or change while a stage reads it
 //! (stages hold an `Arc` of one version; a change builds a new one).
 
+pub mod admin;
+pub mod calico;
 pub mod manifests;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
+pub use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::NetworkPolicySpec;
+use serde::{Deserialize, Deserializer};
+
+use self::{
+    admin::{AdminNetworkPolicySpec, BaselineAdminNetworkPolicySpec},
+    calico::{Action, CalicoPolicySpec, StagedAction},
+};
 
 /// Labels of an object.
 pub type Labels = BTreeMap<String, String>;
@@ -120,6 +129,148 @@ pub struct KubeNetworkPolicy {
     pub spec: NetworkPolicySpec,
 }
 
+/// The kind of a [`CalicoPolicy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CalicoPolicyKind {
+    /// `NetworkPolicy` (namespaced).
+    NetworkPolicy,
+    /// `GlobalNetworkPolicy` (cluster-wide).
+    GlobalNetworkPolicy,
+    /// `StagedNetworkPolicy` (namespaced, never enforced).
+    StagedNetworkPolicy,
+    /// `StagedGlobalNetworkPolicy` (cluster-wide, never enforced).
+    StagedGlobalNetworkPolicy,
+}
+
+impl CalicoPolicyKind {
+    /// The Kubernetes kind, e.g. `GlobalNetworkPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NetworkPolicy => "NetworkPolicy",
+            Self::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+            Self::StagedNetworkPolicy => "StagedNetworkPolicy",
+            Self::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
+        }
+    }
+
+    /// Whether the kind is cluster-wide (no namespace).
+    pub fn is_global(self) -> bool {
+        matches!(self, Self::GlobalNetworkPolicy | Self::StagedGlobalNetworkPolicy)
+    }
+
+    /// Whether the kind is staged (reported as pending, never enforced).
+    pub fn is_staged(self) -> bool {
+        matches!(self, Self::StagedNetworkPolicy | Self::StagedGlobalNetworkPolicy)
+    }
+}
+
+/// A Calico `NetworkPolicy`, `GlobalNetworkPolicy` or one of their staged variants
+/// (`projectcalico.org/v3`, or the same kinds under `crd.projectcalico.org/v1`).
+///
+/// Calico has historically prefixed the names of tiered policies with `<tier>.`; both
+/// `name: tier1.policy` and `name: policy` with `spec.tier: tier1` are accepted, and the name is
+/// kept as written. The tier is always [`CalicoPolicy::tier`] (`spec.tier`), never guessed from the
+/// name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CalicoPolicy {
+    /// Which of the four kinds.
+    pub kind: CalicoPolicyKind,
+    /// Namespace (`default` when the document names none); `None` for the global kinds.
+    pub namespace: Option<String>,
+    /// Name, as written.
+    pub name: String,
+    /// The checked spec.
+    pub spec: CalicoPolicySpec,
+    /// `spec.stagedAction` of the staged kinds (`Set` when unset); `None` for enforced kinds.
+    pub staged_action: Option<StagedAction>,
+}
+
+impl CalicoPolicy {
+    /// The policy's tier: `spec.tier`, or `default`.
+    pub fn tier(&self) -> &str {
+        self.spec.tier.as_deref().unwrap_or(calico::DEFAULT_TIER)
+    }
+}
+
+/// A Calico `StagedKubernetesNetworkPolicy`: a Kubernetes NetworkPolicy that is only reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StagedKubeNetworkPolicy {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The spec, as Kubernetes defines it (`stagedAction` taken out).
+    pub spec: NetworkPolicySpec,
+    /// `spec.stagedAction` (`Set` when unset).
+    pub staged_action: StagedAction,
+}
+
+/// A Calico `Tier`. The built-in tiers (`default`, `kube-admin`, `kube-baseline`) are listed only
+/// when a document defines them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tier {
+    /// Name.
+    pub name: String,
+    /// `spec.order`; `None` sorts after every ordered tier.
+    pub order: Option<f64>,
+    /// `spec.defaultAction`: `Deny` (when unset) or `Pass`.
+    pub default_action: Action,
+}
+
+/// A Calico `NetworkSet` or `GlobalNetworkSet`: CIDRs with labels, selectable like endpoints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NetworkSet {
+    /// Namespace; `None` for a `GlobalNetworkSet`.
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: Labels,
+    /// `spec.nets`, parsed (host bits cleared; a bare IP is a /32 or /128).
+    pub nets: Vec<IpNet>,
+}
+
+/// A Calico `HostEndpoint`: a node's interface (or all of its host namespace) under policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostEndpoint {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: Labels,
+    /// `spec.node`.
+    pub node: String,
+    /// `spec.interfaceName`: an interface, or `*` for every interface of the host namespace;
+    /// `None` when the endpoint is found by `expected_ips`.
+    pub interface_name: Option<String>,
+    /// `spec.expectedIPs`.
+    pub expected_ips: Vec<IpAddr>,
+    /// `spec.profiles`.
+    pub profiles: Vec<String>,
+    /// `spec.ports`: named ports (protocol `TCP`, `UDP` or `SCTP`).
+    pub named_ports: Vec<NamedPort>,
+}
+
+/// A Kubernetes `AdminNetworkPolicy` (`policy.networking.k8s.io/v1alpha1`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminPolicy {
+    /// Name (cluster-wide).
+    pub name: String,
+    /// `spec.priority`, checked to be 0-1000 (lower goes first).
+    pub priority: u16,
+    /// The checked spec.
+    pub spec: AdminNetworkPolicySpec,
+}
+
+/// The Kubernetes `BaselineAdminNetworkPolicy` (`policy.networking.k8s.io/v1alpha1`); there is
+/// at most one, named `default`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaselineAdminPolicy {
+    /// Name (always `default`).
+    pub name: String,
+    /// The checked spec.
+    pub spec: BaselineAdminNetworkPolicySpec,
+}
+
 /// One version of the cluster state.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
@@ -137,6 +288,20 @@ pub struct ClusterState {
     pub service_accounts: Vec<ServiceAccount>,
     /// Kubernetes NetworkPolicies, sorted by namespace and name.
     pub network_policies: Vec<KubeNetworkPolicy>,
+    /// Calico policies of the four kinds, sorted by kind, namespace and name.
+    pub calico_policies: Vec<CalicoPolicy>,
+    /// Calico StagedKubernetesNetworkPolicies, sorted by namespace and name.
+    pub staged_kube_policies: Vec<StagedKubeNetworkPolicy>,
+    /// Calico Tiers defined by documents, sorted by name.
+    pub tiers: Vec<Tier>,
+    /// Calico GlobalNetworkSets (first) and NetworkSets, sorted by namespace and name.
+    pub network_sets: Vec<NetworkSet>,
+    /// Calico HostEndpoints, sorted by name.
+    pub host_endpoints: Vec<HostEndpoint>,
+    /// AdminNetworkPolicies, sorted by priority and name.
+    pub admin_policies: Vec<AdminPolicy>,
+    /// The BaselineAdminNetworkPolicy, if any.
+    pub baseline_admin_policy: Option<BaselineAdminPolicy>,
 }
 
 impl ClusterState {
@@ -149,6 +314,76 @@ impl ClusterState {
             ("Node", self.nodes.len()),
             ("ServiceAccount", self.service_accounts.len()),
             ("NetworkPolicy.networking.k8s.io/v1", self.network_policies.len()),
+            ("NetworkPolicy.projectcalico.org/v3", self.calico_count(CalicoPolicyKind::NetworkPolicy)),
+            ("GlobalNetworkPolicy.projectcalico.org/v3", self.calico_count(CalicoPolicyKind::GlobalNetworkPolicy)),
+            ("StagedNetworkPolicy.projectcalico.org/v3", self.calico_count(CalicoPolicyKind::StagedNetworkPolicy)),
+            ("StagedGlobalNetworkPolicy.projectcalico.org/v3", self.calico_count(CalicoPolicyKind::StagedGlobalNetworkPolicy)),
+            ("StagedKubernetesNetworkPolicy.projectcalico.org/v3", self.staged_kube_policies.len()),
+            ("Tier.projectcalico.org/v3", self.tiers.len()),
+            ("NetworkSet.projectcalico.org/v3", self.network_sets.iter().filter(|s| s.namespace.is_some()).count()),
+            ("GlobalNetworkSet.projectcalico.org/v3", self.network_sets.iter().filter(|s| s.namespace.is_none()).count()),
+            ("HostEndpoint.projectcalico.org/v3", self.host_endpoints.len()),
+            ("AdminNetworkPolicy.policy.networking.k8s.io/v1alpha1", self.admin_policies.len()),
+            ("BaselineAdminNetworkPolicy.policy.networking.k8s.io/v1alpha1", usize::from(self.baseline_admin_policy.is_some())),
         ]
     }
+
+    fn calico_count(&self, kind: CalicoPolicyKind) -> usize {
+        self.calico_policies.iter().filter(|p| p.kind == kind).count()
+    }
+}
+
+/// A problem with one field of a document, found while checking a spec.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// The field's path from the document root (`spec.ingress[0].source.nets[1]`).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl FieldError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Parses a CIDR as Kubernetes and Calico accept it: `address/prefix` with host bits allowed
+/// (they are cleared: `10.0.0.1/8` is `10.0.0.0/8`), or a bare address (a /32 or /128).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let Some((addr, len)) = text.split_once('/') else {
+        return text
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| format!("{text:?} is not a CIDR (address/prefix) or an IP address"));
+    };
+    let Ok(addr) = addr.parse::<IpAddr>() else {
+        return Err(format!("{text:?} is not a CIDR: {addr:?} is not an IP address"));
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = Some(len)
+        .filter(|l| !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|l| l.parse::<u8>().ok())
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("{text:?} is not a CIDR: the prefix length must be 0-{max}"))?;
+    IpNet::new(addr, len).map(|n| n.trunc()).map_err(|e| format!("{text:?} is not a CIDR: {e}"))
+}
+
+/// Parses a list of CIDRs with [`parse_cidr`], reporting each bad one as `at[i]`.
+pub(crate) fn cidrs(list: &[String], at: &str, errors: &mut Vec<FieldError>) -> Vec<IpNet> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, text)| parse_cidr(text).map_err(|e| errors.push(FieldError::new(format!("{at}[{i}]"), e))).ok())
+        .collect()
+}
+
+/// Reads a field that may be `null` (YAML `egress:` with nothing after it) as its default.
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
