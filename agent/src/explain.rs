@@ -9,7 +9,7 @@ use std::{net::IpAddr, sync::Arc};
 use serde_json::json;
 
 use crate::{
-    attribute::{FlowVerdict, PolicySet, SideVerdict},
+    attribute::{FlowVerdict, FlowView, PolicySet, SideVerdict},
     cluster::ClusterState,
     enrich::{IdentityLookup, Index},
     model::{Action, Endpoint},
@@ -85,7 +85,21 @@ pub fn protocol(value: &str) -> Result<u8, ExplainError> {
 
 /// The verdict of `src → dst` over `proto`/`port`.
 pub fn explain(state: &ClusterState, src: &End, dst: &End, proto: u8, port: Option<u16>) -> FlowVerdict {
-    PolicySet::compile(state).evaluate(src.endpoint.as_deref(), src.ip, dst.endpoint.as_deref(), dst.ip, proto, port)
+    PolicySet::compile(state).evaluate(&FlowView {
+        src: src.endpoint.as_deref(),
+        src_ip: src.ip,
+        dst: dst.endpoint.as_deref(),
+        dst_ip: dst.ip,
+        proto,
+        src_port: None,
+        dst_port: port,
+        // An echo request: what a hypothetical ICMP flow would be.
+        icmp: match proto {
+            flowaudit_common::proto::ICMP => Some((8, 0)),
+            flowaudit_common::proto::ICMPV6 => Some((128, 0)),
+            _ => None,
+        },
+    })
 }
 
 fn word(a: Action) -> &'static str {

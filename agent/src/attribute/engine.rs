@@ -9,7 +9,7 @@ use std::{cmp::Ordering, net::IpAddr};
 
 use crate::model::{Action, Endpoint};
 
-use super::kube::KubePolicy;
+use super::{admin::AdminPolicy, calico::CalicoPolicy, kube::KubePolicy};
 
 /// Direction of a side: the destination's ingress or the source's egress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,8 +94,12 @@ pub struct FlowView<'a> {
     pub dst_ip: IpAddr,
     /// IP protocol number.
     pub proto: u8,
+    /// Source port (TCP, UDP, SCTP).
+    pub src_port: Option<u16>,
     /// Destination port (TCP, UDP, SCTP).
     pub dst_port: Option<u16>,
+    /// ICMP type and code (ICMP flows).
+    pub icmp: Option<(u8, u8)>,
 }
 
 /// How a compiled policy selects and matches; one variant per policy family.
@@ -103,6 +107,10 @@ pub struct FlowView<'a> {
 pub enum Body {
     /// A Kubernetes NetworkPolicy (or its staged counterpart).
     Kube(KubePolicy),
+    /// A Calico NetworkPolicy or GlobalNetworkPolicy (or a staged one).
+    Calico(CalicoPolicy),
+    /// An AdminNetworkPolicy or BaselineAdminNetworkPolicy.
+    Admin(AdminPolicy),
 }
 
 /// One compiled policy.
@@ -132,6 +140,8 @@ impl Policy {
     fn selects(&self, subject: &Endpoint, dir: Dir) -> bool {
         match &self.body {
             Body::Kube(p) => p.selects(self.namespace.as_deref().unwrap_or_default(), subject, dir),
+            Body::Calico(p) => p.selects(self.namespace.as_deref(), subject, dir),
+            Body::Admin(p) => p.selects(subject, dir),
         }
     }
 
@@ -139,6 +149,8 @@ impl Policy {
     fn first_match(&self, dir: Dir, flow: &FlowView<'_>) -> Option<(usize, RuleAction)> {
         match &self.body {
             Body::Kube(p) => p.first_match(self.namespace.as_deref().unwrap_or_default(), dir, flow),
+            Body::Calico(p) => p.first_match(self.namespace.as_deref(), dir, flow),
+            Body::Admin(p) => p.first_match(dir, flow),
         }
     }
 }

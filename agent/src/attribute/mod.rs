@@ -15,22 +15,35 @@
 //! an end that is not a workload or host endpoint has no side. Kubernetes NetworkPolicies live in
 //! tier `default` (order 1,000,000, default Deny) at order 1000.
 
+pub mod admin;
+pub mod calico;
 pub mod engine;
 pub mod kube;
 pub mod selector;
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
-    cluster::ClusterState,
+    cluster::{CalicoPolicyKind, ClusterState, calico::StagedAction},
     model::{Action, Endpoint, EndpointKind, Enforcement, FlowRecord, Observed, Reporter},
 };
-use engine::{Body, Dir, FlowView, Policy, PolicyKind, RuleAction, SideOutcome, Tier};
+use engine::{Body, Dir, Policy, PolicyKind, RuleAction, SideOutcome, Tier};
+pub use engine::FlowView;
 
 /// Order of Kubernetes NetworkPolicies in tier `default` (as Calico places them).
 pub const KUBE_POLICY_ORDER: f64 = 1000.0;
 /// Order of tier `default`.
 pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
+/// Tier of AdminNetworkPolicies, and its order.
+pub const ADMIN_TIER: (&str, f64) = ("kube-admin", 1_000.0);
+/// Tier of the BaselineAdminNetworkPolicy, and its order.
+pub const BASELINE_TIER: (&str, f64) = ("kube-baseline", 10_000_000.0);
+
+/// ICMPv6 messages that are link control (neighbour discovery, MLD, router discovery), which no
+/// policy governs.
+fn is_link_control(proto: u8, icmp: Option<(u8, u8)>) -> bool {
+    proto == flowaudit_common::proto::ICMPV6 && icmp.is_some_and(|(t, _)| matches!(t, 130..=137 | 143))
+}
 
 /// The tiers of one state version, enforced and with staged policies applied.
 #[derive(Clone, Debug, Default)]
@@ -73,31 +86,110 @@ impl FlowVerdict {
     }
 }
 
-fn default_tier(policies: Vec<Policy>) -> Tier {
-    let mut t = Tier { name: "default".into(), order: Some(DEFAULT_TIER_ORDER), default_action: RuleAction::Deny, policies };
-    engine::sort_policies(&mut t.policies);
-    t
+/// The name a Calico policy is known by in its tier (without a `<tier>.` prefix).
+fn bare_name<'a>(name: &'a str, tier: &str) -> &'a str {
+    name.strip_prefix(tier).and_then(|n| n.strip_prefix('.')).unwrap_or(name)
 }
 
+/// (kind family, namespace, tier, bare name): what a staged policy stands in for.
+type PolicyId = (u8, Option<String>, String, String);
+
 impl PolicySet {
-    /// Compiles the policies of `state`.
+    /// Compiles the policies of `state` into tiers, enforced and with staged policies applied.
     pub fn compile(state: &ClusterState) -> PolicySet {
-        let kube: Vec<Policy> = state
-            .network_policies
-            .iter()
-            .map(|np| Policy {
-                kind: PolicyKind::Knp,
-                namespace: Some(np.namespace.clone()),
-                name: np.name.clone(),
-                order: Some(KUBE_POLICY_ORDER),
-                body: Body::Kube(kube::KubePolicy::new(&np.spec)),
-            })
-            .collect();
-        let mut enforced = vec![default_tier(kube.clone())];
-        let mut pending = vec![default_tier(kube)];
-        engine::sort_tiers(&mut enforced);
-        engine::sort_tiers(&mut pending);
-        PolicySet { enforced, pending }
+        let sets = Arc::new(state.network_sets.clone());
+        let nodes = Arc::new(state.nodes.clone());
+        // Tiers: the built-ins, then the Tier resources (which may also set a built-in's order or
+        // default action).
+        let mut tiers: BTreeMap<String, (Option<f64>, RuleAction)> = BTreeMap::new();
+        tiers.insert(ADMIN_TIER.0.into(), (Some(ADMIN_TIER.1), RuleAction::Pass));
+        tiers.insert("default".into(), (Some(DEFAULT_TIER_ORDER), RuleAction::Deny));
+        tiers.insert(BASELINE_TIER.0.into(), (Some(BASELINE_TIER.1), RuleAction::Pass));
+        for t in &state.tiers {
+            let action = match t.default_action {
+                crate::cluster::calico::Action::Pass => RuleAction::Pass,
+                _ => RuleAction::Deny,
+            };
+            let order = t.order.or_else(|| tiers.get(&t.name).and_then(|x| x.0));
+            tiers.insert(t.name.clone(), (order, action));
+        }
+        // Enforced policies, each with the id a staged policy would replace.
+        let mut enforced: Vec<(String, PolicyId, Policy)> = Vec::new();
+        for np in &state.network_policies {
+            let id = (0, Some(np.namespace.clone()), "default".to_owned(), np.name.clone());
+            enforced.push(("default".into(), id, kube_policy(PolicyKind::Knp, &np.namespace, &np.name, &np.spec)));
+        }
+        let mut staged: Vec<(String, PolicyId, Option<Policy>)> = Vec::new();
+        for cp in &state.calico_policies {
+            let tier = cp.tier().to_owned();
+            let global = cp.kind.is_global();
+            let family = if global { 2 } else { 1 };
+            let id = (family, cp.namespace.clone(), tier.clone(), bare_name(&cp.name, &tier).to_owned());
+            let kind = match cp.kind {
+                CalicoPolicyKind::NetworkPolicy => PolicyKind::Np,
+                CalicoPolicyKind::GlobalNetworkPolicy => PolicyKind::Gnp,
+                CalicoPolicyKind::StagedNetworkPolicy => PolicyKind::Snp,
+                CalicoPolicyKind::StagedGlobalNetworkPolicy => PolicyKind::Sgnp,
+            };
+            let policy = Policy {
+                kind,
+                namespace: cp.namespace.clone(),
+                name: cp.name.clone(),
+                order: cp.spec.order,
+                body: Body::Calico(calico::CalicoPolicy::new(&cp.spec, global, sets.clone())),
+            };
+            if cp.kind.is_staged() {
+                match cp.staged_action.unwrap_or(StagedAction::Set) {
+                    StagedAction::Set => staged.push((tier, id, Some(policy))),
+                    StagedAction::Delete => staged.push((tier, id, None)),
+                    StagedAction::Learn | StagedAction::Ignore => {}
+                }
+            } else {
+                enforced.push((tier, id, policy));
+            }
+        }
+        for sk in &state.staged_kube_policies {
+            let id = (0, Some(sk.namespace.clone()), "default".to_owned(), sk.name.clone());
+            match sk.staged_action {
+                StagedAction::Set => staged.push(("default".into(), id, Some(kube_policy(PolicyKind::Sknp, &sk.namespace, &sk.name, &sk.spec)))),
+                StagedAction::Delete => staged.push(("default".into(), id, None)),
+                StagedAction::Learn | StagedAction::Ignore => {}
+            }
+        }
+        for ap in &state.admin_policies {
+            let id = (3, None, ADMIN_TIER.0.to_owned(), ap.name.clone());
+            let body = Body::Admin(admin::AdminPolicy::admin(&ap.spec, nodes.clone()));
+            enforced.push((ADMIN_TIER.0.into(), id, Policy { kind: PolicyKind::Kanp, namespace: None, name: ap.name.clone(), order: Some(f64::from(ap.priority)), body }));
+        }
+        if let Some(bp) = &state.baseline_admin_policy {
+            let id = (4, None, BASELINE_TIER.0.to_owned(), bp.name.clone());
+            let body = Body::Admin(admin::AdminPolicy::baseline(&bp.spec, nodes.clone()));
+            enforced.push((BASELINE_TIER.0.into(), id, Policy { kind: PolicyKind::Kbanp, namespace: None, name: bp.name.clone(), order: None, body }));
+        }
+        let mut pending = enforced.clone();
+        for (tier, id, policy) in staged {
+            pending.retain(|(_, pid, _)| *pid != id);
+            if let Some(policy) = policy {
+                pending.push((tier, id, policy));
+            }
+        }
+        let build = |list: Vec<(String, PolicyId, Policy)>| -> Vec<Tier> {
+            let mut by_tier: BTreeMap<String, Vec<Policy>> = BTreeMap::new();
+            for (tier, _, policy) in list {
+                by_tier.entry(tier).or_default().push(policy);
+            }
+            let mut out: Vec<Tier> = by_tier
+                .into_iter()
+                .map(|(name, mut policies)| {
+                    engine::sort_policies(&mut policies);
+                    let (order, default_action) = tiers.get(&name).copied().unwrap_or((None, RuleAction::Deny));
+                    Tier { name, order, default_action, policies }
+                })
+                .collect();
+            engine::sort_tiers(&mut out);
+            out
+        };
+        PolicySet { enforced: build(enforced), pending: build(pending) }
     }
 
     fn side(&self, subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> Option<SideVerdict> {
@@ -110,21 +202,25 @@ impl PolicySet {
         })
     }
 
-    /// The verdict of a flow between two addresses with the endpoints found for them.
-    pub fn evaluate(
-        &self,
-        src: Option<&Endpoint>,
-        src_ip: IpAddr,
-        dst: Option<&Endpoint>,
-        dst_ip: IpAddr,
-        proto: u8,
-        dst_port: Option<u16>,
-    ) -> FlowVerdict {
-        let flow = FlowView { src, src_ip, dst, dst_ip, proto, dst_port };
-        FlowVerdict {
-            egress: src.and_then(|s| self.side(s, Dir::Egress, &flow)),
-            ingress: dst.and_then(|d| self.side(d, Dir::Ingress, &flow)),
+    /// The verdict of a flow (its endpoints as enrich found them).
+    pub fn evaluate(&self, flow: &FlowView<'_>) -> FlowVerdict {
+        if is_link_control(flow.proto, flow.icmp) {
+            return FlowVerdict { egress: None, ingress: None };
         }
+        FlowVerdict {
+            egress: flow.src.and_then(|s| self.side(s, Dir::Egress, flow)),
+            ingress: flow.dst.and_then(|d| self.side(d, Dir::Ingress, flow)),
+        }
+    }
+}
+
+fn kube_policy(kind: PolicyKind, namespace: &str, name: &str, spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec) -> Policy {
+    Policy {
+        kind,
+        namespace: Some(namespace.to_owned()),
+        name: name.to_owned(),
+        order: Some(KUBE_POLICY_ORDER),
+        body: Body::Kube(kube::KubePolicy::new(spec)),
     }
 }
 
@@ -153,14 +249,16 @@ impl Attributor {
     pub fn attribute(&self, records: &mut [FlowRecord]) {
         for r in records {
             let (Some(src_ip), Some(dst_ip)) = (r.source_ip, r.dest_ip) else { continue };
-            let verdict = self.policies.evaluate(
-                r.context.source.as_deref(),
+            let verdict = self.policies.evaluate(&FlowView {
+                src: r.context.source.as_deref(),
                 src_ip,
-                r.context.dest.as_deref(),
+                dst: r.context.dest.as_deref(),
                 dst_ip,
-                r.context.proto,
-                r.dest_port,
-            );
+                proto: r.context.proto,
+                src_port: r.source_port,
+                dst_port: r.dest_port,
+                icmp: r.icmp_type.map(|t| (t, r.icmp_code.unwrap_or(0))),
+            });
             let (enforced, pending) = match r.reporter {
                 Reporter::Src => side_fields(verdict.egress.as_ref()),
                 Reporter::Dst => side_fields(verdict.ingress.as_ref()),

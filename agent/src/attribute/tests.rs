@@ -1,5 +1,7 @@
 //! Table-driven policy cases: manifests, a flow, the expected verdict and traces.
 
+use std::net::IpAddr;
+
 use super::*;
 use crate::{
     cluster::manifests::load_dir,
@@ -93,7 +95,7 @@ fn run(case: &Case) {
     let set = PolicySet::compile(&state);
     let (src, src_ip) = endpoint_of(&state, &index, case.from);
     let (dst, dst_ip) = endpoint_of(&state, &index, case.to);
-    let v = set.evaluate(src.as_deref(), src_ip, dst.as_deref(), dst_ip, case.proto, case.port);
+    let v = set.evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto: case.proto, src_port: Some(40000), dst_port: case.port, icmp: None });
     let trace = |s: &Option<SideVerdict>| s.as_ref().map(|s| s.enforced.trace.clone());
     let want = |t: Option<&[&str]>| t.map(|t| t.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert_eq!(trace(&v.egress), want(case.egress), "{}: egress trace", case.name);
@@ -222,4 +224,277 @@ fn records_get_the_reporter_side_and_the_flow_verdict() {
     assert_eq!(records[1].enforcement, Enforcement::Violation);
     assert_eq!(records[1].num_violations, 1);
     assert_eq!(records[1].pending_action, Action::Deny);
+}
+
+/// Verdict of a flow against BASE + `policies`: (action, egress trace, ingress trace,
+/// pending action, pending ingress trace).
+#[allow(clippy::type_complexity)]
+fn verdict(policies: &str, from: &str, to: &str, proto: u8, port: u16) -> (Action, Option<Vec<String>>, Option<Vec<String>>, Action, Option<Vec<String>>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.yaml"), BASE).unwrap();
+    std::fs::write(dir.path().join("policies.yaml"), policies).unwrap();
+    let state = load_dir(dir.path()).unwrap_or_else(|e| panic!("{e:?}")).state;
+    let index = Index::build(&state, std::path::Path::new("/nonexistent"));
+    let (src, src_ip) = endpoint_of(&state, &index, from);
+    let (dst, dst_ip) = endpoint_of(&state, &index, to);
+    let v = PolicySet::compile(&state).evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto, src_port: Some(40000), dst_port: Some(port), icmp: None });
+    let e = v.egress.as_ref().map(|s| s.enforced.trace.clone());
+    let i = v.ingress.as_ref().map(|s| s.enforced.trace.clone());
+    let pi = v.ingress.as_ref().map(|s| s.pending.trace.clone());
+    (v.action(), e, i, v.pending_action(), pi)
+}
+
+fn t(entries: &[&str]) -> Option<Vec<String>> {
+    Some(entries.iter().map(|s| s.to_string()).collect())
+}
+
+const TIERED: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 100}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: security.db-guard}
+spec:
+  tier: security
+  order: 10
+  selector: app == 'db'
+  ingress:
+  - action: Log
+  - action: Deny
+    source: {namespaceSelector: "projectcalico.org/name == 'dev'"}
+  - action: Pass
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+"#;
+
+#[test]
+fn calico_tiers_pass_log_and_namespace_selectors() {
+    let (a, _, i, ..) = verdict(TIERED, "dev/web", "shop/db", TCP, 5432);
+    assert_eq!((a, i), (Action::Deny, t(&["0|security|gnp:security.db-guard|deny|1"])), "Log leaves no entry; rule 1 denies dev");
+    let (a, _, i, ..) = verdict(TIERED, "shop/web", "shop/db", TCP, 5432);
+    assert_eq!(
+        (a, i),
+        (Action::Allow, t(&["0|security|gnp:security.db-guard|pass|2", "1|default|knp:shop/allow-web|allow|0"])),
+        "Pass hands over to the next tier"
+    );
+    let (a, _, i, ..) = verdict(TIERED, "ops/monitor", "shop/db", TCP, 5432);
+    assert_eq!((a, i), (Action::Deny, t(&["0|security|gnp:security.db-guard|pass|2", "1|default|knp:shop/allow-web|deny|-1"])));
+    // monitor is not selected by anything: both sides allow with empty traces.
+    let (a, e, i, ..) = verdict(TIERED, "shop/db", "ops/monitor", TCP, 80);
+    assert_eq!((a, e, i), (Action::Allow, t(&[]), t(&[])));
+}
+
+#[test]
+fn calico_tier_default_action_and_unordered_tiers() {
+    let policies = r#"
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: audit}
+spec: {order: 50, defaultAction: Pass}
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: zz-unordered}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: audit.watch-db}
+spec:
+  tier: audit
+  selector: app == 'db'
+  ingress: [{action: Deny, protocol: UDP}]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: zz-unordered.last-word}
+spec:
+  tier: zz-unordered
+  selector: app == 'db'
+  ingress: [{action: Deny}]
+"#;
+    // audit selects db, nothing matches TCP: its default Pass; the unordered tier comes after
+    // every ordered one, including default (which selects nothing here).
+    let (a, _, i, ..) = verdict(policies, "shop/web", "shop/db", TCP, 5432);
+    assert_eq!((a, i), (Action::Deny, t(&["0|audit|gnp:audit.watch-db|pass|-1", "1|zz-unordered|gnp:zz-unordered.last-word|deny|0"])));
+}
+
+#[test]
+fn calico_rule_fields() {
+    let policies = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: db-in, namespace: shop}
+spec:
+  selector: app == 'db'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {nets: [172.16.0.0/16], notNets: [172.16.9.0/24]}
+    destination: {ports: ["9000:9100", sql]}
+  - action: Allow
+    protocol: TCP
+    source: {serviceAccounts: {names: [web-sa]}}
+  - action: Allow
+    protocol: UDP
+    notProtocol: TCP
+    source: {selector: "feed == 'partner'"}
+"#;
+    type Row = (&'static str, u8, u16, Action, Option<Vec<String>>);
+    let cases: [Row; 6] = [
+        ("172.16.1.1", TCP, 9050, Action::Allow, t(&["0|default|np:shop/db-in|allow|0"])),
+        ("172.16.1.1", TCP, 5432, Action::Allow, t(&["0|default|np:shop/db-in|allow|0"])),
+        ("172.16.9.1", TCP, 9050, Action::Deny, t(&["0|default|np:shop/db-in|deny|-1"])),
+        ("172.16.1.1", TCP, 22, Action::Deny, t(&["0|default|np:shop/db-in|deny|-1"])),
+        ("198.51.100.7", UDP, 53, Action::Allow, t(&["0|default|np:shop/db-in|allow|2"])),
+        ("198.51.100.99", UDP, 53, Action::Deny, t(&["0|default|np:shop/db-in|deny|-1"])),
+    ];
+    let sets = r#"
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {name: partners, namespace: shop, labels: {feed: partner}}
+spec: {nets: [198.51.100.0/28]}
+"#;
+    let all = format!("{policies}{sets}");
+    for (from, proto, port, action, trace) in cases {
+        let (a, _, i, ..) = verdict(Box::leak(all.clone().into_boxed_str()), from, "shop/db", proto, port);
+        assert_eq!((a, i), (action, trace), "{from} {proto}/{port}");
+    }
+    // The service-account rule: web's pod runs as web-sa.
+    let with_sa = all.clone();
+    let base_sa = BASE.replace("metadata: {name: web, namespace: shop, labels: {app: web}}", "metadata: {name: web, namespace: shop, labels: {app: web}}\nspec: {serviceAccountName: web-sa}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.yaml"), base_sa).unwrap();
+    std::fs::write(dir.path().join("p.yaml"), with_sa).unwrap();
+    let state = load_dir(dir.path()).unwrap().state;
+    let index = Index::build(&state, std::path::Path::new("/nonexistent"));
+    let (src, src_ip) = endpoint_of(&state, &index, "shop/web");
+    let (dst, dst_ip) = endpoint_of(&state, &index, "shop/db");
+    let v = PolicySet::compile(&state).evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto: TCP, src_port: Some(1), dst_port: Some(22), icmp: None });
+    assert_eq!(v.ingress.unwrap().enforced.trace, vec!["0|default|np:shop/db-in|allow|1".to_string()]);
+}
+
+#[test]
+fn a_global_network_set_named_by_a_rule_selector() {
+    let policies = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: threats, labels: {feed: threat}}
+spec: {nets: [203.0.113.0/24]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: block-threats}
+spec:
+  selector: all()
+  types: [Egress]
+  egress:
+  - action: Deny
+    destination: {selector: "feed == 'threat'", namespaceSelector: global()}
+  - action: Allow
+"#;
+    let (a, e, ..) = verdict(policies, "shop/web", "203.0.113.9", TCP, 443);
+    assert_eq!((a, e), (Action::Deny, t(&["0|default|gnp:block-threats|deny|0"])));
+    let (a, e, ..) = verdict(policies, "shop/web", "198.51.100.1", TCP, 443);
+    assert_eq!((a, e), (Action::Allow, t(&["0|default|gnp:block-threats|allow|1"])));
+}
+
+#[test]
+fn staged_policies_change_only_the_pending_verdict() {
+    let policies = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+---
+apiVersion: projectcalico.org/v3
+kind: StagedKubernetesNetworkPolicy
+metadata: {name: allow-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 6000}]}]
+---
+apiVersion: projectcalico.org/v3
+kind: StagedGlobalNetworkPolicy
+metadata: {name: quarantine-monitor}
+spec:
+  selector: app == 'monitor'
+  types: [Egress]
+  egress: [{action: Deny}]
+"#;
+    let (a, _, i, pa, pi) = verdict(policies, "shop/web", "shop/db", TCP, 5432);
+    assert_eq!((a, i), (Action::Allow, t(&["0|default|knp:shop/allow-web|allow|0"])));
+    assert_eq!((pa, pi), (Action::Deny, t(&["0|default|sknp:shop/allow-web|deny|-1"])));
+    // A staged policy with no enforced counterpart is added to the pending set only.
+    let (a, e, _, pa, _) = verdict(policies, "ops/monitor", "shop/web", TCP, 80);
+    assert_eq!((a, e, pa), (Action::Allow, t(&[]), Action::Deny));
+    // Delete removes the enforced policy from the pending set.
+    let deleting = format!("{policies}---\napiVersion: projectcalico.org/v3\nkind: StagedKubernetesNetworkPolicy\nmetadata: {{name: allow-web, namespace: shop}}\nspec: {{stagedAction: Delete, podSelector: {{}}}}\n").replacen(
+        "kind: StagedKubernetesNetworkPolicy\nmetadata: {name: allow-web, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 6000}]}]\n---\n",
+        "kind: Namespace\nmetadata: {name: spare}\n---\n",
+        1,
+    );
+    let (a, _, _, pa, pi) = verdict(Box::leak(deleting.into_boxed_str()), "shop/web", "shop/db", TCP, 5432);
+    assert_eq!((a, pa, pi), (Action::Allow, Action::Allow, t(&[])));
+}
+
+const ADMIN: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: no-dev-into-prod}
+spec:
+  priority: 10
+  subject: {namespaces: {matchLabels: {env: prod}}}
+  ingress:
+  - {name: dev, action: Deny, from: [{namespaces: {matchLabels: {env: dev}}}]}
+  - {name: ops, action: Allow, from: [{pods: {namespaceSelector: {matchLabels: {team: ops}}, podSelector: {}}}], ports: [{portNumber: {port: 5432}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: hand-over}
+spec:
+  priority: 20
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: monitor}}}}
+  ingress:
+  - {action: Pass, from: [{namespaces: {}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: BaselineAdminNetworkPolicy
+metadata: {name: default}
+spec:
+  subject: {namespaces: {}}
+  ingress:
+  - {action: Deny, from: [{namespaces: {}}]}
+"#;
+
+#[test]
+fn admin_and_baseline_admin_policies() {
+    let (a, _, i, ..) = verdict(ADMIN, "dev/web", "shop/db", TCP, 5432);
+    assert_eq!((a, i), (Action::Deny, t(&["0|kube-admin|kanp:no-dev-into-prod|deny|0"])));
+    let (a, _, i, ..) = verdict(ADMIN, "ops/monitor", "shop/db", TCP, 5432);
+    assert_eq!((a, i), (Action::Allow, t(&["0|kube-admin|kanp:no-dev-into-prod|allow|1"])));
+    // Nothing in kube-admin matches: its default is Pass; the baseline denies.
+    let (a, _, i, ..) = verdict(ADMIN, "shop/web", "shop/db", TCP, 5432);
+    assert_eq!(
+        (a, i),
+        (Action::Deny, t(&["0|kube-admin|kanp:no-dev-into-prod|pass|-1", "1|kube-baseline|kbanp:default|deny|0"]))
+    );
+    // A Kubernetes NetworkPolicy in tier default decides before the baseline.
+    let with_np = format!("{ADMIN}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-web, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: web}}}}}}]}}]\n");
+    let (a, _, i, ..) = verdict(Box::leak(with_np.into_boxed_str()), "shop/web", "shop/db", TCP, 5432);
+    assert_eq!((a, i), (Action::Allow, t(&["0|kube-admin|kanp:no-dev-into-prod|pass|-1", "1|default|knp:shop/allow-web|allow|0"])));
+    // An explicit Pass rule ends the tier (no end-of-tier entry), then the baseline.
+    let (a, _, i, ..) = verdict(ADMIN, "shop/web", "ops/monitor", TCP, 80);
+    assert_eq!((a, i), (Action::Deny, t(&["0|kube-admin|kanp:hand-over|pass|0", "1|kube-baseline|kbanp:default|deny|0"])));
 }
