@@ -19,13 +19,11 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use flowaudit_common::proto;
 
-use super::{
-    engine::{Dir, FlowView, RuleAction},
-    selector::{Labels, Selector},
-};
+use super::engine::{Dir, FlowView, RuleAction};
 use crate::{
     cluster::{
         IpNet, NetworkSet,
+        selector::{Labels, Selector},
         calico::{Action, CalicoPolicySpec, EntityRule, IcmpFields, PolicyType, PortSpec, Protocol, Rule},
     },
     model::{Endpoint, EndpointKind},

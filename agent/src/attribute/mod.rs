@@ -19,7 +19,6 @@ pub mod admin;
 pub mod calico;
 pub mod engine;
 pub mod kube;
-pub mod selector;
 
 use std::{collections::BTreeMap, sync::Arc};
 

@@ -446,6 +446,9 @@ impl WirePolicySpec {
                 }
             }
         }
+        selector_checked(self.selector.as_ref(), "spec.selector", &mut errors);
+        selector_checked(self.namespace_selector.as_ref(), "spec.namespaceSelector", &mut errors);
+        selector_checked(self.service_account_selector.as_ref(), "spec.serviceAccountSelector", &mut errors);
         let ingress = rules(self.ingress, "spec.ingress", &mut errors);
         let egress = rules(self.egress, "spec.egress", &mut errors);
         if !errors.is_empty() {
@@ -514,7 +517,22 @@ fn rule_checked(rule: WireRule, at: &str, errors: &mut Vec<FieldError>) -> Optio
     })
 }
 
+/// Reports a selector that does not parse, naming its field and the position in it.
+fn selector_checked(text: Option<&String>, field: &str, errors: &mut Vec<FieldError>) {
+    if let Some(t) = text
+        && let Err(e) = super::selector::Selector::parse(t)
+    {
+        errors.push(FieldError::new(field.to_owned(), format!("selector {t:?} does not parse {e}")));
+    }
+}
+
 fn entity_checked(entity: WireEntityRule, at: &str, errors: &mut Vec<FieldError>) -> EntityRule {
+    selector_checked(entity.selector.as_ref(), &format!("{at}.selector"), errors);
+    selector_checked(entity.not_selector.as_ref(), &format!("{at}.notSelector"), errors);
+    selector_checked(entity.namespace_selector.as_ref(), &format!("{at}.namespaceSelector"), errors);
+    if let Some(sa) = &entity.service_accounts {
+        selector_checked(sa.selector.as_ref(), &format!("{at}.serviceAccounts.selector"), errors);
+    }
     EntityRule {
         nets: cidrs(&entity.nets, &format!("{at}.nets"), errors),
         not_nets: cidrs(&entity.not_nets, &format!("{at}.notNets"), errors),

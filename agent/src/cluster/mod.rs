@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod calico;
 pub mod manifests;
+pub mod selector;
 
 use std::{collections::BTreeMap, net::IpAddr};
 

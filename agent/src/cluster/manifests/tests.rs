@@ -788,3 +788,22 @@ fn values_parse_as_calico_and_kubernetes_write_them() {
     }
     assert!(Protocol::Number(6).supports_ports() && !Protocol::UdpLite.supports_ports());
 }
+
+#[test]
+fn calico_selectors_that_do_not_parse_are_reported_with_their_field() {
+    let text = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: broken}
+spec:
+  selector: "app == 'web"
+  ingress:
+  - action: Allow
+    source: {selector: "has(app", namespaceSelector: "global()"}
+"#;
+    let dir = dir_with(&[("p.yaml", text)]);
+    let errors = load_dir(dir.path()).unwrap_err();
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["spec.selector", "spec.ingress[0].source.selector"]);
+    assert!(errors[0].reason.starts_with("selector \"app == 'web\" does not parse at 7:"), "{}", errors[0].reason);
+}
