@@ -7,8 +7,10 @@
 //! for a grace period, so the flows drained after it died are still attributed.
 //!
 //! Order of lookups per end: the socket's cgroup (a pod named through its cgroup, which is how
-//! host-network pods are named), then the address: a pod's IP, a Service ClusterIP (the end stays
-//! `net`, `dest_service_*` is set), otherwise `net` with `pvt`/`pub`.
+//! host-network pods are named), then the address: a pod's IP, a HostEndpoint's expected IP, a
+//! Service ClusterIP (the end stays `net`, `dest_service_*` is set), a network set (Calico's
+//! precedence: the other end's namespace, then global sets, then other namespaces; longest
+//! prefix; name), otherwise `net` with `pvt`/`pub`.
 
 mod cgroups;
 
@@ -53,6 +55,8 @@ pub struct Index {
     by_pod: HashMap<(String, String), (Arc<Endpoint>, Vec<IpAddr>)>,
     by_cgroup: HashMap<u64, Arc<Endpoint>>,
     services: HashMap<IpAddr, Vec<ServicePortEntry>>,
+    /// Network sets: (net, namespace, the set as an endpoint).
+    nets: Vec<(crate::cluster::IpNet, Option<String>, Arc<Endpoint>)>,
 }
 
 /// One port of a Service at one ClusterIP.
@@ -124,6 +128,42 @@ impl Index {
                 }
             }
         }
+        for hep in &state.host_endpoints {
+            let endpoint = Arc::new(Endpoint {
+                kind: EndpointKind::Hep,
+                name: Some(hep.name.clone()),
+                name_aggr: hep.node.clone(),
+                namespace: None,
+                labels: hep.labels.clone(),
+                namespace_labels: Default::default(),
+                service_account: None,
+                service_account_labels: Default::default(),
+                host_network: false,
+                named_ports: hep.named_ports.clone(),
+                node: Some(hep.node.clone()),
+            });
+            for ip in &hep.expected_ips {
+                index.by_ip.entry(*ip).or_insert_with(|| endpoint.clone());
+            }
+        }
+        for set in &state.network_sets {
+            let endpoint = Arc::new(Endpoint {
+                kind: EndpointKind::Ns,
+                name: Some(set.name.clone()),
+                name_aggr: set.name.clone(),
+                namespace: set.namespace.clone(),
+                labels: set.labels.clone(),
+                namespace_labels: set.namespace.as_deref().map(ns_labels).unwrap_or_default(),
+                service_account: None,
+                service_account_labels: Default::default(),
+                host_network: false,
+                named_ports: Vec::new(),
+                node: None,
+            });
+            for net in &set.nets {
+                index.nets.push((*net, set.namespace.clone(), endpoint.clone()));
+            }
+        }
         for svc in &state.services {
             for ip in &svc.cluster_ips {
                 let entry = index.services.entry(*ip).or_default();
@@ -145,6 +185,24 @@ impl Index {
 }
 
 impl Index {
+    /// The network set holding `ip`, by Calico's rules: a set in `workload_ns` (the namespace of
+    /// the flow's other end) first, then global sets, then sets in other namespaces; within each,
+    /// the longest prefix; then by name.
+    pub fn network_set(&self, ip: IpAddr, workload_ns: Option<&str>) -> Option<Arc<Endpoint>> {
+        self.nets
+            .iter()
+            .filter(|(net, ..)| net.contains(&ip))
+            .min_by_key(|(net, ns, ep)| {
+                let rank = match ns.as_deref() {
+                    Some(n) if Some(n) == workload_ns => 0,
+                    None => 1,
+                    Some(_) => 2,
+                };
+                (rank, std::cmp::Reverse(net.prefix_len()), ep.name.clone())
+            })
+            .map(|(.., ep)| ep.clone())
+    }
+
     /// A pod by namespace and name, with its addresses.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<(Arc<Endpoint>, Vec<IpAddr>)> {
         self.by_pod.get(&(namespace.to_owned(), name.to_owned())).cloned()
@@ -220,8 +278,15 @@ impl Enricher {
         self.gone_ips.retain(|_, (_, until)| *until > now_ns);
         self.gone_cgroups.retain(|_, (_, until)| *until > now_ns);
         for r in records {
-            let source = self.endpoint(r.source_cgroup_id, r.source_ip, now_ns);
-            let dest = self.endpoint(r.context.dest_cgroup_id, r.dest_ip, now_ns);
+            let mut source = self.endpoint(r.source_cgroup_id, r.source_ip, now_ns);
+            let mut dest = self.endpoint(r.context.dest_cgroup_id, r.dest_ip, now_ns);
+            // Addresses nothing else names may be in a network set, chosen relative to the other end.
+            if source.is_none() {
+                source = r.source_ip.and_then(|ip| self.current.network_set(ip, dest.as_ref().and_then(|d| d.namespace.as_deref())));
+            }
+            if dest.is_none() && r.dest_ip.is_some_and(|ip| self.current.service(ip, None, 0).is_none()) {
+                dest = r.dest_ip.and_then(|ip| self.current.network_set(ip, source.as_ref().and_then(|s| s.namespace.as_deref())));
+            }
             if let Some(ep) = &source {
                 fill(ep, &mut r.source_name, &mut r.source_name_aggr, &mut r.source_namespace, &mut r.source_type, &mut r.source_labels);
                 r.host_network |= ep.host_network;

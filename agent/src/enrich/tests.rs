@@ -145,3 +145,47 @@ fn a_deleted_pod_keeps_its_name_for_the_grace_period() {
     assert_eq!(probe(&mut e, 69 * SEC), "db");
     assert_eq!(probe(&mut e, 71 * SEC), "-");
 }
+
+#[test]
+fn host_endpoints_and_network_sets_name_addresses() {
+    let extra = r#"
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: node-a-eth0, labels: {role: ingress}}
+spec: {node: node-a, interfaceName: eth0, expectedIPs: [192.168.0.20]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: corp, labels: {zone: corp}}
+spec: {nets: [198.51.100.0/24]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {name: partner, namespace: shop, labels: {zone: partner}}
+spec: {nets: [198.51.100.0/24]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {name: partner-narrow, namespace: ops}
+spec: {nets: [198.51.100.128/25]}
+"#;
+    let (root, ..) = cgroup_root();
+    let mut e = Enricher::new(EnrichConfig { cgroup_root: root.path().to_owned(), grace: Duration::from_secs(60) });
+    e.update(&state(&format!("{CLUSTER}{extra}")), 0);
+    let mut r = vec![
+        FlowRecord::sample("192.168.0.20", 40000, "10.0.1.5", 8080),
+        // The shop pod's own namespace wins over the global set, even against a longer prefix
+        // in another namespace.
+        FlowRecord::sample("10.0.1.5", 40001, "198.51.100.200", 443),
+        // From an address no pod holds: the global set beats other namespaces.
+        FlowRecord::sample("10.9.9.9", 40002, "198.51.100.200", 443),
+    ];
+    e.enrich(&mut r, SEC);
+    assert_eq!(
+        (r[0].source_type.as_str(), r[0].source_name.as_str(), r[0].source_name_aggr.as_str(), r[0].source_namespace.as_str()),
+        ("hep", "node-a-eth0", "node-a", "-")
+    );
+    assert_eq!((r[1].dest_type.as_str(), r[1].dest_name.as_str(), r[1].dest_namespace.as_str()), ("ns", "partner", "shop"));
+    assert_eq!((r[2].dest_type.as_str(), r[2].dest_name.as_str(), r[2].dest_namespace.as_str()), ("ns", "corp", "-"));
+}
