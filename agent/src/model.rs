@@ -345,9 +345,10 @@ pub fn record_id(input: &str) -> String {
     format!("{h:016x}")
 }
 
-#[cfg(test)]
 impl FlowRecord {
-    /// A level-0 TCP record from `src:sport` to `dst:dport`, reporter `src`, for tests.
+    /// A level-0 TCP record from `src:sport` to `dst:dport`, reporter `src`, for tests and
+    /// benchmarks.
+    #[doc(hidden)]
     pub fn sample(src: &str, sport: u16, dst: &str, dport: u16) -> FlowRecord {
         let src: IpAddr = src.parse().expect("test address");
         let dst: IpAddr = dst.parse().expect("test address");

@@ -218,6 +218,11 @@ impl CalicoPolicy {
         }
     }
 
+    /// Whether a rule matches on source ports (then a verdict depends on the source port).
+    pub fn uses_source_ports(&self) -> bool {
+        self.ingress.iter().chain(self.egress.iter()).flatten().any(|r| !r.source.ports.is_empty() || !r.source.not_ports.is_empty())
+    }
+
     /// Whether the policy applies to `subject` in `dir`.
     pub fn selects(&self, namespace: Option<&str>, subject: &Endpoint, dir: Dir) -> bool {
         let applies = match dir {

@@ -166,6 +166,43 @@ pub struct Tier {
     pub default_action: RuleAction,
     /// Policies, sorted by [`sort_policies`].
     pub policies: Vec<Policy>,
+    /// Per namespace, the policies that can select an endpoint there (its own namespaced
+    /// policies and every cluster-wide one), in evaluation order; see [`Tier::index`].
+    by_namespace: std::collections::HashMap<String, Vec<usize>>,
+    /// The cluster-wide policies (for endpoints without a namespace, and namespaces without
+    /// policies of their own).
+    cluster_wide: Vec<usize>,
+}
+
+impl Tier {
+    /// A tier of `policies` (sorted and indexed here).
+    pub fn new(name: String, order: Option<f64>, default_action: RuleAction, mut policies: Vec<Policy>) -> Tier {
+        sort_policies(&mut policies);
+        let mut tier = Tier { name, order, default_action, policies, by_namespace: Default::default(), cluster_wide: Vec::new() };
+        tier.index();
+        tier
+    }
+
+    /// Indexes policies by the namespace they can select in, so one endpoint's walk visits only
+    /// the policies that can select it, not all of them.
+    fn index(&mut self) {
+        self.cluster_wide = (0..self.policies.len()).filter(|&i| self.policies[i].namespace.is_none()).collect();
+        let mut by_ns: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        for (i, p) in self.policies.iter().enumerate() {
+            if let Some(ns) = &p.namespace {
+                by_ns.entry(ns.clone()).or_default().push(i);
+            }
+        }
+        for list in by_ns.values_mut() {
+            list.extend(self.cluster_wide.iter().copied());
+            list.sort_unstable();
+        }
+        self.by_namespace = by_ns;
+    }
+
+    fn candidates(&self, subject: &Endpoint) -> &[usize] {
+        subject.namespace.as_ref().and_then(|ns| self.by_namespace.get(ns)).map_or(&self.cluster_wide, Vec::as_slice)
+    }
 }
 
 fn by_order(a: Option<f64>, b: Option<f64>) -> Ordering {
@@ -206,7 +243,8 @@ pub fn evaluate(tiers: &[Tier], subject: &Endpoint, dir: Dir, flow: &FlowView<'_
     for tier in tiers {
         let mut first_selecting: Option<&Policy> = None;
         let mut decided = None;
-        for policy in tier.policies.iter().filter(|p| p.selects(subject, dir)) {
+        let candidates = tier.candidates(subject).iter().map(|&i| &tier.policies[i]);
+        for policy in candidates.filter(|p| p.selects(subject, dir)) {
             first_selecting.get_or_insert(policy);
             if let Some((rule, action)) = policy.first_match(dir, flow) {
                 entry(&mut trace, tier, policy, action, rule as i64);

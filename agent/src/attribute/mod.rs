@@ -49,6 +49,8 @@ fn is_link_control(proto: u8, icmp: Option<(u8, u8)>) -> bool {
 pub struct PolicySet {
     enforced: Vec<Tier>,
     pending: Vec<Tier>,
+    /// Some rule matches on source ports: verdicts depend on them.
+    source_ports: bool,
 }
 
 /// One side's verdict, enforced and pending.
@@ -179,16 +181,18 @@ impl PolicySet {
             }
             let mut out: Vec<Tier> = by_tier
                 .into_iter()
-                .map(|(name, mut policies)| {
-                    engine::sort_policies(&mut policies);
+                .map(|(name, policies)| {
                     let (order, default_action) = tiers.get(&name).copied().unwrap_or((None, RuleAction::Deny));
-                    Tier { name, order, default_action, policies }
+                    Tier::new(name, order, default_action, policies)
                 })
                 .collect();
             engine::sort_tiers(&mut out);
             out
         };
-        PolicySet { enforced: build(enforced), pending: build(pending) }
+        let source_ports = state.calico_policies.iter().any(|cp| {
+            calico::CalicoPolicy::new(&cp.spec, cp.kind.is_global(), sets.clone()).uses_source_ports()
+        });
+        PolicySet { enforced: build(enforced), pending: build(pending), source_ports }
     }
 
     fn side(&self, subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> Option<SideVerdict> {
@@ -223,10 +227,18 @@ fn kube_policy(kind: PolicyKind, namespace: &str, name: &str, spec: &k8s_openapi
     }
 }
 
+/// What a verdict depends on: both ends (as enrich found them, by identity of the shared
+/// endpoint), both addresses, protocol, ports and ICMP type.
+type CacheKey = (usize, usize, std::net::IpAddr, std::net::IpAddr, u8, Option<u16>, Option<u16>, Option<(u8, u8)>);
+
+/// Verdicts kept per state version; cleared when it reaches this size.
+const CACHE_LIMIT: usize = 200_000;
+
 /// The attribute stage.
 #[derive(Default)]
 pub struct Attributor {
     policies: PolicySet,
+    cache: std::collections::HashMap<CacheKey, FlowVerdict>,
     /// When the current state took effect (Unix ns): connections older than this that it denies
     /// are stale, not violations.
     since_ns: u64,
@@ -241,22 +253,41 @@ impl Attributor {
     /// Installs a state version that took effect at `now_ns`.
     pub fn update(&mut self, state: &ClusterState, now_ns: u64) {
         self.policies = PolicySet::compile(state);
+        self.cache.clear();
         self.since_ns = now_ns;
     }
 
     /// Fills the verdict fields of `records`.
-    pub fn attribute(&self, records: &mut [FlowRecord]) {
+    pub fn attribute(&mut self, records: &mut [FlowRecord]) {
         for r in records {
             let (Some(src_ip), Some(dst_ip)) = (r.source_ip, r.dest_ip) else { continue };
-            let verdict = self.policies.evaluate(&FlowView {
-                src: r.context.source.as_deref(),
+            let icmp = r.icmp_type.map(|t| (t, r.icmp_code.unwrap_or(0)));
+            let ptr = |e: &Option<Arc<Endpoint>>| e.as_ref().map_or(0, |e| Arc::as_ptr(e) as usize);
+            let key: CacheKey = (
+                ptr(&r.context.source),
+                ptr(&r.context.dest),
                 src_ip,
-                dst: r.context.dest.as_deref(),
                 dst_ip,
-                proto: r.context.proto,
-                src_port: r.source_port,
-                dst_port: r.dest_port,
-                icmp: r.icmp_type.map(|t| (t, r.icmp_code.unwrap_or(0))),
+                r.context.proto,
+                r.source_port.filter(|_| self.policies.source_ports),
+                r.dest_port,
+                icmp,
+            );
+            if self.cache.len() >= CACHE_LIMIT {
+                self.cache.clear();
+            }
+            let policies = &self.policies;
+            let verdict = self.cache.entry(key).or_insert_with(|| {
+                policies.evaluate(&FlowView {
+                    src: r.context.source.as_deref(),
+                    src_ip,
+                    dst: r.context.dest.as_deref(),
+                    dst_ip,
+                    proto: r.context.proto,
+                    src_port: r.source_port,
+                    dst_port: r.dest_port,
+                    icmp,
+                })
             });
             let (enforced, pending) = match r.reporter {
                 Reporter::Src => side_fields(verdict.egress.as_ref()),
