@@ -394,11 +394,11 @@ mod tests {
         let err = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "ring_buffer_size");
         let err = resolve(RunFlags { flush_interval: Some("soon".into()), ..Default::default() }).unwrap_err();
-        assert_eq!((err.source_name.as_str(), err.field.as_str()), ("command line", "flush_interval"));
+        assert_eq!((err.source_name.as_ref(), err.field.as_str()), ("command line", "flush_interval"));
         let err = resolve(RunFlags { aggregation_allowed: Some(4), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "aggregation_allowed");
         let err = resolve(RunFlags { cluster: Some("/no/such/dir".into()), ..Default::default() }).unwrap_err();
-        assert_eq!((err.field.as_str(), err.source_name.as_str()), ("cluster", "command line"));
+        assert_eq!((err.field.as_str(), err.source_name.as_ref()), ("cluster", "command line"));
         let err = resolve(RunFlags { aggregation_denied: Some(7), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "aggregation_denied");
         let err = resolve(RunFlags { interfaces: Some(vec!["veth[".into()]), ..Default::default() }).unwrap_err();

@@ -15,7 +15,7 @@ pub use crate::cluster::NamedPort;
 #[serde(rename_all = "lowercase")]
 pub enum EndpointKind {
     /// A workload endpoint (a pod).
-    Wep,
+    Wep = 0,
     /// A host endpoint.
     Hep,
     /// A network set.
@@ -35,8 +35,12 @@ pub struct Endpoint {
     pub name_aggr: String,
     /// Namespace (pods, namespaced network sets).
     pub namespace: Option<String>,
+    /// `name`, `name_aggr` and `namespace` as records write them (`-` for none).
+    pub record_names: (Text, Text, Text),
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// The labels as records write them (built once per state version).
+    pub record_labels: RecordLabels,
     /// Labels of the namespace.
     pub namespace_labels: BTreeMap<String, String>,
     /// Service account (pods).
@@ -49,6 +53,48 @@ pub struct Endpoint {
     pub named_ports: Vec<NamedPort>,
     /// The node a pod is scheduled on.
     pub node: Option<String>,
+}
+
+/// A string field of a record, shared rather than copied (names repeat across records).
+pub type Text = Arc<str>;
+
+/// `*_labels` of a record: `-` when unknown, else `{"labels": ["key=value", ...]}` (shared, so a
+/// record copies a pointer, not the list).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RecordLabels {
+    /// Unknown or aggregated away: written `-`.
+    #[default]
+    Unknown,
+    /// `key=value` strings, sorted.
+    List(Arc<[String]>),
+}
+
+impl RecordLabels {
+    /// From a label map.
+    pub fn of(labels: &BTreeMap<String, String>) -> RecordLabels {
+        RecordLabels::List(labels.iter().map(|(k, v)| format!("{k}={v}")).collect())
+    }
+}
+
+impl From<&str> for RecordLabels {
+    /// `-` (anything else is also taken as unknown).
+    fn from(_: &str) -> Self {
+        RecordLabels::Unknown
+    }
+}
+
+impl Serialize for RecordLabels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        match self {
+            RecordLabels::Unknown => s.serialize_str("-"),
+            RecordLabels::List(list) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("labels", &**list)?;
+                m.end()
+            }
+        }
+    }
 }
 
 /// The Service a destination address and port belong to.
@@ -228,47 +274,47 @@ pub struct FlowRecord {
     /// Interval end, Unix seconds.
     pub end_time: u64,
     /// Node.
-    pub host: String,
+    pub host: Text,
     /// Reporter's verdict.
     pub action: Action,
     /// Whose side this record is.
     pub reporter: Reporter,
     /// `tcp`, `udp`, `icmp`, `icmp6`, `sctp` or the number.
-    pub proto: String,
+    pub proto: Text,
     /// Source (initiator) address.
     pub source_ip: Option<IpAddr>,
     /// Source port; `null` for ICMP and when aggregated.
     pub source_port: Option<u16>,
     /// Pod name or `-`.
-    pub source_name: String,
+    pub source_name: Text,
     /// Aggregated name: generateName + `*`, or `pvt`/`pub`.
-    pub source_name_aggr: String,
+    pub source_name_aggr: Text,
     /// Namespace or `-`.
-    pub source_namespace: String,
+    pub source_namespace: Text,
     /// `wep`, `hep`, `ns` or `net`.
-    pub source_type: String,
+    pub source_type: Text,
     /// Labels, or `-`.
-    pub source_labels: serde_json::Value,
+    pub source_labels: RecordLabels,
     /// Destination address.
     pub dest_ip: Option<IpAddr>,
     /// Destination port; `null` for ICMP.
     pub dest_port: Option<u16>,
     /// Pod name or `-`.
-    pub dest_name: String,
+    pub dest_name: Text,
     /// Aggregated name.
-    pub dest_name_aggr: String,
+    pub dest_name_aggr: Text,
     /// Namespace or `-`.
-    pub dest_namespace: String,
+    pub dest_namespace: Text,
     /// Endpoint type.
-    pub dest_type: String,
+    pub dest_type: Text,
     /// Labels, or `-`.
-    pub dest_labels: serde_json::Value,
+    pub dest_labels: RecordLabels,
     /// Service name or `-`.
-    pub dest_service_name: String,
+    pub dest_service_name: Text,
     /// Service namespace or `-`.
-    pub dest_service_namespace: String,
+    pub dest_service_namespace: Text,
     /// Service port name or `-`.
-    pub dest_service_port: String,
+    pub dest_service_port: Text,
     /// ICMP type (ICMP flows only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_type: Option<u8>,

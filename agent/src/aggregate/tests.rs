@@ -203,7 +203,7 @@ fn view(r: &FlowRecord) -> View {
     View {
         reporter: r.reporter,
         action: r.action,
-        proto: r.proto.clone(),
+        proto: r.proto.to_string(),
         src: r.source_ip.expect("source_ip"),
         sport: r.source_port,
         dst: r.dest_ip.expect("dest_ip"),
@@ -308,13 +308,13 @@ fn tcp_between_local_pods_seen_everywhere_counts_once_per_side() {
     );
     for r in &records {
         assert_eq!(r.flow_action, Action::Allow);
-        assert_eq!(r.host, "node-1");
+        assert_eq!(&*r.host, "node-1");
         assert_eq!((r.num_established, r.num_attempted, r.num_rejected), (1, 0, 0));
         // The source's socket is the one that sent A -> B.
         assert_eq!(r.source_cgroup_id, Some(1234));
         assert_eq!((r.icmp_type, r.icmp_code), (None, None));
         assert_eq!((r.start_time, r.end_time), (T0 / SEC, T0 / SEC + 10));
-        assert_eq!((r.source_name_aggr.as_str(), r.dest_name_aggr.as_str()), ("pvt", "pvt"));
+        assert_eq!((r.source_name_aggr.as_ref(), r.dest_name_aggr.as_ref()), ("pvt", "pvt"));
     }
     // Completed TCP is remembered (linger) so late packets join it.
     assert_eq!(a.tracked(), 1);
@@ -788,7 +788,7 @@ fn ipv6_tcp_between_local_pods() {
     );
     for r in &records {
         assert_eq!(r.source_cgroup_id, Some(42));
-        assert_eq!((r.source_name_aggr.as_str(), r.dest_name_aggr.as_str()), ("pvt", "pvt"));
+        assert_eq!((r.source_name_aggr.as_ref(), r.dest_name_aggr.as_ref()), ("pvt", "pvt"));
     }
 }
 
@@ -824,7 +824,7 @@ fn ipv6_refused_tcp_and_icmpv6_echo() {
         ]
     );
     for r in &records {
-        assert_eq!((r.source_name_aggr.as_str(), r.dest_name_aggr.as_str()), ("pvt", "pub"));
+        assert_eq!((r.source_name_aggr.as_ref(), r.dest_name_aggr.as_ref()), ("pvt", "pub"));
     }
 }
 
@@ -964,7 +964,7 @@ fn transit_only_is_one_fwd_record_not_doubled() {
                 .observed(Observed::Established)
         ]
     );
-    assert_eq!((records[0].source_name_aggr.as_str(), records[0].dest_name_aggr.as_str()), ("pvt", "pub"));
+    assert_eq!((records[0].source_name_aggr.as_ref(), records[0].dest_name_aggr.as_ref()), ("pvt", "pub"));
     assert_eq!(records[0].source_cgroup_id, None);
 }
 
@@ -1290,7 +1290,7 @@ fn record_ids_are_stable_and_distinct() {
     other_cfg.node = "node-2".into();
     let other_node = Aggregator::new(other_cfg).process(&batch(0, 10, observations()));
     assert_ne!(first[0].id, other_node[0].id);
-    assert_eq!(other_node[0].host, "node-2");
+    assert_eq!(&*other_node[0].host, "node-2");
     // Another connection.
     let mut shifted = observations();
     for o in &mut shifted {
@@ -1394,10 +1394,12 @@ fn transit_udp_expires_as_fwd() {
 fn pod_on(node: &str) -> Option<std::sync::Arc<crate::model::Endpoint>> {
     Some(std::sync::Arc::new(crate::model::Endpoint {
         kind: crate::model::EndpointKind::Wep,
+        record_names: ("db".into(), "db".into(), "shop".into()),
         name: Some("db".into()),
         name_aggr: "db".into(),
         namespace: Some("shop".into()),
         labels: Default::default(),
+        record_labels: Default::default(),
         namespace_labels: Default::default(),
         service_account: None,
         service_account_labels: Default::default(),

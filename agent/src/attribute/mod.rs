@@ -51,6 +51,8 @@ pub struct PolicySet {
     pending: Vec<Tier>,
     /// Some rule matches on source ports: verdicts depend on them.
     source_ports: bool,
+    /// Some staged policy exists: the pending walk differs from the enforced one.
+    staged: bool,
 }
 
 /// One side's verdict, enforced and pending.
@@ -168,6 +170,7 @@ impl PolicySet {
             enforced.push((BASELINE_TIER.0.into(), id, Policy { kind: PolicyKind::Kbanp, namespace: None, name: bp.name.clone(), order: None, body }));
         }
         let mut pending = enforced.clone();
+        let has_staged = !staged.is_empty();
         for (tier, id, policy) in staged {
             pending.retain(|(_, pid, _)| *pid != id);
             if let Some(policy) = policy {
@@ -192,17 +195,16 @@ impl PolicySet {
         let source_ports = state.calico_policies.iter().any(|cp| {
             calico::CalicoPolicy::new(&cp.spec, cp.kind.is_global(), sets.clone()).uses_source_ports()
         });
-        PolicySet { enforced: build(enforced), pending: build(pending), source_ports }
+        PolicySet { enforced: build(enforced), pending: build(pending), source_ports, staged: has_staged }
     }
 
     fn side(&self, subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> Option<SideVerdict> {
         if !matches!(subject.kind, EndpointKind::Wep | EndpointKind::Hep) {
             return None;
         }
-        Some(SideVerdict {
-            enforced: engine::evaluate(&self.enforced, subject, dir, flow),
-            pending: engine::evaluate(&self.pending, subject, dir, flow),
-        })
+        let enforced = engine::evaluate(&self.enforced, subject, dir, flow);
+        let pending = if self.staged { engine::evaluate(&self.pending, subject, dir, flow) } else { enforced.clone() };
+        Some(SideVerdict { enforced, pending })
     }
 
     /// The verdict of a flow (its endpoints as enrich found them).
@@ -238,7 +240,7 @@ const CACHE_LIMIT: usize = 200_000;
 #[derive(Default)]
 pub struct Attributor {
     policies: PolicySet,
-    cache: std::collections::HashMap<CacheKey, FlowVerdict>,
+    cache: hashbrown::HashMap<CacheKey, FlowVerdict>,
     /// When the current state took effect (Unix ns): connections older than this that it denies
     /// are stale, not violations.
     since_ns: u64,

@@ -14,8 +14,8 @@
 
 mod cgroups;
 
+use hashbrown::HashMap;
 use std::{
-    collections::{BTreeMap, HashMap},
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
@@ -26,7 +26,7 @@ use flowaudit_common::proto;
 
 use crate::{
     cluster::ClusterState,
-    model::{Endpoint, EndpointKind, FlowRecord, ServiceRef},
+    model::{Endpoint, EndpointKind, FlowRecord, RecordLabels, ServiceRef, Text},
 };
 
 /// What enrich needs to know.
@@ -95,12 +95,15 @@ impl Index {
                 .unwrap_or_default()
         };
         for pod in &state.pods {
+            let name_aggr = pod.generate_name.as_ref().map(|g| format!("{g}*")).unwrap_or_else(|| pod.name.clone());
             let endpoint = Arc::new(Endpoint {
                 kind: EndpointKind::Wep,
+                record_names: (pod.name.as_str().into(), name_aggr.as_str().into(), pod.namespace.as_str().into()),
                 name: Some(pod.name.clone()),
-                name_aggr: pod.generate_name.as_ref().map(|g| format!("{g}*")).unwrap_or_else(|| pod.name.clone()),
+                name_aggr,
                 namespace: Some(pod.namespace.clone()),
                 labels: pod.labels.clone(),
+                record_labels: RecordLabels::of(&pod.labels),
                 namespace_labels: ns_labels(&pod.namespace),
                 service_account: Some(pod.service_account.clone()),
                 service_account_labels: sa_labels(&pod.namespace, &pod.service_account),
@@ -131,10 +134,12 @@ impl Index {
         for hep in &state.host_endpoints {
             let endpoint = Arc::new(Endpoint {
                 kind: EndpointKind::Hep,
+                record_names: (hep.name.as_str().into(), hep.node.as_str().into(), "-".into()),
                 name: Some(hep.name.clone()),
                 name_aggr: hep.node.clone(),
                 namespace: None,
                 labels: hep.labels.clone(),
+                record_labels: RecordLabels::of(&hep.labels),
                 namespace_labels: Default::default(),
                 service_account: None,
                 service_account_labels: Default::default(),
@@ -149,10 +154,12 @@ impl Index {
         for set in &state.network_sets {
             let endpoint = Arc::new(Endpoint {
                 kind: EndpointKind::Ns,
+                record_names: (set.name.as_str().into(), set.name.as_str().into(), set.namespace.as_deref().unwrap_or("-").into()),
                 name: Some(set.name.clone()),
                 name_aggr: set.name.clone(),
                 namespace: set.namespace.clone(),
                 labels: set.labels.clone(),
+                record_labels: RecordLabels::of(&set.labels),
                 namespace_labels: set.namespace.as_deref().map(ns_labels).unwrap_or_default(),
                 service_account: None,
                 service_account_labels: Default::default(),
@@ -299,9 +306,9 @@ impl Enricher {
                 && let Some(ip) = r.dest_ip
                 && let Some(svc) = self.current.service(ip, r.dest_port, r.context.proto)
             {
-                r.dest_service_name = svc.name;
-                r.dest_service_namespace = svc.namespace;
-                r.dest_service_port = svc.port;
+                r.dest_service_name = svc.name.as_str().into();
+                r.dest_service_namespace = svc.namespace.as_str().into();
+                r.dest_service_port = svc.port.as_str().into();
             }
             r.context.source = source;
             r.context.dest = dest;
@@ -309,30 +316,13 @@ impl Enricher {
     }
 }
 
-/// `{"labels": ["k=v", ...]}`, as Calico writes labels.
-pub fn labels_value(labels: &BTreeMap<String, String>) -> serde_json::Value {
-    serde_json::json!({ "labels": labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>() })
-}
-
-fn fill(
-    ep: &Endpoint,
-    name: &mut String,
-    aggr: &mut String,
-    namespace: &mut String,
-    kind: &mut String,
-    labels: &mut serde_json::Value,
-) {
-    *name = ep.name.clone().unwrap_or_else(|| "-".into());
-    *aggr = ep.name_aggr.clone();
-    *namespace = ep.namespace.clone().unwrap_or_else(|| "-".into());
-    *kind = match ep.kind {
-        EndpointKind::Wep => "wep",
-        EndpointKind::Hep => "hep",
-        EndpointKind::Ns => "ns",
-        EndpointKind::Net => "net",
+fn fill(ep: &Endpoint, name: &mut Text, aggr: &mut Text, namespace: &mut Text, kind: &mut Text, labels: &mut RecordLabels) {
+    thread_local! {
+        static KINDS: [Text; 4] = [Text::from("wep"), Text::from("hep"), Text::from("ns"), Text::from("net")];
     }
-    .into();
-    *labels = labels_value(&ep.labels);
+    (*name, *aggr, *namespace) = ep.record_names.clone();
+    *kind = KINDS.with(|k| k[ep.kind as usize].clone());
+    *labels = ep.record_labels.clone();
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::model::{Action, AggregationLevel, FlowRecord, Observed, record_id};
+use crate::model::{Action, AggregationLevel, FlowRecord, Observed, RecordLabels, record_id};
 
 /// The levels to apply.
 #[derive(Clone, Debug)]
@@ -56,8 +56,8 @@ fn key(r: &FlowRecord) -> String {
     k.num_attempted = 0;
     k.num_rejected = 0;
     k.observed = Observed::Mixed;
-    k.source_labels = serde_json::Value::Null;
-    k.dest_labels = serde_json::Value::Null;
+    k.source_labels = RecordLabels::Unknown;
+    k.dest_labels = RecordLabels::Unknown;
     k.source_cgroup_id = None;
     k.host_network = false;
     k.enforcement = crate::model::Enforcement::Consistent;
@@ -65,16 +65,11 @@ fn key(r: &FlowRecord) -> String {
     serde_json::to_string(&k).expect("records serialize")
 }
 
-fn shared_labels(a: &serde_json::Value, b: &serde_json::Value) -> serde_json::Value {
-    if a == b {
-        return a.clone();
-    }
-    let list = |v: &serde_json::Value| -> Option<Vec<String>> {
-        Some(v.get("labels")?.as_array()?.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
-    };
-    match (list(a), list(b)) {
-        (Some(x), Some(y)) => serde_json::json!({ "labels": x.into_iter().filter(|l| y.contains(l)).collect::<Vec<_>>() }),
-        _ => "-".into(),
+fn shared_labels(a: &RecordLabels, b: &RecordLabels) -> RecordLabels {
+    match (a, b) {
+        _ if a == b => a.clone(),
+        (RecordLabels::List(x), RecordLabels::List(y)) => RecordLabels::List(x.iter().filter(|l| y.contains(l)).cloned().collect()),
+        _ => RecordLabels::Unknown,
     }
 }
 
