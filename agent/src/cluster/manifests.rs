@@ -9,20 +9,19 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::api::{
-    core::v1 as core,
-    networking::v1 as networking,
-};
+use k8s_openapi::api::{core::v1 as core, networking::v1 as networking};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use super::{ClusterState, KubeNetworkPolicy, Namespace, NamedPort, Node, Pod, Service, ServiceAccount, ServicePort};
+use super::{
+    ClusterState,
+    convert::{self, Convert, FieldError},
+};
 
 /// A problem in one document.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +64,7 @@ pub struct Loaded {
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 /// Annotation naming a pod's cgroup (relative to the cgroup v2 root) in the manifests source.
-pub const CGROUP_ANNOTATION: &str = "flowaudit.io/cgroup";
+pub const CGROUP_ANNOTATION: &str = convert::CGROUP_ANNOTATION;
 
 /// Kinds flowaudit will read once policy attribution covers them; skipped with that reason now.
 const LATER: &[(&str, &str)] = &[
@@ -144,10 +143,6 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (String, Str
     })
 }
 
-fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> BTreeMap<String, String> {
-    meta.labels.clone().unwrap_or_default()
-}
-
 impl Builder {
     fn error(&mut self, file: &Path, document: usize, field: &str, reason: impl Into<String>) {
         self.errors.push(ManifestError { file: file.to_owned(), document, field: field.to_owned(), reason: reason.into() });
@@ -190,41 +185,12 @@ impl Builder {
                     self.document(file, document, item);
                 }
             }
-            ("v1", "Namespace") => match typed::<core::Namespace>(value) {
-                Ok(ns) => {
-                    let Some(name) = self.name(file, document, &kind, &ns.metadata, false) else { return };
-                    self.state.namespaces.insert(name.1.clone(), Namespace { name: name.1, labels: labels(&ns.metadata) });
-                }
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("v1", "Pod") => match typed::<core::Pod>(value) {
-                Ok(pod) => self.pod(file, document, pod),
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("v1", "Service") => match typed::<core::Service>(value) {
-                Ok(svc) => self.service(file, document, svc),
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("v1", "Node") => match typed::<core::Node>(value) {
-                Ok(node) => self.node(file, document, node),
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("v1", "ServiceAccount") => match typed::<core::ServiceAccount>(value) {
-                Ok(sa) => {
-                    let Some((namespace, name)) = self.name(file, document, &kind, &sa.metadata, true) else { return };
-                    self.state.service_accounts.push(ServiceAccount { namespace, name, labels: labels(&sa.metadata) });
-                }
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("networking.k8s.io/v1", "NetworkPolicy") => match typed::<networking::NetworkPolicy>(value) {
-                Ok(np) => {
-                    let Some((namespace, name)) = self.name(file, document, "NetworkPolicy.networking.k8s.io", &np.metadata, true) else {
-                        return;
-                    };
-                    self.state.network_policies.push(KubeNetworkPolicy { namespace, name, spec: np.spec.unwrap_or_default() });
-                }
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
+            ("v1", "Namespace") => self.typed::<core::Namespace>(file, document, value),
+            ("v1", "Pod") => self.typed::<core::Pod>(file, document, value),
+            ("v1", "Service") => self.typed::<core::Service>(file, document, value),
+            ("v1", "Node") => self.typed::<core::Node>(file, document, value),
+            ("v1", "ServiceAccount") => self.typed::<core::ServiceAccount>(file, document, value),
+            ("networking.k8s.io/v1", "NetworkPolicy") => self.typed::<networking::NetworkPolicy>(file, document, value),
             (a, k) => {
                 let reason = if LATER.contains(&(a, k)) {
                     "read by a later version of flowaudit (policy attribution)"
@@ -237,7 +203,28 @@ impl Builder {
         }
     }
 
-    /// `(namespace, name)`, reporting a missing name and duplicates.
+    /// Parses a document of kind `K`, checks its name (present, not a duplicate), converts it
+    /// with the shared rules and adds it; every problem is reported with file and document.
+    fn typed<K: Convert + serde::de::DeserializeOwned>(&mut self, file: &Path, document: usize, value: Value) {
+        let object = match typed::<K>(value) {
+            Ok(o) => o,
+            Err((field, reason)) => return self.error(file, document, &field, reason),
+        };
+        if !self.name(file, document, K::KIND, object.meta(), K::NAMESPACED) {
+            return;
+        }
+        match object.convert() {
+            Ok(model) => K::add(model, &mut self.state),
+            Err(errors) => {
+                for FieldError { field, reason } in errors {
+                    self.error(file, document, &field, reason);
+                }
+            }
+        }
+    }
+
+    /// Whether the object has a name that no earlier document used for the same kind; reports
+    /// a missing name and duplicates.
     fn name(
         &mut self,
         file: &Path,
@@ -245,138 +232,33 @@ impl Builder {
         kind: &str,
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
         namespaced: bool,
-    ) -> Option<(String, String)> {
-        let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
-            self.error(file, document, "metadata.name", "required");
-            return None;
+    ) -> bool {
+        let (namespace, name) = match convert::object_name(meta, namespaced) {
+            Ok(n) => n,
+            Err(FieldError { field, reason }) => {
+                self.error(file, document, &field, reason);
+                return false;
+            }
         };
-        let namespace = if namespaced { meta.namespace.clone().unwrap_or_else(|| "default".into()) } else { String::new() };
         let key = (kind.to_owned(), namespace.clone(), name.clone());
         if let Some((first_file, first_doc)) = self.seen.get(&key) {
-            let reason = format!("duplicate {kind} {}{name}, first defined in {} document {first_doc}", if namespaced { format!("{namespace}/") } else { String::new() }, first_file.display());
+            let reason = format!(
+                "duplicate {kind} {}{name}, first defined in {} document {first_doc}",
+                if namespaced { format!("{namespace}/") } else { String::new() },
+                first_file.display()
+            );
             self.error(file, document, "metadata.name", reason);
-            return None;
+            return false;
         }
         self.seen.insert(key, (file.to_owned(), document));
-        Some((namespace, name))
-    }
-
-    fn pod(&mut self, file: &Path, document: usize, pod: core::Pod) {
-        let Some((namespace, name)) = self.name(file, document, "Pod", &pod.metadata, true) else { return };
-        let spec = pod.spec.unwrap_or_default();
-        let status = pod.status.unwrap_or_default();
-        let mut ips = Vec::new();
-        match status.pod_ips.as_ref().filter(|v| !v.is_empty()) {
-            Some(list) => {
-                for (i, ip) in list.iter().enumerate() {
-                    match ip.ip.parse::<IpAddr>() {
-                        Ok(addr) => ips.push(addr),
-                        Err(_) => self.error(file, document, &format!("status.podIPs[{i}].ip"), format!("{:?} is not an IP address", ip.ip)),
-                    }
-                }
-            }
-            None => {
-                if let Some(ip) = status.pod_ip.as_ref().filter(|s| !s.is_empty()) {
-                    match ip.parse::<IpAddr>() {
-                        Ok(addr) => ips.push(addr),
-                        Err(_) => self.error(file, document, "status.podIP", format!("{ip:?} is not an IP address")),
-                    }
-                }
-            }
-        }
-        let mut named_ports = Vec::new();
-        for (c, container) in spec.containers.iter().enumerate() {
-            for (p, port) in container.ports.iter().flatten().enumerate() {
-                let Some(port_name) = &port.name else { continue };
-                match u16::try_from(port.container_port) {
-                    Ok(n) if n > 0 => named_ports.push(NamedPort {
-                        name: port_name.clone(),
-                        port: n,
-                        protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    }),
-                    _ => self.error(
-                        file,
-                        document,
-                        &format!("spec.containers[{c}].ports[{p}].containerPort"),
-                        format!("{} is not a port (1-65535)", port.container_port),
-                    ),
-                }
-            }
-        }
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        self.state.pods.push(Pod {
-            namespace,
-            name,
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-            labels: labels(&pod.metadata),
-            generate_name: pod.metadata.generate_name.clone().filter(|g| !g.is_empty()),
-            ips,
-            host_network: spec.host_network.unwrap_or(false),
-            node_name: spec.node_name.clone(),
-            service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
-            named_ports,
-            cgroup: annotations.get(CGROUP_ANNOTATION).cloned(),
-        });
-    }
-
-    fn service(&mut self, file: &Path, document: usize, svc: core::Service) {
-        let Some((namespace, name)) = self.name(file, document, "Service", &svc.metadata, true) else { return };
-        let spec = svc.spec.unwrap_or_default();
-        let mut cluster_ips = Vec::new();
-        let (list, field) = match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
-            Some(v) => (v.clone(), "spec.clusterIPs"),
-            None => (spec.cluster_ip.iter().cloned().collect(), "spec.clusterIP"),
-        };
-        for (i, ip) in list.iter().enumerate() {
-            if ip.is_empty() || ip == "None" {
-                continue;
-            }
-            match ip.parse::<IpAddr>() {
-                Ok(a) => cluster_ips.push(a),
-                Err(_) => {
-                    let f = if field == "spec.clusterIPs" { format!("{field}[{i}]") } else { field.to_owned() };
-                    self.error(file, document, &f, format!("{ip:?} is not an IP address"));
-                }
-            }
-        }
-        let mut ports = Vec::new();
-        for (i, p) in spec.ports.iter().flatten().enumerate() {
-            match u16::try_from(p.port) {
-                Ok(n) if n > 0 => ports.push(ServicePort {
-                    name: p.name.clone().unwrap_or_default(),
-                    port: n,
-                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                }),
-                _ => self.error(file, document, &format!("spec.ports[{i}].port"), format!("{} is not a port (1-65535)", p.port)),
-            }
-        }
-        self.state.services.push(Service { namespace, name, cluster_ips, ports, selector: spec.selector.unwrap_or_default() });
-    }
-
-    fn node(&mut self, file: &Path, document: usize, node: core::Node) {
-        let Some((_, name)) = self.name(file, document, "Node", &node.metadata, false) else { return };
-        let mut addresses = Vec::new();
-        for (i, a) in node.status.iter().flat_map(|s| s.addresses.iter().flatten()).enumerate() {
-            if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-                match a.address.parse::<IpAddr>() {
-                    Ok(ip) => addresses.push(ip),
-                    Err(_) => self.error(file, document, &format!("status.addresses[{i}].address"), format!("{:?} is not an IP address", a.address)),
-                }
-            }
-        }
-        self.state.nodes.push(Node { name, labels: labels(&node.metadata), addresses });
+        true
     }
 
     fn finish(mut self) -> Result<Loaded, Vec<ManifestError>> {
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
-        let s = &mut self.state;
-        s.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        s.services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        s.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        s.service_accounts.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        s.network_policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        convert::sort(&mut self.state);
         Ok(Loaded { state: self.state, skipped: self.skipped, fingerprint: Vec::new() })
     }
 }

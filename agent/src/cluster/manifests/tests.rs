@@ -1,4 +1,7 @@
+use std::net::IpAddr;
+
 use super::*;
+use crate::cluster::{NamedPort, ServicePort};
 
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
