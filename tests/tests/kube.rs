@@ -31,6 +31,11 @@ const WAIT: Duration = Duration::from_secs(30);
 const RESYNC_WAIT: Duration = Duration::from_secs(60);
 
 fn server_or_skip(test: &str) -> Option<ApiServer> {
+    // The source's logs (watch failures, reconnects, new versions) with the test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "flowaudit=info".into()))
+        .with_test_writer()
+        .try_init();
     if binaries().is_none() {
         assert!(
             std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),

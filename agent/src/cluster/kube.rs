@@ -176,6 +176,11 @@ where
                     }
                     // A relist fills a buffer that the reflector swaps in at InitDone.
                     Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                    Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                        // The server no longer has our resourceVersion (e.g. it restarted): the
+                        // watcher relists; the cache is swapped in whole when the list is done.
+                        tracing::info!(message = "Cluster watch expired; relisting.", kind = K::KIND, reason = %status.message);
+                    }
                     Err(e) => {
                         // The backoff spaces retries (0.8 s doubling to 30 s): no flood.
                         tracing::warn!(
@@ -332,6 +337,21 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::InitDone);
         // The writer may go: the store keeps what it holds.
         Cache { store, last_error: Arc::default() }
+    }
+
+    /// Nothing listens: no state is published, and the error names every kind with its cause.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unreachable_server_is_a_clear_error_after_the_timeout() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let client = Client::try_from(kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap())).unwrap();
+        let options = Options { ready_timeout: Duration::from_millis(1500), ..Options::default() };
+        let error = watch_with(client, options).await.unwrap_err();
+        let KubeError::NotReady { pending, .. } = &error else { panic!("{error}") };
+        let kinds: Vec<&str> = pending.iter().map(|p| p.split(' ').next().unwrap()).collect();
+        assert_eq!(kinds, ["Namespace", "Pod", "Service", "Node", "ServiceAccount", "NetworkPolicy.networking.k8s.io/v1"]);
+        let text = error.to_string();
+        assert!(text.starts_with("the cluster state was not complete after 1s 500ms: not listed yet: Namespace ("), "{text}");
+        assert!(text.contains("failed to perform initial object list"), "{text}");
     }
 
     #[test]
