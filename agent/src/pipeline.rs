@@ -14,7 +14,7 @@ use crate::{
     aggregate::{self, AggregateConfig, Aggregator},
     attribute::Attributor,
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
-    cluster::{ClusterState, manifests},
+    cluster::{ClusterState, kube, manifests},
     config::{ClusterSource, Settings},
     enrich::{EnrichConfig, Enricher},
     model::{CaptureBatch, Reporter},
@@ -43,9 +43,9 @@ pub enum PipelineError {
     /// The manifests directory has problems (every one is listed).
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Manifests(Vec<manifests::ManifestError>),
-    /// `--cluster kube` is not available in this build.
-    #[error("--cluster kube: the Kubernetes API source is not in this version yet")]
-    KubeUnavailable,
+    /// The Kubernetes API source failed to start (configuration, or its caches never filled).
+    #[error("--cluster kube: {0}")]
+    Kube(kube::KubeError),
     /// A stage task panicked.
     #[error("a pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -147,7 +147,10 @@ async fn cluster_states(settings: &Settings) -> Result<Option<watch::Receiver<Ar
             }
             Ok(Some(manifests::watch(dir.clone(), loaded, std::time::Duration::from_secs(1))))
         }
-        Some(ClusterSource::Kube) => Err(PipelineError::KubeUnavailable),
+        Some(ClusterSource::Kube) => {
+            let client = kube::client().await.map_err(PipelineError::Kube)?;
+            Ok(Some(kube::watch(client).await.map_err(PipelineError::Kube)?))
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 //! Offloads are off on every veth, so an skb is a wire packet and nftables counts what the wire
 //! carries.
 
+pub mod apiserver;
+
 use std::{
     collections::HashMap,
     fs::{self, File},

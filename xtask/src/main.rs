@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | kube-apiserver`.
 //!
 //! Every task installs what it needs first, idempotently (`setup`): Debian packages, the nightly
 //! toolchain's `rust-src`, and bpf-linker built against Debian's LLVM 22. Root-only steps (apt,
@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod kube_apiserver;
 mod setup;
 
 use std::{
@@ -42,6 +43,9 @@ enum Task {
     DemoRun,
     /// Per-packet cost of each program and iperf3 throughput with and without the agent.
     Bench,
+    /// Ensure kube-apiserver and kubectl v1.20.2 are cached outside the repository for the
+    /// cluster tests (built from Debian's source package on first use: about 15 minutes).
+    KubeApiserver,
 }
 
 /// The workspace root.
@@ -115,13 +119,17 @@ fn test() -> anyhow::Result<()> {
     let mut unit = cargo();
     unit.args(["test", "--no-fail-fast", "-p", "flowaudit-common", "-p", "flowaudit", "-p", "xtask"]);
     let (mut passed, mut failed) = cargo_test(unit)?;
-    // Kernel tests: the real programs, the lab, root.
+    // Kernel and cluster tests: the real programs, the lab, a real kube-apiserver + etcd, root.
     if is_root() {
+        // Built once into a cache outside the repository (about 15 minutes the first time).
+        let k8s = kube_apiserver::ensure()?;
         let mut kernel = cargo();
         kernel
             .args(["test", "--no-fail-fast", "-p", "flowaudit-lab", "--", "--test-threads", "2"])
             .env("FLOWAUDIT_REQUIRE_ROOT_TESTS", "1")
-            .env("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
+            .env("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"))
+            .env("FLOWAUDIT_K8S_BIN", &k8s.bin)
+            .env("FLOWAUDIT_ETCD", &k8s.etcd);
         let (p, f) = cargo_test(kernel)?;
         passed += p;
         failed += f;
@@ -147,5 +155,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo::supervise(),
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
+        Task::KubeApiserver => kube_apiserver::run(),
     }
 }

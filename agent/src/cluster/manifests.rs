@@ -17,7 +17,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -31,8 +30,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    AdminPolicy, BaselineAdminPolicy, CalicoPolicy, CalicoPolicyKind, ClusterState, FieldError, KubeNetworkPolicy, Namespace,
-    NamedPort, Node, Pod, Service, ServiceAccount, ServicePort, StagedKubeNetworkPolicy, Tier,
+    AdminPolicy, BaselineAdminPolicy, CalicoPolicy, CalicoPolicyKind, ClusterState, FieldError, StagedKubeNetworkPolicy, Tier,
+    convert::Convert,
     admin::{self, AdminNetworkPolicySpec, BaselineAdminNetworkPolicySpec},
     calico::{self, HostEndpointSpec, NetworkSetSpec, StagedActionField, TierSpec, WirePolicySpec},
     null_as_default,
@@ -79,7 +78,7 @@ pub struct Loaded {
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 /// Annotation naming a pod's cgroup (relative to the cgroup v2 root) in the manifests source.
-pub const CGROUP_ANNOTATION: &str = "flowaudit.io/cgroup";
+pub use super::convert::CGROUP_ANNOTATION;
 
 /// Kinds flowaudit will read once policy attribution covers them; skipped with that reason now.
 const LATER: &[(&str, &str)] = &[
@@ -221,41 +220,12 @@ impl Builder {
                     self.document(file, document, item);
                 }
             }
-            ("v1", "Namespace") => match typed::<core::Namespace>(value) {
-                Ok(ns) => {
-                    let Some(name) = self.name(file, document, &kind, &ns.metadata, false) else { return };
-                    self.state.namespaces.insert(name.1.clone(), Namespace { name: name.1, labels: labels(&ns.metadata) });
-                }
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("v1", "Pod") => match typed::<core::Pod>(value) {
-                Ok(pod) => self.pod(file, document, pod),
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("v1", "Service") => match typed::<core::Service>(value) {
-                Ok(svc) => self.service(file, document, svc),
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("v1", "Node") => match typed::<core::Node>(value) {
-                Ok(node) => self.node(file, document, node),
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("v1", "ServiceAccount") => match typed::<core::ServiceAccount>(value) {
-                Ok(sa) => {
-                    let Some((namespace, name)) = self.name(file, document, &kind, &sa.metadata, true) else { return };
-                    self.state.service_accounts.push(ServiceAccount { namespace, name, labels: labels(&sa.metadata) });
-                }
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
-            ("networking.k8s.io/v1", "NetworkPolicy") => match typed::<networking::NetworkPolicy>(value) {
-                Ok(np) => {
-                    let Some((namespace, name)) = self.name(file, document, "NetworkPolicy.networking.k8s.io", &np.metadata, true) else {
-                        return;
-                    };
-                    self.state.network_policies.push(KubeNetworkPolicy { namespace, name, spec: np.spec.unwrap_or_default() });
-                }
-                Err((field, reason)) => self.error(file, document, &field, reason),
-            },
+            ("v1", "Namespace") => self.typed::<core::Namespace>(file, document, value),
+            ("v1", "Pod") => self.typed::<core::Pod>(file, document, value),
+            ("v1", "Service") => self.typed::<core::Service>(file, document, value),
+            ("v1", "Node") => self.typed::<core::Node>(file, document, value),
+            ("v1", "ServiceAccount") => self.typed::<core::ServiceAccount>(file, document, value),
+            ("networking.k8s.io/v1", "NetworkPolicy") => self.typed::<networking::NetworkPolicy>(file, document, value),
             (CALICO_V3 | CALICO_CRD, "NetworkPolicy") => self.calico_policy(file, document, CalicoPolicyKind::NetworkPolicy, value),
             (CALICO_V3 | CALICO_CRD, "GlobalNetworkPolicy") => {
                 self.calico_policy(file, document, CalicoPolicyKind::GlobalNetworkPolicy, value);
@@ -298,7 +268,7 @@ impl Builder {
             self.error(file, document, "metadata.name", "required");
             return None;
         };
-        let namespace = if namespaced { meta.namespace.clone().unwrap_or_else(|| "default".into()) } else { String::new() };
+        let namespace = if namespaced { meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()) } else { String::new() };
         self.claim(file, document, kind, &namespace, &name, &name, namespaced).then_some((namespace, name))
     }
 
@@ -468,110 +438,19 @@ impl Builder {
         }
     }
 
-    fn pod(&mut self, file: &Path, document: usize, pod: core::Pod) {
-        let Some((namespace, name)) = self.name(file, document, "Pod", &pod.metadata, true) else { return };
-        let spec = pod.spec.unwrap_or_default();
-        let status = pod.status.unwrap_or_default();
-        let mut ips = Vec::new();
-        match status.pod_ips.as_ref().filter(|v| !v.is_empty()) {
-            Some(list) => {
-                for (i, ip) in list.iter().enumerate() {
-                    match ip.ip.parse::<IpAddr>() {
-                        Ok(addr) => ips.push(addr),
-                        Err(_) => self.error(file, document, &format!("status.podIPs[{i}].ip"), format!("{:?} is not an IP address", ip.ip)),
-                    }
-                }
-            }
-            None => {
-                if let Some(ip) = status.pod_ip.as_ref().filter(|s| !s.is_empty()) {
-                    match ip.parse::<IpAddr>() {
-                        Ok(addr) => ips.push(addr),
-                        Err(_) => self.error(file, document, "status.podIP", format!("{ip:?} is not an IP address")),
-                    }
-                }
-            }
-        }
-        let mut named_ports = Vec::new();
-        for (c, container) in spec.containers.iter().enumerate() {
-            for (p, port) in container.ports.iter().flatten().enumerate() {
-                let Some(port_name) = &port.name else { continue };
-                match u16::try_from(port.container_port) {
-                    Ok(n) if n > 0 => named_ports.push(NamedPort {
-                        name: port_name.clone(),
-                        port: n,
-                        protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    }),
-                    _ => self.error(
-                        file,
-                        document,
-                        &format!("spec.containers[{c}].ports[{p}].containerPort"),
-                        format!("{} is not a port (1-65535)", port.container_port),
-                    ),
-                }
-            }
-        }
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        self.state.pods.push(Pod {
-            namespace,
-            name,
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-            labels: labels(&pod.metadata),
-            generate_name: pod.metadata.generate_name.clone().filter(|g| !g.is_empty()),
-            ips,
-            host_network: spec.host_network.unwrap_or(false),
-            node_name: spec.node_name.clone(),
-            service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
-            named_ports,
-            cgroup: annotations.get(CGROUP_ANNOTATION).cloned(),
-        });
-    }
-
-    fn service(&mut self, file: &Path, document: usize, svc: core::Service) {
-        let Some((namespace, name)) = self.name(file, document, "Service", &svc.metadata, true) else { return };
-        let spec = svc.spec.unwrap_or_default();
-        let mut cluster_ips = Vec::new();
-        let (list, field) = match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
-            Some(v) => (v.clone(), "spec.clusterIPs"),
-            None => (spec.cluster_ip.iter().cloned().collect(), "spec.clusterIP"),
+    /// A core kind: typed, named (duplicates reported), converted by the rules both sources share.
+    fn typed<K: Convert + serde::de::DeserializeOwned>(&mut self, file: &Path, document: usize, value: Value) {
+        let object = match typed::<K>(value) {
+            Ok(o) => o,
+            Err((field, reason)) => return self.error(file, document, &field, reason),
         };
-        for (i, ip) in list.iter().enumerate() {
-            if ip.is_empty() || ip == "None" {
-                continue;
-            }
-            match ip.parse::<IpAddr>() {
-                Ok(a) => cluster_ips.push(a),
-                Err(_) => {
-                    let f = if field == "spec.clusterIPs" { format!("{field}[{i}]") } else { field.to_owned() };
-                    self.error(file, document, &f, format!("{ip:?} is not an IP address"));
-                }
-            }
+        if self.name(file, document, K::KIND, object.meta(), K::NAMESPACED).is_none() {
+            return;
         }
-        let mut ports = Vec::new();
-        for (i, p) in spec.ports.iter().flatten().enumerate() {
-            match u16::try_from(p.port) {
-                Ok(n) if n > 0 => ports.push(ServicePort {
-                    name: p.name.clone().unwrap_or_default(),
-                    port: n,
-                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                }),
-                _ => self.error(file, document, &format!("spec.ports[{i}].port"), format!("{} is not a port (1-65535)", p.port)),
-            }
+        match object.convert() {
+            Ok(model) => K::add(model, &mut self.state),
+            Err(errors) => self.field_errors(file, document, errors),
         }
-        self.state.services.push(Service { namespace, name, cluster_ips, ports, selector: spec.selector.unwrap_or_default() });
-    }
-
-    fn node(&mut self, file: &Path, document: usize, node: core::Node) {
-        let Some((_, name)) = self.name(file, document, "Node", &node.metadata, false) else { return };
-        let mut addresses = Vec::new();
-        for (i, a) in node.status.iter().flat_map(|s| s.addresses.iter().flatten()).enumerate() {
-            if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-                match a.address.parse::<IpAddr>() {
-                    Ok(ip) => addresses.push(ip),
-                    Err(_) => self.error(file, document, &format!("status.addresses[{i}].address"), format!("{:?} is not an IP address", a.address)),
-                }
-            }
-        }
-        self.state.nodes.push(Node { name, labels: labels(&node.metadata), addresses });
     }
 
     fn finish(mut self) -> Result<Loaded, Vec<ManifestError>> {

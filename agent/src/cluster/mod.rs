@@ -1,12 +1,14 @@
 //! cluster: the read-only model of the cluster state, a side input of enrich and attribute.
 //!
-//! Takes: documents from a source (`manifests`: a directory of Kubernetes YAML/JSON; later the
-//! Kubernetes API). Gives: an immutable [`ClusterState`] snapshot per version, trimmed to the
+//! Takes: objects from a source (`manifests`: a directory of Kubernetes YAML/JSON; `kube`: the
+//! Kubernetes API through reflectors), converted by the same rules (`convert`). Gives: an immutable [`ClusterState`] snapshot per version, trimmed to the
 //! fields flowaudit uses. Must never: sit in the flow path, or change while a stage reads it
 //! (stages hold an `Arc` of one version; a change builds a new one).
 
 pub mod admin;
 pub mod calico;
+pub mod convert;
+pub mod kube;
 pub mod manifests;
 pub mod selector;
 
@@ -273,7 +275,7 @@ pub struct BaselineAdminPolicy {
 }
 
 /// One version of the cluster state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterState {
     /// Increases with every change.
     pub version: u64,

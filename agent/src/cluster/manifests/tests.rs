@@ -1,4 +1,7 @@
+use std::net::IpAddr;
+
 use super::*;
+use crate::cluster::{NamedPort, ServicePort};
 use crate::cluster::{CalicoPolicyKind, HostEndpoint, IpNet, NetworkSet, Tier};
 
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
