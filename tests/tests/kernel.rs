@@ -458,7 +458,11 @@ fn identity_and_verdicts_from_manifests() {
         assert_eq!((r["flow_action"].as_str(), r["enforcement"].as_str()), (Some("allow"), Some("consistent")));
     }
     assert_eq!(src["policies"]["enforced_policies"], serde_json::json!([]));
-    assert_eq!(dst["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:shop/db-from-web|allow|0"]));
+    // The Calico tier passes db's sql port on to tier default, where the Kubernetes policy allows.
+    assert_eq!(
+        dst["policies"]["enforced_policies"],
+        serde_json::json!(["0|security|gnp:security.db-guard|pass|0", "1|default|knp:shop/db-from-web|allow|0"])
+    );
     let flow = Flow { name: "allowed", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(41001), dst: p2.ipv4.to_string(), dport: Some(5432) };
     assert_exact(&records, &counters, &flow, "src");
     assert_exact(&records, &counters, &flow, "dst");
@@ -466,7 +470,10 @@ fn identity_and_verdicts_from_manifests() {
     // Denied and dropped: the destination's side denies, the packets only attempted.
     let dst = one(&records, "dst", port(41002));
     assert_eq!((dst["action"].as_str(), dst["observed"].as_str(), dst["enforcement"].as_str()), (Some("deny"), Some("attempted"), Some("consistent")));
-    assert_eq!(dst["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:shop/db-from-web|deny|-1"]));
+    assert_eq!(
+        dst["policies"]["enforced_policies"],
+        serde_json::json!(["0|security|gnp:security.db-guard|pass|0", "1|default|knp:shop/db-from-web|deny|-1"])
+    );
     let src = one(&records, "src", port(41002));
     assert_eq!((src["action"].as_str(), src["flow_action"].as_str()), (Some("allow"), Some("deny")));
 
@@ -476,6 +483,9 @@ fn identity_and_verdicts_from_manifests() {
         assert_eq!((r["flow_action"].as_str(), r["observed"].as_str(), r["enforcement"].as_str()), (Some("deny"), Some("established"), Some("violation")));
         assert_eq!(r["num_violations"], 1);
     }
+    // The Calico tier denies anything but the sql port on db.
+    let r = one(&records, "dst", port(41003));
+    assert_eq!(r["policies"]["enforced_policies"], serde_json::json!(["0|security|gnp:security.db-guard|deny|1"]));
 
     // The host-network pod is named through its cgroup.
     let r = one(&records, "src", port(41004));
@@ -489,6 +499,10 @@ fn identity_and_verdicts_from_manifests() {
         .map(|r| (r["action"].as_str().unwrap().to_owned(), r["packets_in"].as_u64().unwrap()))
         .collect();
     assert_eq!(udp, vec![("allow".to_owned(), 5), ("deny".to_owned(), 3)]);
+    // Before the change, the staged default-deny of ops already showed in the pending verdict.
+    let before = records.iter().find(|r| r["reporter"] == "dst" && r["source_port"] == 41005).unwrap();
+    assert_eq!((before["action"].as_str(), before["pending_action"].as_str()), (Some("allow"), Some("deny")));
+    assert_eq!(before["policies"]["pending_policies"], serde_json::json!(["0|default|sknp:ops/default-deny|deny|-1"]));
     let after = records.iter().rfind(|r| r["reporter"] == "dst" && r["source_port"] == 41005).unwrap();
     assert_eq!(after["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:ops/default-deny|deny|-1"]));
 }

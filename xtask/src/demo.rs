@@ -68,7 +68,8 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     println!("== cluster: deploy/demo (namespaces shop and ops, pods web, db, monitor, a host-network node-agent;");
-    println!("   shop is default-deny for ingress, db admits web on its sql port)");
+    println!("   Calico tier `security` passes only db's sql port; in tier default, shop is default-deny for");
+    println!("   ingress and db admits web on sql; a staged default-deny for ops shows in `pending`)");
     // The "CNI" enforces two of the denials; monitor → db:9000 gets through on purpose.
     lab.nft_drop(&[
         format!("ip saddr {} ip daddr {} tcp dport 5432", p3.ipv4, p2.ipv4),
@@ -132,8 +133,8 @@ pub fn run() -> anyhow::Result<()> {
     let records = Agent::records(&logs);
     println!("== flow log {} ({} records; lab traffic below)", logs.join("flows.log").display(), records.len());
     println!(
-        "   {:<3} {:<5} {:<22} {:<20} {:>5} {:>12} {:>12} {:<6} {:<6} {:<11} {:<14} trace",
-        "rep", "proto", "source", "dest", "port", "out p/B", "in p/B", "action", "flow", "observed", "enforcement"
+        "   {:<3} {:<5} {:<22} {:<20} {:>5} {:>12} {:>12} {:<6} {:<7} {:<6} {:<11} {:<14} trace",
+        "rep", "proto", "source", "dest", "port", "out p/B", "in p/B", "action", "pending", "flow", "observed", "enforcement"
     );
     let lab_net = |v: &serde_json::Value| v.as_str().is_some_and(|s| s.starts_with("10.231.") || s.starts_with("fd00:fa:"));
     let name = |r: &serde_json::Value, side: &str| {
@@ -144,7 +145,7 @@ pub fn run() -> anyhow::Result<()> {
     for r in records.iter().filter(|r| lab_net(&r["source_ip"]) && lab_net(&r["dest_ip"])) {
         let trace: Vec<&str> = r["policies"]["enforced_policies"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
         println!(
-            "   {:<3} {:<5} {:<22} {:<20} {:>5} {:>12} {:>12} {:<6} {:<6} {:<11} {:<14} {}",
+            "   {:<3} {:<5} {:<22} {:<20} {:>5} {:>12} {:>12} {:<6} {:<7} {:<6} {:<11} {:<14} {}",
             r["reporter"].as_str().unwrap_or(""),
             r["proto"].as_str().unwrap_or(""),
             name(r, "source"),
@@ -153,6 +154,7 @@ pub fn run() -> anyhow::Result<()> {
             format!("{}/{}", r["packets_out"], r["bytes_out"]),
             format!("{}/{}", r["packets_in"], r["bytes_in"]),
             r["action"].as_str().unwrap_or(""),
+            r["pending_action"].as_str().unwrap_or(""),
             r["flow_action"].as_str().unwrap_or(""),
             r["observed"].as_str().unwrap_or(""),
             r["enforcement"].as_str().unwrap_or(""),
