@@ -123,3 +123,76 @@ pub fn rollup(records: Vec<FlowRecord>, cfg: &RollupConfig) -> Vec<FlowRecord> {
     }
     groups.into_values().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{Enforcement, RecordLabels};
+
+    fn pod_record(src_pod: &str, sport: u16, dport: u16, labels: &[&str]) -> FlowRecord {
+        let mut r = FlowRecord::sample(&format!("10.0.0.{}", sport % 200), sport, "10.0.9.9", dport);
+        r.source_name = src_pod.into();
+        r.source_name_aggr = "web-*".into();
+        r.source_namespace = "shop".into();
+        r.source_type = "wep".into();
+        r.source_labels = RecordLabels::List(labels.iter().map(|s| s.to_string()).collect::<Arc<[String]>>());
+        r.dest_name = "db".into();
+        r.dest_name_aggr = "db".into();
+        r
+    }
+
+    fn cfg(allowed: AggregationLevel, denied: AggregationLevel) -> RollupConfig {
+        RollupConfig { allowed, denied }
+    }
+
+    #[test]
+    fn level_two_groups_pods_by_prefix_and_keeps_shared_labels() {
+        let records = vec![
+            pod_record("web-1", 40001, 5432, &["app=web", "pod=1"]),
+            pod_record("web-2", 40002, 5432, &["app=web", "pod=2"]),
+            pod_record("web-3", 40003, 5433, &["app=web"]),
+        ];
+        let out = rollup(records, &cfg(AggregationLevel::PrefixName, AggregationLevel::FiveTuple));
+        assert_eq!(out.len(), 2, "the destination port still splits");
+        let r = &out[0];
+        assert_eq!((r.source_ip, r.source_port, r.dest_ip), (None, None, None));
+        assert_eq!((&*r.source_name, &*r.source_name_aggr, &*r.dest_name), ("-", "web-*", "-"));
+        assert_eq!((r.num_flows, r.packets_out, r.bytes_out), (2, 4, 400));
+        assert_eq!(r.source_labels, RecordLabels::List(vec!["app=web".to_string()].into()));
+        assert_eq!(out[1].dest_port, Some(5433));
+    }
+
+    #[test]
+    fn level_three_drops_destination_ports_and_never_merges_across_actions() {
+        let mut denied = pod_record("web-4", 40004, 22, &["app=web"]);
+        denied.action = Action::Deny;
+        denied.enforcement = Enforcement::Violation;
+        denied.num_violations = 1;
+        let mut denied2 = pod_record("web-5", 40005, 23, &["app=web"]);
+        denied2.action = Action::Deny;
+        let records = vec![pod_record("web-1", 40001, 5432, &["app=web"]), pod_record("web-2", 40002, 5433, &["app=web"]), denied, denied2];
+        let out = rollup(records, &cfg(AggregationLevel::NoDestPorts, AggregationLevel::NoDestPorts));
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].action, out[0].dest_port, out[0].num_flows), (Action::Allow, None, 2));
+        assert_eq!((out[1].action, out[1].num_flows, out[1].enforcement, out[1].num_violations), (Action::Deny, 2, Enforcement::Violation, 1));
+        assert_ne!(out[0].id, out[1].id);
+    }
+
+    #[test]
+    fn level_zero_keeps_records_as_they_are() {
+        let records = vec![pod_record("web-1", 40001, 5432, &[]), pod_record("web-2", 40002, 5432, &[])];
+        let out = rollup(records.clone(), &cfg(AggregationLevel::FiveTuple, AggregationLevel::FiveTuple));
+        assert_eq!(out, records);
+    }
+
+    #[test]
+    fn different_traces_do_not_merge() {
+        let mut a = pod_record("web-1", 40001, 5432, &[]);
+        a.policies.enforced_policies = vec!["0|default|knp:shop/a|allow|0".into()];
+        let mut b = pod_record("web-2", 40002, 5432, &[]);
+        b.policies.enforced_policies = vec!["0|default|knp:shop/b|allow|0".into()];
+        assert_eq!(rollup(vec![a, b], &cfg(AggregationLevel::PrefixName, AggregationLevel::PrefixName)).len(), 2);
+    }
+}
