@@ -151,6 +151,41 @@ metadata: {name: open, namespace: shop}
 spec: {podSelector: {matchLabels: {app: db}}, ingress: [{}]}
 "#;
 
+const STACKED: &str = r#"
+# Two policies select db with overlapping podSelectors: their rules add up (upstream e2e:
+# "should enforce multiple, stacked policies with overlapping podSelectors").
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-web, namespace: shop}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: In, values: [db, cache]}]}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 5432}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-ops, namespace: shop}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: NotIn, values: [web]}]}
+  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: team, operator: Exists}]}}], ports: [{protocol: SCTP, port: 9999}]}]
+---
+# Egress only: ingress stays open ("ingress and egress can be controlled independently").
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-no-egress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress: []
+---
+# A podSelector with DoesNotExist.
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: unlabelled-only, namespace: dev}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: DoesNotExist}]}
+  policyTypes: [Ingress]
+"#;
+
 #[test]
 fn kubernetes_network_policy_cases() {
     const ALLOW: Action = Action::Allow;
@@ -175,6 +210,12 @@ fn kubernetes_network_policy_cases() {
         Case { name: "egress to an ipBlock, other port", policies: EGRESS, from: "shop/web", to: "8.8.8.8", proto: UDP, port: Some(54), action: DENY, egress: Some(&["0|default|knp:shop/web-egress|deny|-1"]), ingress: None },
         Case { name: "an empty rule admits everyone", policies: OPEN_INGRESS, from: "203.0.113.7", to: "shop/db", proto: TCP, port: Some(1), action: ALLOW, egress: None, ingress: Some(&["0|default|knp:shop/open|allow|0"]) },
         Case { name: "host-network pods are not subjects", policies: DENY_ALL_SHOP, from: "shop/web", to: "shop/hostnet", proto: TCP, port: Some(5432), action: ALLOW, egress: Some(&[]), ingress: Some(&[]) },
+        Case { name: "stacked: first policy's rule", policies: STACKED, from: "shop/web", to: "shop/db", proto: TCP, port: Some(5432), action: DENY, egress: Some(&["0|default|knp:shop/web-no-egress|deny|-1"]), ingress: Some(&["0|default|knp:shop/a-from-web|allow|0"]) },
+        Case { name: "stacked: second policy's rule on SCTP", policies: STACKED, from: "ops/monitor", to: "shop/db", proto: flowaudit_common::proto::SCTP, port: Some(9999), action: ALLOW, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/b-from-ops|allow|0"]) },
+        Case { name: "stacked: no rule of either", policies: STACKED, from: "ops/monitor", to: "shop/db", proto: TCP, port: Some(9999), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/a-from-web|deny|-1"]) },
+        Case { name: "egress-only isolation leaves ingress open", policies: STACKED, from: "ops/monitor", to: "shop/web", proto: TCP, port: Some(80), action: ALLOW, egress: Some(&[]), ingress: Some(&[]) },
+        Case { name: "an empty egress list denies all egress", policies: STACKED, from: "shop/web", to: "ops/monitor", proto: TCP, port: Some(80), action: DENY, egress: Some(&["0|default|knp:shop/web-no-egress|deny|-1"]), ingress: Some(&[]) },
+        Case { name: "DoesNotExist: labelled pods are not selected", policies: STACKED, from: "shop/db", to: "dev/web", proto: TCP, port: Some(80), action: ALLOW, egress: Some(&[]), ingress: Some(&[]) },
         Case { name: "host-network pods are not pod peers", policies: WEB_TO_DB, from: "shop/hostnet", to: "shop/db", proto: TCP, port: Some(5432), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]) },
     ];
     for case in &cases {
