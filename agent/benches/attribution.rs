@@ -86,7 +86,8 @@ fn main() {
         .collect();
     let mut enricher = Enricher::new(EnrichConfig { cgroup_root: "/nonexistent".into(), grace: std::time::Duration::from_secs(60) });
     let t = Instant::now();
-    enricher.update(&state, 0);
+    let shared = std::sync::Arc::new(state.clone());
+    enricher.update(&shared, 0);
     let index_build = t.elapsed();
 
     let mut records = base.clone();

@@ -98,7 +98,7 @@ struct Stages {
 }
 
 impl Stages {
-    fn update(&mut self, state: &ClusterState, now_ns: u64) {
+    fn update(&mut self, state: &Arc<ClusterState>, now_ns: u64) {
         self.enricher.update(state, now_ns);
         self.attributor.update(state, now_ns);
         self.metrics.state_version.set(state.version as i64);

@@ -118,19 +118,8 @@ impl Index {
                     index.by_ip.insert(*ip, endpoint.clone());
                 }
             }
-            let mut dirs = Vec::new();
-            if let Some(rel) = &pod.cgroup {
-                dirs.push(cgroup_root.join(rel.trim_start_matches('/')));
-            }
-            if let Some(dir) = kubepods.get(&pod.uid.replace('_', "-")).filter(|_| !pod.uid.is_empty()) {
-                dirs.push(dir.clone());
-            }
-            for dir in dirs {
-                for id in cgroups::ids_below(&dir) {
-                    index.by_cgroup.insert(id, endpoint.clone());
-                }
-            }
         }
+        index.scan_cgroups(state, cgroup_root, &kubepods);
         for hep in &state.host_endpoints {
             let endpoint = Arc::new(Endpoint {
                 kind: EndpointKind::Hep,
@@ -192,6 +181,26 @@ impl Index {
 }
 
 impl Index {
+    /// Maps every pod's cgroup (and the cgroups below it) to the pod.
+    fn scan_cgroups(&mut self, state: &ClusterState, cgroup_root: &std::path::Path, kubepods: &std::collections::HashMap<String, std::path::PathBuf>) {
+        self.by_cgroup.clear();
+        for pod in &state.pods {
+            let Some((endpoint, _)) = self.by_pod.get(&(pod.namespace.clone(), pod.name.clone())) else { continue };
+            let mut dirs = Vec::new();
+            if let Some(rel) = &pod.cgroup {
+                dirs.push(cgroup_root.join(rel.trim_start_matches('/')));
+            }
+            if let Some(dir) = kubepods.get(&pod.uid.replace('_', "-")).filter(|_| !pod.uid.is_empty()) {
+                dirs.push(dir.clone());
+            }
+            for dir in dirs {
+                for id in cgroups::ids_below(&dir) {
+                    self.by_cgroup.insert(id, endpoint.clone());
+                }
+            }
+        }
+    }
+
     /// The network set holding `ip`, by Calico's rules: a set in `workload_ns` (the namespace of
     /// the flow's other end) first, then global sets, then sets in other namespaces; within each,
     /// the longest prefix; then by name.
@@ -235,10 +244,18 @@ impl IdentityLookup for Index {
     }
 }
 
+/// Sockets in cgroups no pod owns yet make enrich look for new pod cgroups at most this often.
+const RESCAN_NS: u64 = 2_000_000_000;
+
 /// The enrich stage: the current index plus the entries of recently deleted pods.
 pub struct Enricher {
     cfg: EnrichConfig,
     current: Index,
+    /// The state in force (its pods' cgroups are looked for again when unknown ids show up:
+    /// the kubelet creates a pod's cgroup after the pod object).
+    state: Arc<ClusterState>,
+    /// When the cgroups were last scanned (Unix ns).
+    scanned_ns: u64,
     /// Addresses and cgroups that vanished, with the time (Unix ns) they stop naming.
     gone_ips: HashMap<IpAddr, (Arc<Endpoint>, u64)>,
     gone_cgroups: HashMap<u64, (Arc<Endpoint>, u64)>,
@@ -247,12 +264,21 @@ pub struct Enricher {
 impl Enricher {
     /// A stage with an empty state.
     pub fn new(cfg: EnrichConfig) -> Self {
-        Self { cfg, current: Index::default(), gone_ips: HashMap::new(), gone_cgroups: HashMap::new() }
+        Self {
+            cfg,
+            current: Index::default(),
+            state: Arc::default(),
+            scanned_ns: 0,
+            gone_ips: HashMap::new(),
+            gone_cgroups: HashMap::new(),
+        }
     }
 
     /// Installs a new state version observed at `now_ns` (Unix ns).
-    pub fn update(&mut self, state: &ClusterState, now_ns: u64) {
+    pub fn update(&mut self, state: &Arc<ClusterState>, now_ns: u64) {
         let next = Index::build(state, &self.cfg.cgroup_root);
+        self.state = state.clone();
+        self.scanned_ns = now_ns;
         let until = now_ns + self.cfg.grace.as_nanos() as u64;
         for (ip, ep) in &self.current.by_ip {
             if !next.by_ip.contains_key(ip) {
@@ -284,6 +310,13 @@ impl Enricher {
     pub fn enrich(&mut self, records: &mut [FlowRecord], now_ns: u64) {
         self.gone_ips.retain(|_, (_, until)| *until > now_ns);
         self.gone_cgroups.retain(|_, (_, until)| *until > now_ns);
+        let unknown = |id: &Option<u64>| id.is_some_and(|id| !self.current.by_cgroup.contains_key(&id) && !self.gone_cgroups.contains_key(&id));
+        if now_ns.saturating_sub(self.scanned_ns) >= RESCAN_NS && records.iter().any(|r| unknown(&r.source_cgroup_id) || unknown(&r.context.dest_cgroup_id)) {
+            let kubepods = cgroups::kubepods_dirs(&self.cfg.cgroup_root);
+            let state = self.state.clone();
+            self.current.scan_cgroups(&state, &self.cfg.cgroup_root, &kubepods);
+            self.scanned_ns = now_ns;
+        }
         for r in records {
             let mut source = self.endpoint(r.source_cgroup_id, r.source_ip, now_ns);
             let mut dest = self.endpoint(r.context.dest_cgroup_id, r.dest_ip, now_ns);

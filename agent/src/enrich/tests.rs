@@ -5,10 +5,10 @@ use crate::cluster::manifests::load_dir;
 
 const SEC: u64 = 1_000_000_000;
 
-fn state(yaml: &str) -> ClusterState {
+fn state(yaml: &str) -> Arc<ClusterState> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
-    load_dir(dir.path()).unwrap().state
+    Arc::new(load_dir(dir.path()).unwrap().state)
 }
 
 const CLUSTER: &str = r#"
@@ -188,4 +188,23 @@ spec: {nets: [198.51.100.128/25]}
     );
     assert_eq!((r[1].dest_type.as_ref(), r[1].dest_name.as_ref(), r[1].dest_namespace.as_ref()), ("ns", "partner", "shop"));
     assert_eq!((r[2].dest_type.as_ref(), r[2].dest_name.as_ref(), r[2].dest_namespace.as_ref()), ("ns", "corp", "-"));
+}
+
+#[test]
+fn a_pod_cgroup_created_after_the_pod_object_is_found() {
+    let root = tempfile::tempdir().unwrap();
+    let mut e = Enricher::new(EnrichConfig { cgroup_root: root.path().to_owned(), grace: Duration::from_secs(60) });
+    e.update(&state(CLUSTER), 0);
+    // The kubelet creates the db pod's cgroup only now.
+    std::fs::create_dir_all(root.path().join("pods/db/late")).unwrap();
+    let id = std::fs::metadata(root.path().join("pods/db/late")).unwrap().ino();
+    let probe = |e: &mut Enricher, at: u64| {
+        let mut r = FlowRecord::sample("10.9.9.9", 40000, "10.99.0.1", 5432);
+        r.context.dest_cgroup_id = Some(id);
+        let mut v = vec![r];
+        e.enrich(&mut v, at);
+        v[0].dest_name.to_string()
+    };
+    assert_eq!(probe(&mut e, SEC), "-", "not looked for again within 2 s");
+    assert_eq!(probe(&mut e, 3 * SEC), "db");
 }
