@@ -160,15 +160,33 @@ async fn discover(client: &Client) -> Result<Vec<ApiResource>, kube::Error> {
     // apiVersion → kind → plural, of what can be listed and watched.
     let mut kinds: HashMap<&str, HashMap<String, String>> = HashMap::new();
     for api_version in wanted.into_iter().filter(|v| served.contains(v)) {
-        let list = match client.list_api_group_resources(api_version).await {
-            Ok(list) => list,
-            // An aggregated API (Calico's API server) that is registered but not answering: its
-            // kinds are read at the next version (Calico's CRDs, the same objects).
-            Err(e) if is_unavailable(&e) => {
-                tracing::warn!(message = "An API group version is registered but not available; not reading it.", api_version, error = %e);
-                continue;
+        // A version with a fallback (`projectcalico.org/v3`, served by Calico's API server, an
+        // aggregated API) that is registered but unavailable: its kinds are read at the next
+        // version (Calico's CRDs, the same objects). The client retries a 503 for minutes, so
+        // such a version gets a bounded wait. Any other failure fails this discovery (retried).
+        let fallback = manifests::API_KINDS
+            .iter()
+            .any(|(_, versions)| versions.iter().position(|v| v == &api_version).is_some_and(|i| i + 1 < versions.len()));
+        let list = if fallback {
+            let answer = match tokio::time::timeout(FALLBACK_TIMEOUT, client.list_api_group_resources(api_version)).await {
+                Ok(Ok(list)) => Ok(list),
+                Ok(Err(e)) if is_unavailable(&e) => Err(e.to_string()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => Err(format!("no answer within {}", humantime::format_duration(FALLBACK_TIMEOUT))),
+            };
+            match answer {
+                Ok(list) => list,
+                Err(error) => {
+                    tracing::warn!(
+                        message = "An API group version is registered but not available; reading its kinds at the next version.",
+                        api_version,
+                        error
+                    );
+                    continue;
+                }
             }
-            Err(e) => return Err(e),
+        } else {
+            client.list_api_group_resources(api_version).await?
         };
         let resources = list
             .resources
@@ -195,6 +213,9 @@ async fn discover(client: &Client) -> Result<Vec<ApiResource>, kube::Error> {
     }
     Ok(out)
 }
+
+/// How long discovery waits for the kinds of an API version that has a fallback.
+const FALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether `e` says the server (or the aggregated API behind it) is unavailable: 503.
 fn is_unavailable(e: &kube::Error) -> bool {
@@ -615,9 +636,11 @@ mod tests {
         let gnp = "metadata: {name: security.deny-db, resourceVersion: '2', managedFields: [{manager: kubectl}]}\n\
                    spec: {tier: security, order: 10, selector: app == 'db', types: [Ingress], ingress: [{action: Deny}]}";
         let bad_gnp = "metadata: {name: broken, resourceVersion: '3'}\nspec: {selector: app == , types: [Ingress]}";
-        let np = "metadata: {name: allow-web, namespace: shop, resourceVersion: '4'}\nspec: {selector: app == 'web', ingress: [{action: Allow}]}";
+        let np = "metadata: {name: allow-web, namespace: shop, resourceVersion: '4'}\n\
+                  spec: {selector: app == 'web', ingress: [{action: Allow}]}";
         let orphan = "metadata: {name: orphan, namespace: shop, resourceVersion: '5'}\nspec: {tier: missing, selector: all()}";
-        let anp = "metadata: {name: a, resourceVersion: '6'}\nspec: {priority: 5, subject: {namespaces: {}}, ingress: [{name: deny-all, action: Deny, from: [{namespaces: {}}]}]}";
+        let anp = "metadata: {name: a, resourceVersion: '6'}\n\
+                   spec: {priority: 5, subject: {namespaces: {}}, ingress: [{name: deny-all, action: Deny, from: [{namespaces: {}}]}]}";
         let mut caches = no_core();
         caches.namespaces = cache(&["metadata: {name: shop}"]);
         caches.dynamic =
