@@ -2,15 +2,26 @@
 //! v1.20.2 and etcd, started per test on loopback ([`ApiServer`]). Nothing is mocked; the tests
 //! play the kubelet's part (there is none) by patching `pods/status` through the API.
 //!
+//! The Calico (`crd.projectcalico.org/v1`) and admin policy (`policy.networking.k8s.io/v1alpha1`)
+//! kinds come from minimal CRDs with open schemas (`tests/fixtures/crds/`): this API server has no
+//! Calico API server, so `projectcalico.org/v3` is either absent, served by a stand-in CRD, or an
+//! APIService with no backend.
+//!
 //! Need the binaries of `cargo xtask kube-apiserver` (`FLOWAUDIT_K8S_BIN`, `FLOWAUDIT_ETCD`).
 //! Without them they print "skipped: no kube-apiserver" and pass, unless
 //! `FLOWAUDIT_REQUIRE_ROOT_TESTS=1` (set by `cargo xtask test`), where a skip is a failure.
 //! Every wait is bounded and fails with what it waited for and the last state seen.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use flowaudit::cluster::{
-    ClusterState, KubeNetworkPolicy, NamedPort, Namespace, Node, Pod, Service, ServiceAccount, ServicePort,
+    ClusterState, IpNet, KubeNetworkPolicy, NamedPort, Namespace, NetworkSet, Node, Pod, Service, ServiceAccount, ServicePort, Tier,
+    calico::{Action, PolicyType, PortSpec, Protocol},
     kube::{Options, watch_with},
     manifests,
 };
@@ -335,3 +346,319 @@ async fn outage_keeps_the_state_and_a_restart_resyncs() {
     assert!(after.version > before.version);
     assert!(pod(&after, "shop", "db-1").is_some(), "objects untouched across the outage are still there");
 }
+
+/// The test CRDs: `crd.projectcalico.org/v1` NetworkPolicy, GlobalNetworkPolicy, Tier,
+/// GlobalNetworkSet; `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy and
+/// BaselineAdminNetworkPolicy.
+fn crds() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/crds")
+}
+
+/// Applies the CRDs of `dir` (not below it) and waits until they are established and listed by
+/// discovery (`plurals`: `(apiVersion, plural)`).
+fn install_crds(server: &ApiServer, dir: &Path, plurals: &[(&str, &str)]) {
+    let dir = dir.display().to_string();
+    server.kubectl(&["apply", "--recursive=false", "-f", &dir]).expect("kubectl apply the CRDs");
+    server
+        .kubectl(&["wait", "--recursive=false", "--for=condition=established", "--timeout=60s", "-f", &dir])
+        .expect("the CRDs are established");
+    let start = std::time::Instant::now();
+    for (api_version, plural) in plurals {
+        loop {
+            let list = server.kubectl(&["get", "--raw", &format!("/apis/{api_version}")]).unwrap_or_default();
+            if list.contains(&format!("\"name\":\"{plural}\"")) {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "{api_version} {plural} not in discovery after {WAIT:?}: {list}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+const TEST_KINDS: &[(&str, &str)] = &[
+    ("crd.projectcalico.org/v1", "networkpolicies"),
+    ("crd.projectcalico.org/v1", "globalnetworkpolicies"),
+    ("crd.projectcalico.org/v1", "tiers"),
+    ("crd.projectcalico.org/v1", "globalnetworksets"),
+    ("policy.networking.k8s.io/v1alpha1", "adminnetworkpolicies"),
+    ("policy.networking.k8s.io/v1alpha1", "baselineadminnetworkpolicies"),
+];
+
+/// The same objects, listed by kubectl.
+const TEST_RESOURCES: &str = "tiers.crd.projectcalico.org,globalnetworkpolicies.crd.projectcalico.org,networkpolicies.crd.projectcalico.org,\
+globalnetworksets.crd.projectcalico.org,adminnetworkpolicies.policy.networking.k8s.io,baselineadminnetworkpolicies.policy.networking.k8s.io";
+
+const POLICIES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: web}}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: Tier
+metadata: {name: security}
+spec: {order: 100, defaultAction: Pass}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: GlobalNetworkPolicy
+metadata: {name: security.db-egress}
+spec:
+  tier: security
+  order: 10
+  selector: app == 'db'
+  types: [Egress]
+  egress:
+  - action: Allow
+    protocol: TCP
+    destination: {selector: role == 'backup', ports: [5432, "6000:6010"]}
+  - action: Deny
+---
+apiVersion: crd.projectcalico.org/v1
+kind: NetworkPolicy
+metadata: {name: allow-web, namespace: shop}
+spec:
+  order: 200.5
+  selector: app == 'web'
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {nets: [10.0.0.0/8, 192.168.1.7], selector: has(role)}
+    destination: {ports: [80, http]}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: GlobalNetworkSet
+metadata: {name: partners, labels: {kind: partner}}
+spec: {nets: [198.51.100.7/24, "2001:db8::/32"]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: cluster-control}
+spec:
+  priority: 20
+  subject: {namespaces: {matchLabels: {team: web}}}
+  ingress:
+  - name: allow-monitoring
+    action: Allow
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+    ports: [{portNumber: {protocol: TCP, port: 9090}}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: BaselineAdminNetworkPolicy
+metadata: {name: default}
+spec:
+  subject: {namespaces: {}}
+  ingress: [{name: default-deny, action: Deny, from: [{namespaces: {}}]}]
+"#;
+
+/// A GlobalNetworkPolicy the CRD's open schema admits but whose selector does not parse.
+const BROKEN: &str = "apiVersion: crd.projectcalico.org/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: broken}\n\
+                      spec: {selector: \"app == 'web\", types: [Ingress]}\n";
+
+fn policies_complete(s: &ClusterState) -> bool {
+    s.tiers.len() == 1
+        && s.calico_policies.len() == 2
+        && s.network_sets.len() == 1
+        && s.admin_policies.len() == 1
+        && s.baseline_admin_policy.is_some()
+}
+
+/// The part of a state the Calico and admin policy kinds make.
+fn policy_part(s: &ClusterState) -> ClusterState {
+    ClusterState {
+        calico_policies: s.calico_policies.clone(),
+        staged_kube_policies: s.staged_kube_policies.clone(),
+        tiers: s.tiers.clone(),
+        network_sets: s.network_sets.clone(),
+        host_endpoints: s.host_endpoints.clone(),
+        admin_policies: s.admin_policies.clone(),
+        baseline_admin_policy: s.baseline_admin_policy.clone(),
+        ..ClusterState::default()
+    }
+}
+
+/// The policy part of what the manifests source makes of `text`.
+fn from_manifests(text: &str) -> ClusterState {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("objects.yaml"), text).unwrap();
+    policy_part(&manifests::load_dir(dir.path()).unwrap_or_else(|e| panic!("the manifests source refuses them: {e:#?}")).state)
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+/// (d) Calico and admin policy objects in their CRDs arrive with exact fields, equal to what the
+/// manifests source makes of the same YAML and of kubectl's dump of them; an object the CRD admits
+/// but flowaudit cannot read is left out while the rest is there, and is read once fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calico_and_admin_kinds_arrive_like_manifests() {
+    let Some(server) = server_or_skip("calico_and_admin_kinds_arrive_like_manifests") else { return };
+    install_crds(&server, &crds(), TEST_KINDS);
+    let client = client(&server).await;
+    let mut rx = watch_with(client.clone(), options()).await.expect("kube source ready");
+    assert_eq!(policy_part(&rx.borrow()), ClusterState::default(), "the CRDs are empty");
+
+    // The broken one first: it is in the watch of its kind before the good GlobalNetworkPolicy.
+    server.kubectl_stdin(&["apply", "-f", "-"], BROKEN).expect("the open schema admits the broken policy");
+    server.kubectl_stdin(&["apply", "-f", "-"], POLICIES).expect("kubectl apply");
+    let state = wait_for(&mut rx, "the Calico and admin policy objects", WAIT, policies_complete).await;
+
+    assert_eq!(state.tiers, vec![Tier { name: "security".into(), order: Some(100.0), default_action: Action::Pass }]);
+    let names: Vec<(Option<&str>, &str)> = state.calico_policies.iter().map(|p| (p.namespace.as_deref(), p.name.as_str())).collect();
+    assert_eq!(names, [(Some("shop"), "allow-web"), (None, "security.db-egress")], "the broken policy is left out");
+    let web = &state.calico_policies[0].spec;
+    assert_eq!(
+        (web.tier.as_deref(), web.order, web.selector.as_deref(), web.types.as_ref()),
+        (None, Some(200.5), Some("app == 'web'"), None)
+    );
+    let [allow] = &web.ingress[..] else { panic!("{:?}", web.ingress) };
+    assert_eq!((allow.action, allow.protocol), (Action::Allow, Some(Protocol::Tcp)));
+    assert_eq!(allow.source.nets, vec![net("10.0.0.0/8"), net("192.168.1.7/32")]);
+    assert_eq!(allow.source.selector.as_deref(), Some("has(role)"));
+    assert_eq!(allow.destination.ports, vec![PortSpec::Number(80), PortSpec::Named("http".into())]);
+    let db = &state.calico_policies[1].spec;
+    assert_eq!((db.tier.as_deref(), db.order, db.types.as_deref()), (Some("security"), Some(10.0), Some(&[PolicyType::Egress][..])));
+    assert_eq!(db.egress.iter().map(|r| r.action).collect::<Vec<_>>(), [Action::Allow, Action::Deny]);
+    assert_eq!(db.egress[0].destination.ports, vec![PortSpec::Number(5432), PortSpec::Range(6000, 6010)]);
+    assert_eq!(db.egress[0].destination.selector.as_deref(), Some("role == 'backup'"));
+    assert_eq!(
+        state.network_sets,
+        vec![NetworkSet {
+            namespace: None,
+            name: "partners".into(),
+            labels: labels(&[("kind", "partner")]),
+            nets: vec![net("198.51.100.0/24"), net("2001:db8::/32")],
+        }]
+    );
+    let anp = &state.admin_policies[0];
+    assert_eq!((anp.name.as_str(), anp.priority, anp.spec.ingress.len()), ("cluster-control", 20, 1));
+    assert_eq!(anp.spec.ingress[0].name.as_deref(), Some("allow-monitoring"));
+    assert_eq!(state.baseline_admin_policy.as_ref().map(|b| (b.name.as_str(), b.spec.ingress.len())), Some(("default", 1)));
+
+    // Exactly what the manifests source makes of the same YAML.
+    assert_eq!(policy_part(&state), from_manifests(POLICIES), "the kube source and the manifests source disagree on the same YAML");
+
+    // Fixed, the broken policy is read.
+    server
+        .kubectl(&[
+            "patch",
+            "globalnetworkpolicies.crd.projectcalico.org",
+            "broken",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"selector":"app == 'web'"}}"#,
+        ])
+        .unwrap();
+    let fixed = wait_for(&mut rx, "the fixed policy", WAIT, |s| s.calico_policies.iter().any(|p| p.name == "broken")).await;
+    assert_eq!(fixed.calico_policies.len(), 3);
+
+    // And what it makes of kubectl's dump of the objects (managed fields and all).
+    let dump = server.kubectl(&["get", TEST_RESOURCES, "-A", "-o", "yaml"]).unwrap();
+    assert!(dump.contains("managedFields"), "the dump is the whole objects");
+    assert_eq!(policy_part(&fixed), from_manifests(&dump), "the kube source and the manifests source disagree on kubectl's dump");
+}
+
+/// (e) A changed order, a deletion and a new tier are each published within a bounded wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calico_and_admin_updates_and_deletes_are_published() {
+    let Some(server) = server_or_skip("calico_and_admin_updates_and_deletes_are_published") else { return };
+    install_crds(&server, &crds(), TEST_KINDS);
+    // Applied before the start: the first state has them.
+    server.kubectl_stdin(&["apply", "-f", "-"], POLICIES).expect("kubectl apply");
+    let client = client(&server).await;
+    let mut rx = watch_with(client.clone(), options()).await.expect("kube source ready");
+    let first = rx.borrow().clone();
+    assert!(policies_complete(&first), "{first:#?}");
+    assert_eq!(policy_part(&first), from_manifests(POLICIES));
+
+    server
+        .kubectl(&[
+            "patch",
+            "globalnetworkpolicies.crd.projectcalico.org",
+            "security.db-egress",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"order":5}}"#,
+        ])
+        .unwrap();
+    server.kubectl(&["delete", "globalnetworksets.crd.projectcalico.org", "partners"]).unwrap();
+    let after = wait_for(&mut rx, "the new order and the deleted network set", WAIT, |s| {
+        s.calico_policies.iter().any(|p| p.name == "security.db-egress" && p.spec.order == Some(5.0)) && s.network_sets.is_empty()
+    })
+    .await;
+    assert!(after.version > first.version);
+    assert_eq!(after.tiers, first.tiers, "the rest is unchanged");
+    assert_eq!(after.admin_policies, first.admin_policies);
+    let web = |s: &ClusterState| s.calico_policies.iter().find(|p| p.name == "allow-web").cloned();
+    assert_eq!(web(&after), web(&first));
+
+    server.kubectl(&["delete", "baselineadminnetworkpolicies.policy.networking.k8s.io", "default"]).unwrap();
+    server
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: crd.projectcalico.org/v1\nkind: Tier\nmetadata: {name: platform}\nspec: {order: 300}\n",
+        )
+        .unwrap();
+    wait_for(&mut rx, "the baseline gone and tier platform", WAIT, |s| {
+        s.baseline_admin_policy.is_none() && s.tiers.iter().any(|t| t.name == "platform" && t.order == Some(300.0))
+    })
+    .await;
+}
+
+/// (f) Each Calico kind is read from `projectcalico.org/v3` where it is served (here by a stand-in
+/// CRD for Tier), else from `crd.projectcalico.org/v1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calico_kinds_are_read_from_v3_where_served() {
+    let Some(server) = server_or_skip("calico_kinds_are_read_from_v3_where_served") else { return };
+    install_crds(&server, &crds(), TEST_KINDS);
+    install_crds(&server, &crds().join("v3-standin"), &[("projectcalico.org/v3", "tiers")]);
+    server
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: crd.projectcalico.org/v1\nkind: Tier\nmetadata: {name: in-crd}\nspec: {order: 1}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: in-v3}\nspec: {order: 2}\n---\n\
+             apiVersion: crd.projectcalico.org/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: in-v3.p}\n\
+             spec: {tier: in-v3, selector: all()}\n",
+        )
+        .expect("kubectl apply");
+    let client = client(&server).await;
+    let rx = watch_with(client, options()).await.expect("kube source ready");
+    let state = rx.borrow().clone();
+    assert_eq!(state.tiers, vec![Tier { name: "in-v3".into(), order: Some(2.0), default_action: Action::Deny }], "Tier from v3 only");
+    let names: Vec<&str> = state.calico_policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["in-v3.p"], "GlobalNetworkPolicy from the CRD (v3 does not serve it here)");
+}
+
+/// (g) A Calico API server that is registered but does not answer (an APIService with no
+/// backend): discovery says so (503) and the kinds are read from the CRDs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_calico_api_server_falls_back_to_the_crds() {
+    let Some(server) = server_or_skip("an_unavailable_calico_api_server_falls_back_to_the_crds") else { return };
+    install_crds(&server, &crds(), TEST_KINDS);
+    server
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v3.projectcalico.org}\n\
+             spec: {group: projectcalico.org, version: v3, groupPriorityMinimum: 1500, versionPriority: 200,\n  \
+             service: {name: calico-api, namespace: calico-apiserver, port: 443}, insecureSkipTLSVerify: true}\n---\n\
+             apiVersion: crd.projectcalico.org/v1\nkind: Tier\nmetadata: {name: in-crd}\nspec: {order: 1}\n",
+        )
+        .expect("kubectl apply");
+    // The group is listed and its version does not answer, as when Calico's API server is down
+    // (a 404 until the aggregator has set up the version's proxy, then 503).
+    let start = std::time::Instant::now();
+    loop {
+        let groups = server.kubectl(&["get", "--raw", "/apis"]).unwrap();
+        let version = server.kubectl(&["get", "--raw", "/apis/projectcalico.org/v3"]).map_err(|e| e.to_string());
+        if groups.contains("\"projectcalico.org/v3\"") && version.as_ref().is_err_and(|e| e.contains("ServiceUnavailable")) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "projectcalico.org/v3 is not listed and unavailable: {version:?}; /apis: {groups}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let client = client(&server).await;
+    let rx = watch_with(client, options()).await.expect("kube source ready despite the unavailable API");
+    let state = rx.borrow().clone();
+    assert_eq!(state.tiers, vec![Tier { name: "in-crd".into(), order: Some(1.0), default_action: Action::Deny }]);
+}
+

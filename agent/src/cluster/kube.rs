@@ -2,14 +2,24 @@
 //!
 //! Takes: a [`kube::Client`] (in-cluster configuration or `KUBECONFIG`: [`client`]). Gives: a
 //! `watch` channel of [`ClusterState`] versions, like the manifests source. One list+watch
-//! reflector per kind (v1 Namespace, Pod, Service, Node, ServiceAccount; networking.k8s.io/v1
-//! NetworkPolicy), each over every namespace, with the watcher's default backoff, and each object
-//! trimmed on arrival to the fields the model reads ([`Convert::trim`]: managed fields,
-//! `last-applied-configuration`, container details and conditions are dropped before caching).
-//! Whenever a cache changes, a task waits a short debounce (200 ms), converts every cache with the
-//! same rules as the manifests source ([`super::convert`]) and publishes the result as the next
-//! version, unless it equals the current one. The first state is published once every cache has
-//! been filled (a clear error after a timeout otherwise).
+//! reflector per kind, each over every namespace, with the watcher's default backoff:
+//! - the core kinds (v1 Namespace, Pod, Service, Node, ServiceAccount; networking.k8s.io/v1
+//!   NetworkPolicy) as typed objects, each trimmed on arrival to the fields the model reads
+//!   ([`Convert::trim`]: managed fields, `last-applied-configuration`, container details and
+//!   conditions are dropped before caching) and converted by [`super::convert`];
+//! - the Calico and admin policy kinds ([`manifests::API_KINDS`]) as `DynamicObject`s, each kind
+//!   at the API version discovery finds at start: `projectcalico.org/v3` when the Calico API
+//!   server serves it, else `crd.projectcalico.org/v1`; `policy.networking.k8s.io/v1alpha1`. A
+//!   kind the server does not serve (no Calico, no admin policy CRDs) is not read; that is not an
+//!   error. Kinds that appear later are not discovered (restart the agent). Managed fields, the
+//!   `last-applied-configuration` annotation and `status` are dropped on arrival; the objects are
+//!   built into the model by the manifests source's own rules ([`manifests::build_partial`]), so
+//!   the same objects give the same state from either source.
+//!
+//! Whenever a cache changes, a task waits a short debounce (200 ms), converts every cache and
+//! publishes the result as the next version, unless it equals the current one. The first state is
+//! published once discovery has answered and every cache has been filled (a clear error after a
+//! timeout otherwise).
 //!
 //! While the API server is unreachable the caches and the last published state stay: flows keep
 //! being attributed from it. The watchers reconnect with backoff (0.8 s doubling to 30 s) and
@@ -17,19 +27,14 @@
 //! (no half-filled state is ever published).
 //!
 //! Must never: panic on an object it cannot convert (it is logged with kind, namespace/name, field
-//! and reason, once per object version, and left out), publish an empty state before the caches
-//! are filled, or block the flow path.
-//!
-//! Later: Calico (`projectcalico.org/v3`) and AdminNetworkPolicy (`policy.networking.k8s.io`)
-//! kinds come as `DynamicObject` watches of their CRDs (`Api::<DynamicObject>::all_with` and a
-//! `reflector::store` keyed by `ApiResource`), converted through `convert` like the manifests
-//! source's, and added as further caches here; the kinds are resolved by discovery so a cluster
-//! without the CRDs simply has none.
+//! and reason, once per object version, and left out while the rest is built), publish an empty
+//! state before the caches are filled, or block the flow path.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::Debug,
     hash::Hash,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -38,6 +43,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1 as core, networking::v1 as networking};
 use kube::{
     Api, Client, Resource, ResourceExt as _,
+    api::{ApiResource, DynamicObject, TypeMeta},
     runtime::{
         WatchStreamExt as _,
         reflector::{self, Store},
@@ -50,6 +56,7 @@ use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use super::{
     ClusterState,
     convert::{self, Convert},
+    manifests,
 };
 
 /// The `kube` source could not start.
@@ -58,27 +65,27 @@ pub enum KubeError {
     /// Neither an in-cluster configuration nor a usable kubeconfig.
     #[error("no Kubernetes API configuration (in-cluster service account or KUBECONFIG): {0}")]
     Config(#[source] kube::Error),
-    /// Some caches were not filled within the timeout (the API server is unreachable, or the
-    /// credentials may not list and watch these kinds).
+    /// Discovery did not answer or some caches were not filled within the timeout (the API
+    /// server is unreachable, or the credentials may not list and watch these kinds).
     #[error("the cluster state was not complete after {}: not listed yet: {}", humantime::format_duration(*.timeout), .pending.join("; "))]
     NotReady {
         /// The timeout.
         timeout: Duration,
-        /// Each kind still missing, with the last error its watcher saw.
+        /// Each kind still missing (or the discovery), with the last error its watcher saw.
         pending: Vec<String>,
     },
     /// A watcher task ended before its cache was filled.
     #[error("the {kind} watcher stopped before its cache was filled")]
     WatcherStopped {
         /// The kind.
-        kind: &'static str,
+        kind: String,
     },
 }
 
 /// Tuning of the `kube` source.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// How long [`watch_with`] waits for every cache to be filled.
+    /// How long [`watch_with`] waits for discovery and for every cache to be filled.
     pub ready_timeout: Duration,
     /// How long to wait after a change before building a new state (changes in that window are
     /// built together).
@@ -108,23 +115,155 @@ pub async fn watch_with(
     client: Client,
     options: Options,
 ) -> Result<tokio::sync::watch::Receiver<Arc<ClusterState>>, KubeError> {
+    let deadline = Instant::now() + options.ready_timeout;
     let changed = Arc::new(Notify::new());
     let mut tasks = Tasks::default();
-    let caches = Caches {
-        namespaces: Cache::start(&client, &changed, &mut tasks),
-        pods: Cache::start(&client, &changed, &mut tasks),
-        services: Cache::start(&client, &changed, &mut tasks),
-        nodes: Cache::start(&client, &changed, &mut tasks),
-        service_accounts: Cache::start(&client, &changed, &mut tasks),
-        network_policies: Cache::start(&client, &changed, &mut tasks),
+    let mut caches = Caches {
+        namespaces: Cache::typed(&client, &changed, &mut tasks),
+        pods: Cache::typed(&client, &changed, &mut tasks),
+        services: Cache::typed(&client, &changed, &mut tasks),
+        nodes: Cache::typed(&client, &changed, &mut tasks),
+        service_accounts: Cache::typed(&client, &changed, &mut tasks),
+        network_policies: Cache::typed(&client, &changed, &mut tasks),
+        dynamic: Vec::new(),
     };
-    caches.wait_until_ready(options.ready_timeout).await?;
+    // The core kinds are listed while discovery runs.
+    let discovered = discover_until(&client, deadline).await;
+    if let Ok(resources) = &discovered {
+        for resource in resources {
+            caches.dynamic.push(Cache::dynamic(&client, resource, &changed, &mut tasks));
+        }
+    }
+    let mut pending = caches.pending_at(deadline).await?;
+    if let Err(last) = discovered {
+        pending.push(format!("discovery of the Calico and admin policy kinds ({last})"));
+    }
+    if !pending.is_empty() {
+        return Err(KubeError::NotReady { timeout: options.ready_timeout, pending });
+    }
     let mut unconvertible = HashSet::new();
     let state = caches.build(&mut unconvertible);
     tracing::info!(message = "Cluster state listed from the API server.", version = state.version, counts = ?state.counts());
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(state));
     tokio::spawn(publish(tx, caches, changed, tasks, options.debounce, unconvertible));
     Ok(rx)
+}
+
+/// The Calico and admin policy kinds the API server serves, each at the first of its API versions
+/// that is served ([`manifests::API_KINDS`]). A kind served at none is left out.
+async fn discover(client: &Client) -> Result<Vec<ApiResource>, kube::Error> {
+    let groups = client.list_api_groups().await?;
+    let served: HashSet<&str> = groups.groups.iter().flat_map(|g| g.versions.iter().map(|v| v.group_version.as_str())).collect();
+    let mut wanted: Vec<&str> = manifests::API_KINDS.iter().flat_map(|(_, versions)| versions.iter().copied()).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    // apiVersion → kind → plural, of what can be listed and watched.
+    let mut kinds: HashMap<&str, HashMap<String, String>> = HashMap::new();
+    for api_version in wanted.into_iter().filter(|v| served.contains(v)) {
+        // A version with a fallback (`projectcalico.org/v3`, served by Calico's API server, an
+        // aggregated API) that is registered but unavailable: its kinds are read at the next
+        // version (Calico's CRDs, the same objects). The client retries a 503 for minutes, so
+        // such a version gets a bounded wait. Any other failure fails this discovery (retried).
+        let fallback = manifests::API_KINDS
+            .iter()
+            .any(|(_, versions)| versions.iter().position(|v| v == &api_version).is_some_and(|i| i + 1 < versions.len()));
+        let list = if fallback {
+            let answer = match tokio::time::timeout(FALLBACK_TIMEOUT, client.list_api_group_resources(api_version)).await {
+                Ok(Ok(list)) => Ok(list),
+                Ok(Err(e)) if is_unavailable(&e) => Err(e.to_string()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => Err(format!("no answer within {}", humantime::format_duration(FALLBACK_TIMEOUT))),
+            };
+            match answer {
+                Ok(list) => list,
+                Err(error) => {
+                    tracing::warn!(
+                        message = "An API group version is registered but not available; reading its kinds at the next version.",
+                        api_version,
+                        error
+                    );
+                    continue;
+                }
+            }
+        } else {
+            client.list_api_group_resources(api_version).await?
+        };
+        let resources = list
+            .resources
+            .into_iter()
+            // Subresources (`x/status`) are not kinds of their own.
+            .filter(|r| !r.name.contains('/') && ["list", "watch"].iter().all(|v| r.verbs.iter().any(|have| have == v)))
+            .map(|r| (r.kind, r.name))
+            .collect();
+        kinds.insert(api_version, resources);
+    }
+    let mut out = Vec::new();
+    for (kind, versions) in manifests::API_KINDS {
+        let found = versions.iter().find_map(|v| kinds.get(v).and_then(|k| k.get(*kind)).map(|plural| (*v, plural)));
+        if let Some((api_version, plural)) = found {
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            out.push(ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version: api_version.into(),
+                kind: (*kind).into(),
+                plural: plural.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// How long discovery waits for the kinds of an API version that has a fallback.
+const FALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `e` says the server (or the aggregated API behind it) is unavailable: 503.
+fn is_unavailable(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 503)
+}
+
+/// [`discover`], retried with backoff (0.5 s doubling to 8 s) until `deadline`; the last error if
+/// it never answered.
+async fn discover_until(client: &Client, deadline: Instant) -> Result<Vec<ApiResource>, String> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let error = match tokio::time::timeout_at(deadline, discover(client)).await {
+            Ok(Ok(resources)) => {
+                let names: Vec<String> = resources.iter().map(label).collect();
+                tracing::info!(message = "Calico and admin policy kinds discovered.", kinds = ?names);
+                return Ok(resources);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer yet".to_owned(),
+        };
+        if Instant::now() + delay >= deadline {
+            return Err(error);
+        }
+        tracing::warn!(message = "API discovery failed; retrying.", error = %error);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(8));
+    }
+}
+
+/// How logs and errors name a discovered kind: `Tier.crd.projectcalico.org/v1`.
+fn label(resource: &ApiResource) -> String {
+    format!("{}.{}", resource.kind, resource.api_version)
+}
+
+/// The annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from a dynamic object what no conversion reads (managed fields, the last-applied copy,
+/// `status`) and sets its `apiVersion` and `kind` (list items need not carry them).
+fn trim_dynamic(object: &mut DynamicObject, resource: &ApiResource) {
+    object.types = Some(TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() });
+    object.metadata.managed_fields = None;
+    if let Some(annotations) = object.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    if let Some(data) = object.data.as_object_mut() {
+        data.remove("status");
+    }
 }
 
 /// The spawned reflector tasks, aborted when dropped.
@@ -144,33 +283,39 @@ struct Cache<K: Resource + 'static>
 where
     K::DynamicType: Eq + Hash + Clone,
 {
+    /// The kind as logs and errors name it.
+    kind: String,
     store: Store<K>,
     last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl<K> Cache<K>
 where
-    K: Convert + Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Default,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
-    /// Spawns the list+watch reflector of `K` over all namespaces; `changed` is notified after
-    /// every change to the cache.
-    fn start(client: &Client, changed: &Arc<Notify>, tasks: &mut Tasks) -> Self {
-        let (store, writer) = reflector::store::<K>();
+    /// Spawns the list+watch reflector over `api`; `trim` is applied to each object before it
+    /// is cached, and `changed` is notified after every change to the cache.
+    fn start(
+        kind: String,
+        api: Api<K>,
+        dyntype: K::DynamicType,
+        trim: impl FnMut(&mut K) + Send + 'static,
+        changed: &Arc<Notify>,
+        tasks: &mut Tasks,
+    ) -> Self {
+        let writer = reflector::store::Writer::new(dyntype);
+        let store = writer.as_reader();
         let last_error = Arc::new(Mutex::new(None));
-        let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            // Only what the conversion reads is cached: managedFields and the rest go here.
-            .modify(|object: &mut K| object.trim())
-            .reflect(writer);
-        let (changed, error) = (changed.clone(), last_error.clone());
+        let stream = watcher(api, watcher::Config::default()).default_backoff().modify(trim).reflect(writer);
+        let (changed, error, label) = (changed.clone(), last_error.clone(), kind.clone());
         tasks.0.push(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
                         if error.lock().expect("not poisoned").take().is_some() {
-                            tracing::info!(message = "Cluster watch resumed.", kind = K::KIND);
+                            tracing::info!(message = "Cluster watch resumed.", kind = %label);
                         }
                         changed.notify_one();
                     }
@@ -179,34 +324,45 @@ where
                     Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                         // The server no longer has our resourceVersion (e.g. it restarted): the
                         // watcher relists; the cache is swapped in whole when the list is done.
-                        tracing::info!(message = "Cluster watch expired; relisting.", kind = K::KIND, reason = %status.message);
+                        tracing::info!(message = "Cluster watch expired; relisting.", kind = %label, reason = %status.message);
                     }
                     Err(e) => {
                         // The backoff spaces retries (0.8 s doubling to 30 s): no flood.
                         tracing::warn!(
                             message = "Cluster watch failed; keeping the cached state and retrying.",
-                            kind = K::KIND,
+                            kind = %label,
                             error = %e
                         );
                         *error.lock().expect("not poisoned") = Some(e.to_string());
                     }
                 }
             }
-            tracing::error!(message = "Cluster watch ended.", kind = K::KIND);
+            tracing::error!(message = "Cluster watch ended.", kind = %label);
         }));
-        Self { store, last_error }
+        Self { kind, store, last_error }
     }
 
     /// Waits for the first complete list until `deadline`; `Ok(Some(reason))` if it did not come.
     async fn ready(&self, deadline: Instant) -> Result<Option<String>, KubeError> {
         match tokio::time::timeout_at(deadline, self.store.wait_until_ready()).await {
             Ok(Ok(())) => Ok(None),
-            Ok(Err(_)) => Err(KubeError::WatcherStopped { kind: K::KIND }),
+            Ok(Err(_)) => Err(KubeError::WatcherStopped { kind: self.kind.clone() }),
             Err(_) => {
                 let last = self.last_error.lock().expect("not poisoned").clone();
-                Ok(Some(format!("{} ({})", K::KIND, last.unwrap_or_else(|| "no answer yet".into()))))
+                Ok(Some(format!("{} ({})", self.kind, last.unwrap_or_else(|| "no answer yet".into()))))
             }
         }
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: Convert + Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+{
+    /// The reflector of a core kind over all namespaces, trimmed to what [`Convert`] reads.
+    fn typed(client: &Client, changed: &Arc<Notify>, tasks: &mut Tasks) -> Self {
+        Self::start(K::KIND.into(), Api::all(client.clone()), Default::default(), K::trim, changed, tasks)
     }
 
     /// Converts every cached object into `state`; an object that does not convert is left out
@@ -216,20 +372,10 @@ where
             match object.convert() {
                 Ok(model) => K::add(model, state),
                 Err(errors) => {
-                    let name = match object.namespace() {
-                        Some(ns) => format!("{ns}/{}", object.name_any()),
-                        None => object.name_any(),
-                    };
-                    let key = (K::KIND, name, object.resource_version().unwrap_or_default());
+                    let key = (self.kind.clone(), object_name(&*object), object.resource_version().unwrap_or_default());
                     if !logged.contains(&key) {
                         for e in &errors {
-                            tracing::warn!(
-                                message = "Skipping a cluster object that does not convert.",
-                                kind = K::KIND,
-                                object = %key.1,
-                                field = %e.field,
-                                reason = %e.reason
-                            );
+                            warn_skipped(&key, &e.field, &e.reason);
                         }
                     }
                     failing.insert(key);
@@ -239,8 +385,29 @@ where
     }
 }
 
+impl Cache<DynamicObject> {
+    /// The reflector of a discovered kind over all namespaces.
+    fn dynamic(client: &Client, resource: &ApiResource, changed: &Arc<Notify>, tasks: &mut Tasks) -> Self {
+        let api = Api::all_with(client.clone(), resource);
+        let r = resource.clone();
+        Self::start(label(resource), api, resource.clone(), move |o: &mut DynamicObject| trim_dynamic(o, &r), changed, tasks)
+    }
+}
+
+/// `namespace/name`, or `name` for a cluster-wide object.
+fn object_name<K: Resource>(object: &K) -> String {
+    match object.namespace() {
+        Some(ns) => format!("{ns}/{}", object.name_any()),
+        None => object.name_any(),
+    }
+}
+
+fn warn_skipped(key: &FailKey, field: &str, reason: &str) {
+    tracing::warn!(message = "Skipping a cluster object that does not convert.", kind = %key.0, object = %key.1, field, reason);
+}
+
 /// (kind, namespace/name, resourceVersion) of an object that did not convert.
-type FailKey = (&'static str, String, String);
+type FailKey = (String, String, String);
 
 struct Caches {
     namespaces: Cache<core::Namespace>,
@@ -249,31 +416,33 @@ struct Caches {
     nodes: Cache<core::Node>,
     service_accounts: Cache<core::ServiceAccount>,
     network_policies: Cache<networking::NetworkPolicy>,
+    /// The discovered Calico and admin policy kinds, in [`manifests::API_KINDS`] order.
+    dynamic: Vec<Cache<DynamicObject>>,
 }
 
 impl Caches {
-    async fn wait_until_ready(&self, timeout: Duration) -> Result<(), KubeError> {
-        let deadline = Instant::now() + timeout;
+    /// The kinds not listed by `deadline`, each with its watcher's last error.
+    async fn pending_at(&self, deadline: Instant) -> Result<Vec<String>, KubeError> {
         // Each waits until the same deadline; a cache filled in time answers even after it.
-        let pending: Vec<String> = [
+        let mut pending = vec![
             self.namespaces.ready(deadline).await?,
             self.pods.ready(deadline).await?,
             self.services.ready(deadline).await?,
             self.nodes.ready(deadline).await?,
             self.service_accounts.ready(deadline).await?,
             self.network_policies.ready(deadline).await?,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if pending.is_empty() { Ok(()) } else { Err(KubeError::NotReady { timeout, pending }) }
+        ];
+        for cache in &self.dynamic {
+            pending.push(cache.ready(deadline).await?);
+        }
+        Ok(pending.into_iter().flatten().collect())
     }
 
     /// A state (version 0) from the caches; `logged` holds the objects that failed to convert
     /// before and is replaced by the ones failing now.
     fn build(&self, logged: &mut HashSet<FailKey>) -> ClusterState {
-        let mut state = ClusterState::default();
         let mut failing = HashSet::new();
+        let mut state = self.build_dynamic(logged, &mut failing);
         self.namespaces.convert_into(&mut state, logged, &mut failing);
         self.pods.convert_into(&mut state, logged, &mut failing);
         self.services.convert_into(&mut state, logged, &mut failing);
@@ -283,6 +452,43 @@ impl Caches {
         convert::sort(&mut state);
         *logged = failing;
         state
+    }
+
+    /// The state of the Calico and admin policy objects alone, built as the manifests source
+    /// builds documents (`kube:<apiVersion>/<kind>/[<namespace>/]<name>` stands for the file);
+    /// objects with problems are left out and logged once per object version.
+    fn build_dynamic(&self, logged: &HashSet<FailKey>, failing: &mut HashSet<FailKey>) -> ClusterState {
+        // Sorted by origin: the same objects are always read in the same order.
+        let mut objects: BTreeMap<PathBuf, (serde_json::Value, FailKey)> = BTreeMap::new();
+        for cache in &self.dynamic {
+            for object in cache.store.state() {
+                let types = object.types.clone().unwrap_or_default();
+                let name = object_name(&*object);
+                let origin = PathBuf::from(format!("kube:{}/{}/{name}", types.api_version, types.kind));
+                // A DynamicObject always serialises to a JSON object; `Null` would be reported.
+                let value = serde_json::to_value(&*object).unwrap_or_default();
+                objects.insert(origin, (value, (cache.kind.clone(), name, object.resource_version().unwrap_or_default())));
+            }
+        }
+        let mut keys = HashMap::new();
+        let documents: Vec<(PathBuf, serde_json::Value)> = objects
+            .into_iter()
+            .map(|(origin, (value, key))| {
+                keys.insert(origin.clone(), key);
+                (origin, value)
+            })
+            .collect();
+        let built = manifests::build_partial(documents);
+        for e in &built.errors {
+            let Some(key) = keys.get(&e.file) else {
+                continue;
+            };
+            if !logged.contains(key) {
+                warn_skipped(key, &e.field, &e.reason);
+            }
+            failing.insert(key.clone());
+        }
+        built.state
     }
 }
 
@@ -322,21 +528,59 @@ mod tests {
     use super::*;
 
     /// A cache filled directly through its writer (no server), as the reflector would fill it.
+    fn filled<K>(kind: &str, dyntype: K::DynamicType, objects: &[&str], trim: impl Fn(&mut K)) -> Cache<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone,
+    {
+        let mut writer = reflector::store::Writer::new(dyntype);
+        let store = writer.as_reader();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for text in objects {
+            let mut object: K = serde_yaml_ng::from_str(text).unwrap();
+            trim(&mut object);
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        // The writer may go: the store keeps what it holds.
+        Cache { kind: kind.into(), store, last_error: Arc::default() }
+    }
+
     fn cache<K>(objects: &[&str]) -> Cache<K>
     where
         K: Convert + Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Eq + Hash + Clone + Default,
     {
-        let (store, mut writer) = reflector::store::<K>();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for text in objects {
-            let mut object: K = serde_yaml_ng::from_str(text).unwrap();
-            object.trim();
-            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        filled(K::KIND, K::DynamicType::default(), objects, K::trim)
+    }
+
+    fn resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+        let (group, version) = api_version.split_once('/').unwrap();
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
         }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        // The writer may go: the store keeps what it holds.
-        Cache { store, last_error: Arc::default() }
+    }
+
+    /// A dynamic cache of `resource`; the objects carry no apiVersion or kind (as list items may
+    /// not), the trim sets them.
+    fn dynamic(resource: &ApiResource, objects: &[&str]) -> Cache<DynamicObject> {
+        filled(&label(resource), resource.clone(), objects, |o: &mut DynamicObject| trim_dynamic(o, resource))
+    }
+
+    fn no_core() -> Caches {
+        Caches {
+            namespaces: cache(&[]),
+            pods: cache(&[]),
+            services: cache(&[]),
+            nodes: cache(&[]),
+            service_accounts: cache(&[]),
+            network_policies: cache(&[]),
+            dynamic: Vec::new(),
+        }
     }
 
     /// Nothing listens: no state is published, and the error names every kind with its cause.
@@ -348,7 +592,8 @@ mod tests {
         let error = watch_with(client, options).await.unwrap_err();
         let KubeError::NotReady { pending, .. } = &error else { panic!("{error}") };
         let kinds: Vec<&str> = pending.iter().map(|p| p.split(' ').next().unwrap()).collect();
-        assert_eq!(kinds, ["Namespace", "Pod", "Service", "Node", "ServiceAccount", "NetworkPolicy.networking.k8s.io/v1"]);
+        assert_eq!(kinds, ["Namespace", "Pod", "Service", "Node", "ServiceAccount", "NetworkPolicy.networking.k8s.io/v1", "discovery"]);
+        assert!(pending[6].starts_with("discovery of the Calico and admin policy kinds ("), "{}", pending[6]);
         let text = error.to_string();
         assert!(text.starts_with("the cluster state was not complete after 1s 500ms: not listed yet: Namespace ("), "{text}");
         assert!(text.contains("failed to perform initial object list"), "{text}");
@@ -366,14 +611,90 @@ mod tests {
             nodes: cache(&["metadata: {name: n2}", "metadata: {name: n1}"]),
             service_accounts: cache(&[]),
             network_policies: cache(&[]),
+            dynamic: Vec::new(),
         };
         let mut logged = HashSet::new();
         let state = caches.build(&mut logged);
         assert_eq!(state.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["good"]);
         assert_eq!(state.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2"], "sorted");
-        assert_eq!(logged, HashSet::from([("Pod", "shop/bad".to_string(), "2".to_string())]));
+        assert_eq!(logged, HashSet::from([("Pod".to_string(), "shop/bad".to_string(), "2".to_string())]));
         // Built again: the same state, and the failure is remembered (logged once).
         assert_eq!(caches.build(&mut logged), state);
         assert_eq!(logged.len(), 1);
+    }
+
+    /// The dynamic kinds are built by the manifests source's rules: the same documents give the
+    /// same objects; one with a problem is left out (and remembered to be logged once), the rest
+    /// is built, and the core kinds are merged in.
+    #[test]
+    fn dynamic_kinds_are_built_like_manifests_and_bad_objects_are_left_out() {
+        let tiers = resource("crd.projectcalico.org/v1", "Tier", "tiers");
+        let gnps = resource("crd.projectcalico.org/v1", "GlobalNetworkPolicy", "globalnetworkpolicies");
+        let nps = resource("crd.projectcalico.org/v1", "NetworkPolicy", "networkpolicies");
+        let anps = resource("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy", "adminnetworkpolicies");
+        let tier = "metadata: {name: security, resourceVersion: '1'}\nspec: {order: 100}";
+        let gnp = "metadata: {name: security.deny-db, resourceVersion: '2', managedFields: [{manager: kubectl}]}\n\
+                   spec: {tier: security, order: 10, selector: app == 'db', types: [Ingress], ingress: [{action: Deny}]}";
+        let bad_gnp = "metadata: {name: broken, resourceVersion: '3'}\nspec: {selector: app == , types: [Ingress]}";
+        let np = "metadata: {name: allow-web, namespace: shop, resourceVersion: '4'}\n\
+                  spec: {selector: app == 'web', ingress: [{action: Allow}]}";
+        let orphan = "metadata: {name: orphan, namespace: shop, resourceVersion: '5'}\nspec: {tier: missing, selector: all()}";
+        let anp = "metadata: {name: a, resourceVersion: '6'}\n\
+                   spec: {priority: 5, subject: {namespaces: {}}, ingress: [{name: deny-all, action: Deny, from: [{namespaces: {}}]}]}";
+        let mut caches = no_core();
+        caches.namespaces = cache(&["metadata: {name: shop}"]);
+        caches.dynamic =
+            vec![dynamic(&tiers, &[tier]), dynamic(&gnps, &[gnp, bad_gnp]), dynamic(&nps, &[np, orphan]), dynamic(&anps, &[anp])];
+        let mut logged = HashSet::new();
+        let state = caches.build(&mut logged);
+
+        let documents = [
+            ("crd.projectcalico.org/v1", "Tier", tier),
+            ("crd.projectcalico.org/v1", "GlobalNetworkPolicy", gnp),
+            ("crd.projectcalico.org/v1", "NetworkPolicy", np),
+            ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy", anp),
+            ("v1", "Namespace", "metadata: {name: shop}"),
+        ];
+        let text: Vec<String> = documents.iter().map(|(a, k, d)| format!("apiVersion: {a}\nkind: {k}\n{d}\n")).collect();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("all.yaml"), text.join("---\n")).unwrap();
+        assert_eq!(state, manifests::load_dir(dir.path()).unwrap().state);
+        assert_eq!(state.calico_policies.len(), 2);
+        assert_eq!(state.tiers.len(), 1);
+        assert_eq!(state.admin_policies[0].priority, 5);
+
+        let key = |kind: &str, name: &str, rv: &str| (kind.to_string(), name.to_string(), rv.to_string());
+        assert_eq!(
+            logged,
+            HashSet::from([
+                key("GlobalNetworkPolicy.crd.projectcalico.org/v1", "broken", "3"),
+                key("NetworkPolicy.crd.projectcalico.org/v1", "shop/orphan", "5"),
+            ])
+        );
+        assert_eq!(caches.build(&mut logged), state, "built again: the same state");
+        assert_eq!(logged.len(), 2);
+
+        // The tier goes: its policy is left out too (its spec.tier names no Tier), the rest stays.
+        caches.dynamic[0] = dynamic(&tiers, &[]);
+        let without_tier = caches.build(&mut logged);
+        assert_eq!(without_tier.calico_policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["allow-web"]);
+        assert!(logged.contains(&key("GlobalNetworkPolicy.crd.projectcalico.org/v1", "security.deny-db", "2")));
+    }
+
+    #[test]
+    fn dynamic_objects_are_trimmed_and_typed() {
+        let tiers = resource("projectcalico.org/v3", "Tier", "tiers");
+        let cache = dynamic(
+            &tiers,
+            &[
+                "metadata: {name: t, managedFields: [{manager: kubectl}], annotations: {kubectl.kubernetes.io/last-applied-configuration: '{}', keep: me}}\n\
+               spec: {order: 1}\nstatus: {conditions: []}",
+            ],
+        );
+        let object = cache.store.state().pop().unwrap();
+        assert_eq!(object.types, Some(TypeMeta { api_version: "projectcalico.org/v3".into(), kind: "Tier".into() }));
+        assert!(object.metadata.managed_fields.is_none());
+        assert_eq!(object.metadata.annotations.as_ref().unwrap().keys().collect::<Vec<_>>(), ["keep"]);
+        assert_eq!(object.data, serde_json::json!({"spec": {"order": 1}}));
     }
 }

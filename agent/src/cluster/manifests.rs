@@ -14,6 +14,10 @@
 //! AdminNetworkPolicy and BaselineAdminNetworkPolicy (`policy.networking.k8s.io/v1alpha1`, see
 //! [`super::admin`]). Selector expressions are kept as strings: the attribute stage validates
 //! their syntax.
+//!
+//! [`build_partial`] builds a state by the same rules from documents that come from elsewhere
+//! (the `kube` source's Calico and admin policy objects, listed in [`API_KINDS`]), leaving out the
+//! documents with problems instead of refusing them all.
 
 use std::{
     collections::BTreeMap,
@@ -95,6 +99,23 @@ const CALICO_CRD: &str = "crd.projectcalico.org/v1";
 /// The admin network policy API.
 const ADMIN_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
 
+/// The kinds read besides the core ones (which every API server serves), each with the API
+/// versions it is read at, preferred first: the `kube` source reads each kind at the first of them
+/// the API server serves (Calico's API server, else its CRDs), and not at all if it serves none.
+pub const API_KINDS: &[(&str, &[&str])] = &[
+    ("NetworkPolicy", &[CALICO_V3, CALICO_CRD]),
+    ("GlobalNetworkPolicy", &[CALICO_V3, CALICO_CRD]),
+    ("StagedNetworkPolicy", &[CALICO_V3, CALICO_CRD]),
+    ("StagedGlobalNetworkPolicy", &[CALICO_V3, CALICO_CRD]),
+    ("StagedKubernetesNetworkPolicy", &[CALICO_V3, CALICO_CRD]),
+    ("Tier", &[CALICO_V3, CALICO_CRD]),
+    ("NetworkSet", &[CALICO_V3, CALICO_CRD]),
+    ("GlobalNetworkSet", &[CALICO_V3, CALICO_CRD]),
+    ("HostEndpoint", &[CALICO_V3, CALICO_CRD]),
+    ("AdminNetworkPolicy", &[ADMIN_V1ALPHA1]),
+    ("BaselineAdminNetworkPolicy", &[ADMIN_V1ALPHA1]),
+];
+
 /// The kind key of Tiers among the names seen.
 const TIER_KIND: &str = "Tier.projectcalico.org";
 
@@ -152,6 +173,31 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, Vec<ManifestError>> {
         loaded.fingerprint = before;
         loaded
     })
+}
+
+/// What [`build_partial`] made of its documents.
+#[derive(Clone, Debug, Default)]
+pub struct Partial {
+    /// The state built from the documents without problems (version 0).
+    pub state: ClusterState,
+    /// Documents of kinds not read.
+    pub skipped: Vec<Skipped>,
+    /// Every problem, by origin ([`ManifestError::file`]) and document; those documents are
+    /// left out of `state`.
+    pub errors: Vec<ManifestError>,
+}
+
+/// Builds a state from documents that were not read from files, such as the Kubernetes API's
+/// objects (the `kube` source), by the same rules as [`load_dir`]. Each document comes with its
+/// origin, which problems name where they name a file (as document 1). Unlike [`load_dir`], a
+/// document with problems is left out and the rest is built. Documents are read in the order
+/// given (it decides which of two duplicates is the one reported).
+pub fn build_partial(documents: impl IntoIterator<Item = (PathBuf, Value)>) -> Partial {
+    let mut builder = Builder::default();
+    for (origin, value) in documents {
+        builder.document(&origin, 1, value);
+    }
+    builder.finish_partial()
 }
 
 #[derive(Default)]
@@ -453,21 +499,24 @@ impl Builder {
         }
     }
 
-    fn finish(mut self) -> Result<Loaded, Vec<ManifestError>> {
+    /// Whether `tier` is built in or defined by a Tier document (one with a broken spec counts:
+    /// its own problem is reported, not one more on each of its policies).
+    fn tier_defined(&self, tier: &str) -> bool {
+        calico::BUILT_IN_TIERS.contains(&tier) || self.seen.contains_key(&(TIER_KIND.to_owned(), String::new(), tier.to_owned()))
+    }
+
+    /// Reports the policies' tiers that no Tier document defines (each may come after its
+    /// policies), then sorts the problems by file and document and the state's lists.
+    fn complete(&mut self) {
         let refs = std::mem::take(&mut self.tier_refs);
         for (tier, file, document) in refs {
-            let defined = calico::BUILT_IN_TIERS.contains(&tier.as_str())
-                || self.seen.contains_key(&(TIER_KIND.to_owned(), String::new(), tier.clone()));
-            if !defined {
+            if !self.tier_defined(&tier) {
                 let reason = format!("tier {tier:?} is not defined by a Tier document (built in: {})", calico::BUILT_IN_TIERS.join(", "));
                 self.error(&file, document, "spec.tier", reason);
             }
         }
-        if !self.errors.is_empty() {
-            // In file and document order (a stable sort keeps each document's own order).
-            self.errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
-            return Err(self.errors);
-        }
+        // In file and document order (a stable sort keeps each document's own order).
+        self.errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
         let s = &mut self.state;
         s.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         s.services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -480,7 +529,25 @@ impl Builder {
         s.network_sets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         s.host_endpoints.sort_by(|a, b| a.name.cmp(&b.name));
         s.admin_policies.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+    }
+
+    /// The state if no document had a problem, else every problem.
+    fn finish(mut self) -> Result<Loaded, Vec<ManifestError>> {
+        self.complete();
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
         Ok(Loaded { state: self.state, skipped: self.skipped, fingerprint: Vec::new() })
+    }
+
+    /// The state of the documents without problems, and the problems of the others. Every kind
+    /// adds an object to the state only when its document has no problem, except a policy in a
+    /// tier that no Tier document defines, which is only known at the end: it is taken out here.
+    fn finish_partial(mut self) -> Partial {
+        self.complete();
+        let calico_policies = std::mem::take(&mut self.state.calico_policies);
+        self.state.calico_policies = calico_policies.into_iter().filter(|p| self.tier_defined(p.tier())).collect();
+        Partial { state: self.state, skipped: self.skipped, errors: self.errors }
     }
 }
 

@@ -810,3 +810,54 @@ spec:
     assert_eq!(fields, ["spec.selector", "spec.ingress[0].source.selector"]);
     assert!(errors[0].reason.starts_with("selector \"app == 'web\" does not parse at 7:"), "{}", errors[0].reason);
 }
+
+/// Every kind of [`API_KINDS`] is read (not skipped) at every version listed for it.
+#[test]
+fn every_api_kind_is_read_at_each_of_its_versions() {
+    for (kind, versions) in API_KINDS {
+        for api_version in *versions {
+            let value = serde_json::json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}});
+            let built = build_partial([(PathBuf::from("kube:x"), value)]);
+            assert!(built.skipped.is_empty(), "{api_version} {kind} is skipped");
+        }
+    }
+}
+
+/// Documents from elsewhere: a document with problems is left out with every problem, named by
+/// its origin as document 1; the others give exactly what `load_dir` gives for them.
+#[test]
+fn partial_builds_leave_out_documents_with_problems_only() {
+    let good = [
+        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}\n",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.a}\nspec: {tier: security, order: 1, selector: all()}\n",
+        "apiVersion: crd.projectcalico.org/v1\nkind: GlobalNetworkSet\nmetadata: {name: s, labels: {k: v}}\nspec: {nets: [10.0.0.1/8]}\n",
+        "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec: {subject: {namespaces: {}}}\n",
+    ];
+    let bad = [
+        // A selector that does not parse and a net that is not one: both reported.
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: b}\nspec: {selector: 'app ==', ingress: [{action: Allow, source: {nets: [nope]}}]}\n",
+        // A tier no Tier defines: only known at the end, still left out.
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: c, namespace: shop}\nspec: {tier: missing}\n",
+        // The same policy as `security.a` (tier prefix): the later one is the duplicate.
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a}\nspec: {tier: security, order: 2}\n",
+    ];
+    let value = |text: &str| serde_yaml_ng::from_str::<Value>(text).unwrap();
+    let mut documents: Vec<(PathBuf, Value)> =
+        good.iter().enumerate().map(|(i, t)| (PathBuf::from(format!("kube:good/{i}")), value(t))).collect();
+    documents.extend(bad.iter().enumerate().map(|(i, t)| (PathBuf::from(format!("kube:x-bad/{i}")), value(t))));
+    let built = build_partial(documents);
+    let problems: Vec<(String, usize, &str)> =
+        built.errors.iter().map(|e| (e.file.display().to_string(), e.document, e.field.as_str())).collect();
+    assert_eq!(
+        problems,
+        [
+            ("kube:x-bad/0".to_string(), 1, "spec.selector"),
+            ("kube:x-bad/0".to_string(), 1, "spec.ingress[0].source.nets[0]"),
+            ("kube:x-bad/1".to_string(), 1, "spec.tier"),
+            ("kube:x-bad/2".to_string(), 1, "metadata.name"),
+        ]
+    );
+    let dir = dir_with(&[("good.yaml", &good.join("---\n"))]);
+    assert_eq!(built.state, load_dir(dir.path()).unwrap().state);
+    assert!(built.skipped.is_empty());
+}
