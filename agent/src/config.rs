@@ -413,6 +413,82 @@ mod tests {
         assert_eq!(s.interfaces, vec!["fa-*", "eth0"]);
     }
 
+    /// A document of `deploy/base/` (the kustomize base), parsed.
+    fn deploy_manifest(file: &str) -> serde_yaml_ng::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base").join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The example config of the DaemonSet's ConfigMap goes through the real parser, with the
+    /// flags the DaemonSet passes, so the example cannot rot. A key that is also one of those
+    /// flags is refused: flags win, so the key would be silently ignored.
+    #[test]
+    fn deploy_configmap_example_is_a_valid_config() {
+        let configmap = deploy_manifest("configmap.yaml");
+        assert_eq!(configmap["kind"].as_str(), Some("ConfigMap"));
+        assert_eq!(configmap["metadata"]["name"].as_str(), Some("flowaudit-config"));
+        let text = configmap["data"]["config.yaml"].as_str().expect("data.\"config.yaml\" is a string");
+
+        let daemonset = deploy_manifest("daemonset.yaml");
+        let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_sequence()
+            .expect("the DaemonSet's container has args")
+            .iter()
+            .map(|a| a.as_str().expect("args are strings"))
+            .collect();
+        let flag_keys: Vec<String> =
+            args.iter().filter_map(|a| a.strip_prefix("--")).map(|f| f.replace('-', "_")).collect();
+        assert!(flag_keys.iter().any(|k| k == "config"), "the DaemonSet passes --config: {args:?}");
+        let example: serde_yaml_ng::Mapping = serde_yaml_ng::from_str(text).expect("config.yaml is a mapping");
+        let keys: Vec<&str> = example.keys().map(|k| k.as_str().expect("keys are strings")).collect();
+        for key in &keys {
+            assert!(!flag_keys.iter().any(|f| f == key), "config.yaml sets `{key}`, which the DaemonSet's flags override");
+        }
+
+        let (_d, path) = write_config(text);
+        // What the DaemonSet passes next to --config (`$(NODE_IP)`/`$(NODE_NAME)` expanded).
+        let flags = RunFlags {
+            config: Some(path),
+            cluster: Some("kube".into()),
+            metrics_addr: Some("10.0.0.7:9464".into()),
+            node: Some("node-7".into()),
+            ..Default::default()
+        };
+        let s = resolve(flags).unwrap_or_else(|e| panic!("deploy/base/configmap.yaml config.yaml: {e}"));
+        assert_eq!(s.cluster, Some(ClusterSource::Kube));
+        assert_eq!(s.node, "node-7");
+        // The example shows every key of the file that the DaemonSet does not pass as a flag,
+        // except `cgroup` (the mounted node root is the default there).
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "aggregation_allowed",
+                "aggregation_denied",
+                "flow_log_dir",
+                "flow_log_max_file_size",
+                "flow_log_max_files",
+                "flow_table_entries",
+                "flush_interval",
+                "idle_timeout",
+                "interfaces",
+                "pod_deletion_grace",
+                "ring_buffer_size",
+                "tcp_idle_timeout",
+            ]
+        );
+        // The flow logs go to the hostPath the DaemonSet mounts.
+        let mounts = container["volumeMounts"].as_sequence().expect("volumeMounts");
+        assert!(
+            mounts.iter().any(|m| m["mountPath"].as_str() == Some(&*s.flow_log_dir.to_string_lossy())),
+            "flow_log_dir {} is not a volume of the DaemonSet",
+            s.flow_log_dir.display()
+        );
+    }
+
     #[test]
     fn finds_cgroup2_mount() {
         let mounts = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
