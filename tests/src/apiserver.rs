@@ -271,3 +271,19 @@ fn stop(mut child: Child, grace: Duration) {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let _ = child.wait();
 }
+
+/// A started API server for `test`, or `None` (the test then passes as skipped) when the binaries
+/// are not there; with `FLOWAUDIT_REQUIRE_ROOT_TESTS=1` (set by `cargo xtask test`) a missing
+/// binary is a failure instead.
+pub fn server_or_skip(test: &str) -> Option<ApiServer> {
+    if binaries().is_none() {
+        assert!(
+            std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+            "{test}: FLOWAUDIT_K8S_BIN is not set and FLOWAUDIT_REQUIRE_ROOT_TESTS=1 forbids skipping \
+             (run `cargo xtask kube-apiserver` and export what it prints)"
+        );
+        eprintln!("skipped: no kube-apiserver ({test}: FLOWAUDIT_K8S_BIN is not set)");
+        return None;
+    }
+    Some(ApiServer::start().unwrap_or_else(|e| panic!("{test}: starting etcd + kube-apiserver: {e}")))
+}

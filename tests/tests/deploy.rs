@@ -30,16 +30,7 @@ const REQUEST_TIMEOUT: &str = "--request-timeout=30s";
 const AGENT: &str = "system:serviceaccount:flowaudit:flowaudit-agent";
 
 fn server_or_skip(test: &str) -> Option<ApiServer> {
-    if binaries().is_none() {
-        assert!(
-            std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-            "{test}: FLOWAUDIT_K8S_BIN is not set and FLOWAUDIT_REQUIRE_ROOT_TESTS=1 forbids skipping \
-             (run `cargo xtask kube-apiserver` and export what it prints)"
-        );
-        eprintln!("skipped: no kube-apiserver ({test}: FLOWAUDIT_K8S_BIN is not set)");
-        return None;
-    }
-    Some(ApiServer::start().unwrap_or_else(|e| panic!("{test}: starting etcd + kube-apiserver: {e}")))
+    flowaudit_lab::apiserver::server_or_skip(test)
 }
 
 fn base_dir() -> PathBuf {

@@ -25,7 +25,7 @@ use flowaudit::cluster::{
     kube::{Options, watch_with},
     manifests,
 };
-use flowaudit_lab::apiserver::{ApiServer, binaries};
+use flowaudit_lab::apiserver::ApiServer;
 use k8s_openapi::api::{
     core::v1::{Node as KNode, Pod as KPod},
     networking::v1::NetworkPolicySpec,
@@ -47,16 +47,7 @@ fn server_or_skip(test: &str) -> Option<ApiServer> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "flowaudit=info".into()))
         .with_test_writer()
         .try_init();
-    if binaries().is_none() {
-        assert!(
-            std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-            "{test}: FLOWAUDIT_K8S_BIN is not set and FLOWAUDIT_REQUIRE_ROOT_TESTS=1 forbids skipping \
-             (run `cargo xtask kube-apiserver` and export what it prints)"
-        );
-        eprintln!("skipped: no kube-apiserver ({test}: FLOWAUDIT_K8S_BIN is not set)");
-        return None;
-    }
-    Some(ApiServer::start().unwrap_or_else(|e| panic!("{test}: starting etcd + kube-apiserver: {e}")))
+    flowaudit_lab::apiserver::server_or_skip(test)
 }
 
 async fn client(server: &ApiServer) -> Client {

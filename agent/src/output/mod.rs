@@ -129,56 +129,13 @@ fn open_append(path: &Path) -> Result<(BufWriter<File>, u64), OutputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Action, Enforcement, Observed, Policies, Reporter};
 
     fn record(n: u64) -> FlowRecord {
-        FlowRecord {
-            id: format!("{n:016x}"),
-            start_time: 100,
-            end_time: 115,
-            host: "node-a".into(),
-            action: Action::Allow,
-            reporter: Reporter::Src,
-            proto: "tcp".into(),
-            source_ip: Some("10.0.0.1".parse().unwrap()),
-            source_port: Some(40000),
-            source_name: "-".into(),
-            source_name_aggr: "pvt".into(),
-            source_namespace: "-".into(),
-            source_type: "net".into(),
-            source_labels: "-".into(),
-            dest_ip: Some("10.0.0.2".parse().unwrap()),
-            dest_port: Some(80),
-            dest_name: "-".into(),
-            dest_name_aggr: "pvt".into(),
-            dest_namespace: "-".into(),
-            dest_type: "net".into(),
-            dest_labels: "-".into(),
-            dest_service_name: "-".into(),
-            dest_service_namespace: "-".into(),
-            dest_service_port: "-".into(),
-            icmp_type: None,
-            icmp_code: None,
-            bytes_in: n,
-            bytes_out: 10 + n,
-            packets_in: 1,
-            packets_out: 2,
-            num_flows: 1,
-            num_flows_started: 1,
-            num_flows_completed: 0,
-            policies: Policies::default(),
-            pending_action: Action::Allow,
-            flow_action: Action::Allow,
-            enforcement: Enforcement::Consistent,
-            num_violations: 0,
-            observed: Observed::Established,
-            num_established: 1,
-            num_attempted: 0,
-            num_rejected: 0,
-            source_cgroup_id: None,
-            host_network: false,
-            context: Default::default(),
-        }
+        let mut r = FlowRecord::sample("10.0.0.1", 40000, "10.0.0.2", 80);
+        r.id = format!("{n:016x}");
+        r.bytes_in = n;
+        r.bytes_out = 10 + n;
+        r
     }
 
     fn lines(path: &Path) -> Vec<serde_json::Value> {
