@@ -160,6 +160,9 @@ pub struct Tuple {
     pub icmp_type: u8,
     /// ICMP code (0 for other protocols).
     pub icmp_code: u8,
+    /// For a destination-unreachable message: the protocol of the refused packet, whose ports
+    /// are then `src_port`/`dst_port` (0 otherwise).
+    pub inner_proto: u8,
 }
 
 /// Packets of one direction of one flow seen at one place during one interval.

@@ -171,7 +171,9 @@ pub mod tcp_flags {
 ///
 /// Addresses are in network byte order, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`). Ports are
 /// in host byte order. ICMP and ICMPv6: `src_port` holds the echo identifier of echo requests and
-/// replies (0 otherwise), `dst_port` is 0, and `icmp_type`/`icmp_code` are set.
+/// replies (0 otherwise), `dst_port` is 0, and `icmp_type`/`icmp_code` are set; a destination
+/// unreachable message (ICMP 3, ICMPv6 1) about a TCP, UDP or SCTP packet carries that packet's
+/// ports in `src_port`/`dst_port` and its protocol in `inner_proto`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -195,8 +197,10 @@ pub struct FlowKey {
     pub icmp_type: u8,
     /// ICMP/ICMPv6 code; 0 for other protocols.
     pub icmp_code: u8,
+    /// Protocol of the packet a destination-unreachable message refuses; 0 otherwise.
+    pub inner_proto: u8,
     /// Explicit padding; always zero so equal flows hash equally.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 
 /// Counters of one [`FlowKey`], updated with atomic adds by every CPU.

@@ -336,7 +336,8 @@ fn empty_key(family: u8, proto: u8) -> FlowKey {
         obs: 0,
         icmp_type: 0,
         icmp_code: 0,
-        _pad: [0; 3],
+        inner_proto: 0,
+        _pad: [0; 2],
     }
 }
 
@@ -474,9 +475,34 @@ fn parse_l4(pkt: &Pkt, offset: u32, l4: u8, key: &mut FlowKey) -> (u64, u32) {
             if echo {
                 key.src_port = u16::from_be(icmp.id);
             }
+            let unreachable = (l4 == proto::ICMP && icmp.kind == 3) || (l4 == proto::ICMPV6 && icmp.kind == 1);
+            if unreachable {
+                refused_flow(pkt, offset + 8, l4 == proto::ICMP, key);
+            }
             (0, 0)
         }
         _ => (0, 0),
+    }
+}
+
+/// A destination-unreachable message carries the header of the packet it refuses: its protocol
+/// and ports go into the key, so the agent can tell which flow was rejected.
+#[inline(always)]
+fn refused_flow(pkt: &Pkt, inner: u32, v4: bool, key: &mut FlowKey) {
+    let (inner_proto, l4_offset) = if v4 {
+        let Some(ip) = pkt.read::<Ipv4Hdr>(inner) else { return };
+        (ip.proto, inner + ((ip.ver_ihl & 0x0f) as u32) * 4)
+    } else {
+        let Some(ip) = pkt.read::<Ipv6Hdr>(inner) else { return };
+        (ip.next_hdr, inner + 40)
+    };
+    if !matches!(inner_proto, proto::TCP | proto::UDP | proto::SCTP) {
+        return;
+    }
+    if let Some(ports) = pkt.read::<[u16; 2]>(l4_offset) {
+        key.src_port = u16::from_be(ports[0]);
+        key.dst_port = u16::from_be(ports[1]);
+        key.inner_proto = inner_proto;
     }
 }
 

@@ -330,8 +330,10 @@ fn sigterm_flushes_open_flows_and_sigkill_leaves_nothing_attached() {
     let mut lab = Lab::new(2).expect("lab");
     let logs = tempfile::tempdir().unwrap();
     let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
-    // An hour-long interval: only the shutdown drain can write these records.
-    let agent = Agent::start(&mut lab, logs.path(), &["--flush-interval", "1h"]).expect("agent");
+    // An hour-long interval: only the shutdown drain can write these records. TC on the veths
+    // sees the ICMP port unreachable p2 answers with (no socket listens on 6000).
+    let glob = format!("fa{}p*", lab.id);
+    let agent = Agent::start(&mut lab, logs.path(), &["--flush-interval", "1h", "--interfaces", &glob]).expect("agent");
     assert!(cgroup_programs(&lab.cgroup).contains("flowaudit_cg_egress"));
     lab.nft_counters(&[
         ("udp_fwd", format!("ip saddr {} ip daddr {} udp dport 6000", p1.ipv4, p2.ipv4)),
@@ -347,12 +349,13 @@ fn sigterm_flushes_open_flows_and_sigkill_leaves_nothing_attached() {
     let records = Agent::records(logs.path());
     let (p_out, b_out, _, _, n) = totals(&records, "src", |r| r["source_port"] == 40006);
     assert_eq!(n, 1);
+    let udp = records.iter().find(|r| r["reporter"] == "src" && r["source_port"] == 40006).unwrap();
+    assert_eq!(udp["observed"], "rejected", "the port unreachable names the flow");
     assert_eq!((p_out, b_out), counters["udp_fwd"]);
     assert_eq!(counters["udp_fwd"].0, 25);
     assert!(!cgroup_programs(&lab.cgroup).contains("flowaudit"), "SIGTERM detaches");
 
     // SIGKILL: the links die with the process; the next start works.
-    let glob = format!("fa{}p*", lab.id);
     let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("agent");
     let pid = agent.pid;
     lab.kill(pid, libc::SIGKILL);

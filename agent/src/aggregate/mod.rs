@@ -97,6 +97,8 @@ struct Conn {
     source_cgroup_id: Option<u64>,
     dest_cgroup_id: Option<u64>,
     first_seen_ns: u64,
+    /// A destination-unreachable message named this connection.
+    refused: bool,
 }
 
 /// The aggregate stage. Keeps connection state between intervals.
@@ -153,9 +155,17 @@ impl Aggregator {
         for obs in &batch.observations {
             groups.entry(conn_key(obs)).or_default().push(obs);
         }
+        // Connections named by destination-unreachable messages (the message's sender is the
+        // refused packet's destination; its receiver, the refused packet's sender).
+        let refused: HashSet<ConnKey> = batch.observations.iter().filter_map(refused_conn).collect();
+        for key in &refused {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.refused = true;
+            }
+        }
         let mut sides = Vec::new();
         for (key, observations) in &groups {
-            self.account(*key, observations, &mut sides);
+            self.account(*key, observations, &refused, &mut sides);
         }
         self.expire(batch.end_ns, &groups, &mut sides);
         self.first_batch = false;
@@ -173,13 +183,14 @@ impl Aggregator {
         records
     }
 
-    fn account(&mut self, key: ConnKey, observations: &[&Observation], out: &mut Vec<SideRecord>) {
+    fn account(&mut self, key: ConnKey, observations: &[&Observation], refused: &HashSet<ConnKey>, out: &mut Vec<SideRecord>) {
         let first_batch = self.first_batch;
         let mut is_new = false;
         let conn = self.conns.entry(key).or_insert_with(|| {
             is_new = true;
             new_conn(key, observations, first_batch)
         });
+        conn.refused |= refused.contains(&key);
         let mut picks: HashMap<(Side, bool), &Observation> = HashMap::new();
         let mut syn_now = false;
         for obs in observations {
@@ -470,6 +481,19 @@ fn conn_key(obs: &Observation) -> ConnKey {
     ConnKey { proto: t.proto, lo, hi, extra }
 }
 
+/// The connection a destination-unreachable observation refuses, if it names one.
+fn refused_conn(obs: &Observation) -> Option<ConnKey> {
+    let t = &obs.tuple;
+    let unreachable = (t.proto == proto::ICMP && t.icmp_type == 3) || (t.proto == proto::ICMPV6 && t.icmp_type == 1);
+    if !unreachable || t.inner_proto == 0 {
+        return None;
+    }
+    let a = Endpoint { ip: t.dst, port: t.src_port };
+    let b = Endpoint { ip: t.src, port: t.dst_port };
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    Some(ConnKey { proto: t.inner_proto, lo, hi, extra: Extra::None })
+}
+
 fn sender(obs: &Observation) -> Endpoint {
     let t = &obs.tuple;
     let port = if is_icmp(t.proto) { 0 } else { t.src_port };
@@ -518,6 +542,7 @@ fn new_conn(key: ConnKey, observations: &[&Observation], first_batch: bool) -> C
         source_cgroup_id: None,
         dest_cgroup_id: None,
         first_seen_ns: earliest.first_seen_ns,
+        refused: false,
     }
 }
 
@@ -578,7 +603,7 @@ fn observed(p: u8, extra: Extra, conn: &Conn) -> Observed {
             let syn_seen = conn.fwd_flags & tcp_flags::SYN_ONLY != 0;
             if conn.rev_flags & tcp_flags::SYN_ACK != 0 {
                 Observed::Established
-            } else if conn.rev_flags & tcp_flags::RST != 0 {
+            } else if conn.rev_flags & tcp_flags::RST != 0 || conn.refused {
                 Observed::Rejected
             } else if conn.replied && !syn_seen {
                 // Open before we looked: replies prove it.
@@ -594,7 +619,13 @@ fn observed(p: u8, extra: Extra, conn: &Conn) -> Observed {
         }
         (_, Extra::Icmp(..)) => Observed::OneWay,
         _ => {
-            if conn.replied { Observed::Established } else { Observed::OneWay }
+            if conn.replied {
+                Observed::Established
+            } else if conn.refused {
+                Observed::Rejected
+            } else {
+                Observed::OneWay
+            }
         }
     }
 }

@@ -79,6 +79,7 @@ fn obs(
             dst_port: dport,
             icmp_type: 0,
             icmp_code: 0,
+            inner_proto: 0,
         },
         hook: at.hook,
         ifindex: at.ifindex,
@@ -1438,4 +1439,29 @@ fn localize_turns_transit_into_the_local_side() {
     records[0].context.dest = pod_on("node-1");
     let v = views(&localize(records, "node-1"));
     assert_eq!(v, vec![want(Reporter::Dst, "tcp", A, Some(40000), B, Some(80)).inc(3, 300).out(2, 200).flows(1, 1, 0).observed(Observed::Established)]);
+}
+
+#[test]
+fn an_icmp_port_unreachable_rejects_the_udp_flow_it_names() {
+    // A sends UDP to B:6000 where nothing listens; B answers with ICMP port unreachable carrying
+    // A's datagram header.
+    let mut unreachable = icmp(CG_IN, B, A, ICMP, 3, 3, 0, 1, 56);
+    unreachable.tuple.src_port = 40006;
+    unreachable.tuple.dst_port = 6000;
+    unreachable.tuple.inner_proto = UDP;
+    let observations = vec![obs(CG_EG, A, 40006, B, 6000, UDP, 3, 300, 0), unreachable];
+    let records = warm_agg().process(&batch(10, 20, observations));
+    let udp = records.iter().find(|r| &*r.proto == "udp").expect("udp record");
+    assert_eq!((udp.observed, udp.num_rejected), (Observed::Rejected, 1));
+    // The ICMP message is a flow of its own, with its own counts.
+    let icmp_record = records.iter().find(|r| &*r.proto == "icmp").expect("icmp record");
+    assert_eq!((icmp_record.icmp_type, icmp_record.packets_out + icmp_record.packets_in), (Some(3), 1));
+    // An unreachable about another port names no flow here.
+    let mut other = icmp(CG_IN, B, A, ICMP, 3, 3, 0, 1, 56);
+    other.tuple.src_port = 40007;
+    other.tuple.dst_port = 6000;
+    other.tuple.inner_proto = UDP;
+    let records = warm_agg().process(&batch(10, 20, vec![obs(CG_EG, A, 40006, B, 6000, UDP, 3, 300, 0), other]));
+    let udp = records.iter().find(|r| &*r.proto == "udp").unwrap();
+    assert_eq!(udp.observed, Observed::OneWay);
 }

@@ -514,5 +514,6 @@ fn tuple_of(key: &FlowKey) -> Tuple {
         dst_port: key.dst_port,
         icmp_type: key.icmp_type,
         icmp_code: key.icmp_code,
+        inner_proto: key.inner_proto,
     }
 }
