@@ -606,3 +606,43 @@ pub fn totals(records: &[serde_json::Value], reporter: &str, matches: impl Fn(&s
     }
     t
 }
+
+/// How many programs are attached through TCX to `ifname` (ingress or egress) in `netns`, asked
+/// of the kernel with `BPF_PROG_QUERY` (bpftool of this distribution does not list TCX).
+pub fn tcx_programs(netns: &str, ifname: &str, ingress: bool) -> Result<u32> {
+    let name = std::ffi::CString::new(ifname).map_err(|e| LabError::Io { what: "interface name".into(), source: std::io::Error::other(e) })?;
+    in_netns(netns, move || -> std::io::Result<u32> {
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        /// The `query` member of `union bpf_attr` (BPF_PROG_QUERY).
+        #[repr(C)]
+        #[derive(Default)]
+        struct Query {
+            target: u32,
+            attach_type: u32,
+            query_flags: u32,
+            attach_flags: u32,
+            prog_ids: u64,
+            prog_cnt: u32,
+            _pad: u32,
+            prog_attach_flags: u64,
+            link_ids: u64,
+            link_attach_flags: u64,
+            revision: u64,
+        }
+        const BPF_PROG_QUERY: libc::c_long = 16;
+        const BPF_TCX_INGRESS: u32 = 46;
+        const BPF_TCX_EGRESS: u32 = 47;
+        let mut q = Query { target: ifindex, attach_type: if ingress { BPF_TCX_INGRESS } else { BPF_TCX_EGRESS }, ..Default::default() };
+        // SAFETY: `q` is a valid bpf_attr prefix for this command; no id buffers are passed.
+        let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut q as *mut Query, size_of::<Query>()) };
+        if ret != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(q.prog_cnt)
+    })?
+    .map_err(io(format!("BPF_PROG_QUERY on {ifname}")))
+}

@@ -357,12 +357,19 @@ fn sigterm_flushes_open_flows_and_sigkill_leaves_nothing_attached() {
 
     // SIGKILL: the links die with the process; the next start works.
     let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("agent");
+    let veth = lab.pod("p1").node_veth.clone();
+    assert_eq!(flowaudit_lab::tcx_programs(&lab.node_netns, &veth, true).expect("BPF_PROG_QUERY"), 1, "attached while running");
     let pid = agent.pid;
     lab.kill(pid, libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
     assert!(!cgroup_programs(&lab.cgroup).contains("flowaudit"), "nothing left on the cgroup after SIGKILL");
-    let tc = lab.node_run("bpftool", &["net", "show"]).unwrap_or_default();
-    assert!(!tc.contains("flowaudit"), "nothing left on the interfaces after SIGKILL: {tc}");
+    for pod in ["p1", "p2"] {
+        let veth = lab.pod(pod).node_veth.clone();
+        for ingress in [true, false] {
+            let n = flowaudit_lab::tcx_programs(&lab.node_netns, &veth, ingress).expect("BPF_PROG_QUERY");
+            assert_eq!(n, 0, "nothing left on {veth} ({}) after SIGKILL", if ingress { "ingress" } else { "egress" });
+        }
+    }
     let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("a new start works");
     assert!(agent.stop(&mut lab).expect("exit").success());
 }
