@@ -149,13 +149,13 @@ pub fn to_text(v: &FlowVerdict, src: &End, dst: &End, proto: &str, port: Option<
                 if s.enforced.trace.is_empty() {
                     out.push_str("  no policy selects it: allowed\n");
                 }
-                for entry in &s.enforced.trace {
+                for entry in s.enforced.trace.iter() {
                     let note = if entry.ends_with("|-1") { "   (no rule matched: the tier's default action)" } else { "" };
                     out.push_str(&format!("  {entry}{note}\n"));
                 }
                 if s.pending.trace != s.enforced.trace {
                     out.push_str(&format!("  with staged policies: {}\n", word(s.pending.action)));
-                    for entry in &s.pending.trace {
+                    for entry in s.pending.trace.iter() {
                         out.push_str(&format!("    {entry}\n"));
                     }
                 }

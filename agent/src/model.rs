@@ -258,13 +258,16 @@ pub enum Enforcement {
     Violation,
 }
 
+/// A policy trace, shared between the records (and cached verdicts) that have it.
+pub type Trace = Arc<[String]>;
+
 /// `policies` of a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Policies {
     /// Trace of the enforced policies.
-    pub enforced_policies: Vec<String>,
+    pub enforced_policies: Trace,
     /// Trace with staged policies applied.
-    pub pending_policies: Vec<String>,
+    pub pending_policies: Trace,
 }
 
 /// One flow-log line (DESIGN.md §2.2). Field order is the order written.

@@ -230,7 +230,7 @@ pub struct SideOutcome {
     /// Allow or deny.
     pub action: Action,
     /// Trace entries, `<hit>|<tier>|<kind>:<ns>/<name>|<action>|<rule>`.
-    pub trace: Vec<String>,
+    pub trace: crate::model::Trace,
 }
 
 /// Walks `tiers` for `subject` in `dir`.
@@ -261,11 +261,11 @@ pub fn evaluate(tiers: &[Tier], subject: &Endpoint, dir: Dir, flow: &FlowView<'_
             }
         };
         match action {
-            RuleAction::Allow => return SideOutcome { action: Action::Allow, trace },
-            RuleAction::Deny => return SideOutcome { action: Action::Deny, trace },
+            RuleAction::Allow => return SideOutcome { action: Action::Allow, trace: trace.into() },
+            RuleAction::Deny => return SideOutcome { action: Action::Deny, trace: trace.into() },
             RuleAction::Pass | RuleAction::Log => {}
         }
     }
     // Nothing selected the endpoint, or every tier that did passed.
-    SideOutcome { action: Action::Allow, trace }
+    SideOutcome { action: Action::Allow, trace: trace.into() }
 }

@@ -299,8 +299,8 @@ impl Attributor {
                     let (e2, p2) = side_fields(verdict.ingress.as_ref());
                     e.0 = verdict.action();
                     p.0 = verdict.pending_action();
-                    e.1.extend(e2.1);
-                    p.1.extend(p2.1);
+                    e.1 = e.1.iter().chain(e2.1.iter()).cloned().collect();
+                    p.1 = p.1.iter().chain(p2.1.iter()).cloned().collect();
                     (e, p)
                 }
             };
@@ -315,12 +315,12 @@ impl Attributor {
     }
 }
 
-type Fields = (Action, Vec<String>);
+type Fields = (Action, crate::model::Trace);
 
 fn side_fields(side: Option<&SideVerdict>) -> (Fields, Fields) {
     match side {
         Some(s) => ((s.enforced.action, s.enforced.trace.clone()), (s.pending.action, s.pending.trace.clone())),
-        None => ((Action::Allow, Vec::new()), (Action::Allow, Vec::new())),
+        None => ((Action::Allow, Arc::from([])), (Action::Allow, Arc::from([]))),
     }
 }
 

@@ -96,7 +96,7 @@ fn run(case: &Case) {
     let (src, src_ip) = endpoint_of(&state, &index, case.from);
     let (dst, dst_ip) = endpoint_of(&state, &index, case.to);
     let v = set.evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto: case.proto, src_port: Some(40000), dst_port: case.port, icmp: None });
-    let trace = |s: &Option<SideVerdict>| s.as_ref().map(|s| s.enforced.trace.clone());
+    let trace = |s: &Option<SideVerdict>| s.as_ref().map(|s| s.enforced.trace.to_vec());
     let want = |t: Option<&[&str]>| t.map(|t| t.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert_eq!(trace(&v.egress), want(case.egress), "{}: egress trace", case.name);
     assert_eq!(trace(&v.ingress), want(case.ingress), "{}: ingress trace", case.name);
@@ -255,12 +255,12 @@ fn records_get_the_reporter_side_and_the_flow_verdict() {
     fwd.reporter = Reporter::Fwd;
     let mut records = vec![src, dst, fwd];
     attributor.attribute(&mut records);
-    let deny = vec!["0|default|knp:shop/default-deny|deny|-1".to_string()];
+    let deny = ["0|default|knp:shop/default-deny|deny|-1".to_string()];
     // src: the source's egress allows; the flow is denied at the destination.
     assert_eq!((records[0].action, records[0].flow_action), (Action::Allow, Action::Deny));
     assert!(records[0].policies.enforced_policies.is_empty());
-    assert_eq!((records[1].action, &records[1].policies.enforced_policies), (Action::Deny, &deny));
-    assert_eq!((records[2].action, &records[2].policies.enforced_policies), (Action::Deny, &deny));
+    assert_eq!((records[1].action, &records[1].policies.enforced_policies[..]), (Action::Deny, &deny[..]));
+    assert_eq!((records[2].action, &records[2].policies.enforced_policies[..]), (Action::Deny, &deny[..]));
     // The sample is established: a denied flow that got through is a violation.
     assert_eq!(records[1].enforcement, Enforcement::Violation);
     assert_eq!(records[1].num_violations, 1);
@@ -279,9 +279,9 @@ fn verdict(policies: &str, from: &str, to: &str, proto: u8, port: u16) -> (Actio
     let (src, src_ip) = endpoint_of(&state, &index, from);
     let (dst, dst_ip) = endpoint_of(&state, &index, to);
     let v = PolicySet::compile(&state).evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto, src_port: Some(40000), dst_port: Some(port), icmp: None });
-    let e = v.egress.as_ref().map(|s| s.enforced.trace.clone());
-    let i = v.ingress.as_ref().map(|s| s.enforced.trace.clone());
-    let pi = v.ingress.as_ref().map(|s| s.pending.trace.clone());
+    let e = v.egress.as_ref().map(|s| s.enforced.trace.to_vec());
+    let i = v.ingress.as_ref().map(|s| s.enforced.trace.to_vec());
+    let pi = v.ingress.as_ref().map(|s| s.pending.trace.to_vec());
     (v.action(), e, i, v.pending_action(), pi)
 }
 
@@ -421,7 +421,7 @@ spec: {nets: [198.51.100.0/28]}
     let (src, src_ip) = endpoint_of(&state, &index, "shop/web");
     let (dst, dst_ip) = endpoint_of(&state, &index, "shop/db");
     let v = PolicySet::compile(&state).evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto: TCP, src_port: Some(1), dst_port: Some(22), icmp: None });
-    assert_eq!(v.ingress.unwrap().enforced.trace, vec!["0|default|np:shop/db-in|allow|1".to_string()]);
+    assert_eq!(v.ingress.unwrap().enforced.trace.to_vec(), vec!["0|default|np:shop/db-in|allow|1".to_string()]);
 }
 
 #[test]

@@ -190,9 +190,9 @@ mod tests {
     #[test]
     fn different_traces_do_not_merge() {
         let mut a = pod_record("web-1", 40001, 5432, &[]);
-        a.policies.enforced_policies = vec!["0|default|knp:shop/a|allow|0".into()];
+        a.policies.enforced_policies = vec!["0|default|knp:shop/a|allow|0".to_string()].into();
         let mut b = pod_record("web-2", 40002, 5432, &[]);
-        b.policies.enforced_policies = vec!["0|default|knp:shop/b|allow|0".into()];
+        b.policies.enforced_policies = vec!["0|default|knp:shop/b|allow|0".to_string()].into();
         assert_eq!(rollup(vec![a, b], &cfg(AggregationLevel::PrefixName, AggregationLevel::PrefixName)).len(), 2);
     }
 }
