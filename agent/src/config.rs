@@ -380,6 +380,19 @@ mod tests {
         assert_eq!((s.aggregation_allowed, s.aggregation_denied), (AggregationLevel::PrefixName, AggregationLevel::NoSourcePort));
         assert_eq!(s.cluster, None);
         assert_eq!(s.pod_deletion_grace, Duration::from_secs(60));
+        assert!(!s.pin);
+        assert_eq!(s.pin_path, PathBuf::from("/sys/fs/bpf/flowaudit"));
+    }
+
+    #[test]
+    fn pin_from_file_and_flag() {
+        let (_d, path) = write_config("pin: true\npin_path: /sys/fs/bpf/other\n");
+        let s = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap();
+        assert!(s.pin);
+        assert_eq!(s.pin_path, PathBuf::from("/sys/fs/bpf/other"));
+        let s = resolve(RunFlags { pin: Some(true), pin_path: Some("/x".into()), ..Default::default() }).unwrap();
+        assert!(s.pin);
+        assert_eq!(s.pin_path, PathBuf::from("/x"));
     }
 
     #[test]

@@ -182,6 +182,19 @@ impl Capture {
             Some(dir) => {
                 prepare_pin_dir(dir)?;
                 takeover = dir.join("maps").join(maps::FLOW_TABLES).exists();
+                let ring_pin = dir.join("maps").join(maps::FLOW_EVENTS);
+                if let Ok(info) = aya::maps::MapInfo::from_pin(&ring_pin)
+                    && info.max_entries() != cfg.ring_buffer_size
+                {
+                    return Err(CaptureError::Pin {
+                        path: ring_pin,
+                        reason: format!(
+                            "the pinned ring buffer has {} bytes, ring_buffer_size is {}: run `flowaudit detach` first",
+                            info.max_entries(),
+                            cfg.ring_buffer_size
+                        ),
+                    });
+                }
                 [maps::FLOW_TABLES, maps::FLOW_EVENTS, maps::COUNTERS]
                     .into_iter()
                     .map(|m| (m, dir.join("maps").join(m)))
