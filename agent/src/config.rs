@@ -57,6 +57,10 @@ pub struct RunFlags {
     pub aggregation_denied: Option<u8>,
     /// `--cluster kube|DIR`.
     pub cluster: Option<String>,
+    /// `--pin` (only `Some(true)` when given).
+    pub pin: Option<bool>,
+    /// `--pin-path DIR`.
+    pub pin_path: Option<PathBuf>,
 }
 
 /// The YAML file. Every field optional; unknown keys are an error.
@@ -79,6 +83,8 @@ struct FileConfig {
     tcp_idle_timeout: Option<String>,
     flow_log_max_file_size: Option<String>,
     flow_log_max_files: Option<u32>,
+    pin: Option<bool>,
+    pin_path: Option<PathBuf>,
 }
 
 /// Everything the agent runs with, resolved and validated.
@@ -116,6 +122,10 @@ pub struct Settings {
     pub flow_log_max_file_size: u64,
     /// Rotated files kept (`flows.log.1` ... `flows.log.N`).
     pub flow_log_max_files: u32,
+    /// Keep programs, links and maps pinned across restarts.
+    pub pin: bool,
+    /// bpffs directory of the pins.
+    pub pin_path: PathBuf,
 }
 
 /// Where the cluster state comes from.
@@ -126,6 +136,9 @@ pub enum ClusterSource {
     /// A directory of manifests, watched.
     Dir(PathBuf),
 }
+
+/// Default `pin_path`.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/flowaudit";
 
 /// Default `--flow-log-dir`.
 pub const DEFAULT_FLOW_LOG_DIR: &str = "/var/log/flowaudit";
@@ -273,6 +286,10 @@ impl Settings {
             tcp_idle_timeout,
             flow_log_max_file_size,
             flow_log_max_files,
+            pin: pick(&flags.pin, &file.pin, &file_name).map(|(v, _)| v).unwrap_or(false),
+            pin_path: pick(&flags.pin_path, &file.pin_path, &file_name)
+                .map(|(v, _)| v)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
         })
     }
 }
@@ -363,6 +380,19 @@ mod tests {
         assert_eq!((s.aggregation_allowed, s.aggregation_denied), (AggregationLevel::PrefixName, AggregationLevel::NoSourcePort));
         assert_eq!(s.cluster, None);
         assert_eq!(s.pod_deletion_grace, Duration::from_secs(60));
+        assert!(!s.pin);
+        assert_eq!(s.pin_path, PathBuf::from("/sys/fs/bpf/flowaudit"));
+    }
+
+    #[test]
+    fn pin_from_file_and_flag() {
+        let (_d, path) = write_config("pin: true\npin_path: /sys/fs/bpf/other\n");
+        let s = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap();
+        assert!(s.pin);
+        assert_eq!(s.pin_path, PathBuf::from("/sys/fs/bpf/other"));
+        let s = resolve(RunFlags { pin: Some(true), pin_path: Some("/x".into()), ..Default::default() }).unwrap();
+        assert!(s.pin);
+        assert_eq!(s.pin_path, PathBuf::from("/x"));
     }
 
     #[test]

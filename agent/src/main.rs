@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         cluster: Option<PathBuf>,
     },
+    /// Remove the programs, links and maps that `run --pin` left pinned.
+    Detach {
+        /// bpffs directory of the pins.
+        #[arg(long, value_name = "DIR", default_value = flowaudit::config::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -83,6 +89,12 @@ struct RunArgs {
     /// Cluster state: `kube` (the API) or a directory of manifests [default: none, names are `-`].
     #[arg(long, value_name = "kube|DIR")]
     cluster: Option<String>,
+    /// Keep programs, links and maps pinned in bpffs across restarts (`flowaudit detach` removes them).
+    #[arg(long)]
+    pin: bool,
+    /// bpffs directory of the pins [default: /sys/fs/bpf/flowaudit].
+    #[arg(long, value_name = "DIR")]
+    pin_path: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -98,6 +110,8 @@ impl RunArgs {
             aggregation_allowed: self.aggregation_allowed,
             aggregation_denied: self.aggregation_denied,
             cluster: self.cluster,
+            pin: self.pin.then_some(true),
+            pin_path: self.pin_path,
         }
     }
 }
@@ -197,6 +211,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config, cluster } => check(config, cluster),
+        Command::Detach { pin_path } => match flowaudit::capture::detach_pinned(&pin_path) {
+            Ok(removed) if removed.is_empty() => {
+                println!("nothing pinned under {}", pin_path.display());
+                ExitCode::SUCCESS
+            }
+            Ok(removed) => {
+                for path in removed {
+                    println!("removed {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flowaudit detach: {}: {e}", pin_path.display());
+                ExitCode::from(1)
+            }
+        },
         Command::Explain { cluster, src, dst, proto, port, output } => explain(&cluster, &src, &dst, &proto, port, &output),
         Command::Run(args) => {
             let settings = match resolve(&args.flags()) {

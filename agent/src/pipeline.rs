@@ -177,6 +177,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
             flow_table_entries: settings.flow_table_entries,
             ring_buffer_size: settings.ring_buffer_size,
             flush_interval: settings.flush_interval,
+            pin: settings.pin.then(|| settings.pin_path.clone()),
         },
         CaptureMetrics::new(&registry),
         ready.clone(),

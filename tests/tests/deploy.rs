@@ -255,7 +255,7 @@ fn base_is_accepted_and_the_agent_can_only_read() {
         c["args"],
         serde_json::json!([
             "run", "--config", "/etc/flowaudit/config.yaml", "--cluster", "kube",
-            "--metrics-addr", "$(NODE_IP):9464", "--node", "$(NODE_NAME)"
+            "--metrics-addr", "$(NODE_IP):9464", "--node", "$(NODE_NAME)", "--pin"
         ])
     );
     let env: Vec<(&str, &str)> = c["env"]

@@ -522,3 +522,86 @@ fn identity_and_verdicts_from_manifests() {
     let after = records.iter().rfind(|r| r["reporter"] == "dst" && r["source_port"] == 41005).unwrap();
     assert_eq!(after["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:ops/default-deny|deny|-1"]));
 }
+
+/// A private bpffs instance mounted on a temporary directory; unmounted on drop (also on panic).
+struct BpfFs {
+    dir: tempfile::TempDir,
+}
+
+impl BpfFs {
+    fn mount() -> BpfFs {
+        let dir = tempfile::tempdir().unwrap();
+        flowaudit_lab::run("mount", &["-t", "bpf", "bpf", dir.path().to_str().unwrap()]).expect("mount bpffs");
+        BpfFs { dir }
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = flowaudit_lab::run("umount", &[self.dir.path().to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn pinned_programs_count_across_a_restart_with_no_gap() {
+    if !root_or_skip("pinned_programs_count_across_a_restart_with_no_gap") {
+        return;
+    }
+    let bpffs = BpfFs::mount();
+    let pin = bpffs.dir.path().join("flowaudit");
+    let pin_s = pin.to_str().unwrap().to_owned();
+    let mut lab = Lab::new(2).expect("lab");
+    let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
+    let flow = Flow { name: "udp", proto: "udp", src: p1.ipv4.to_string(), sport: Some(40003), dst: p2.ipv4.to_string(), dport: Some(5353) };
+    lab.nft_counters(&[
+        ("udp_fwd", format!("ip saddr {} ip daddr {} udp sport 40003 udp dport 5353", p1.ipv4, p2.ipv4)),
+        ("udp_rev", format!("ip saddr {} ip daddr {} udp sport 5353 udp dport 40003", p2.ipv4, p1.ipv4)),
+    ])
+    .expect("nft counters");
+    let t = traffic();
+    let mut cmd = lab.pod_command("p2", &t).expect("pod command");
+    cmd.args(["udp-echo", &p2.ipv4.to_string(), "5353"]);
+    lab.spawn(cmd).expect("server");
+    std::thread::sleep(Duration::from_millis(500));
+    let send = |lab: &Lab, count: &str| {
+        let mut cmd = lab.pod_command("p1", &t).expect("pod command");
+        cmd.args(["udp-send", &p2.ipv4.to_string(), "5353", "40003", count, "200", "1"]);
+        lab.output(cmd).expect("udp-send")
+    };
+    let glob = format!("fa{}p*", lab.id);
+    let extra = ["--interfaces", &glob, "--flush-interval", "1h", "--pin", "--pin-path", &pin_s];
+    let logs_a = tempfile::tempdir().unwrap();
+    let logs_b = tempfile::tempdir().unwrap();
+
+    let a = Agent::start(&mut lab, logs_a.path(), &extra).expect("agent A");
+    send(&lab, "10");
+    assert!(a.stop(&mut lab).expect("A exits").success());
+    assert!(pin.join("links").join("cgroup-ingress").exists(), "links stay pinned after SIGTERM with --pin");
+    // No agent runs: the pinned programs keep counting.
+    send(&lab, "7");
+    let b = Agent::start(&mut lab, logs_b.path(), &extra).expect("agent B");
+    assert_eq!(b.metric(r#"flowaudit_attached_programs{hook="tc_ingress"}"#).unwrap(), 2.0);
+    send(&lab, "5");
+    std::thread::sleep(Duration::from_millis(500));
+    let counters = lab.read_counters().expect("counters");
+    assert!(b.stop(&mut lab).expect("B exits").success());
+
+    let bin = workspace_bin("flowaudit");
+    let out = std::process::Command::new(&bin).args(["detach", "--pin-path", &pin_s]).output().expect("detach");
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cgroup-ingress"));
+    let again = std::process::Command::new(&bin).args(["detach", "--pin-path", &pin_s]).output().expect("detach");
+    assert!(again.status.success(), "a second detach (nothing pinned) exits 0");
+    // The bpffs root keeps only the kernel's own progs.debug and maps.debug.
+    assert!(!pin.exists(), "the pin directory is gone after detach");
+    let cg = flowaudit_lab::run("bpftool", &["cgroup", "show", lab.cgroup.to_str().unwrap()]).unwrap_or_default();
+    assert!(!cg.contains("flowaudit"), "nothing of flowaudit attached to the cgroup after detach: {cg}");
+
+    let mut records = Agent::records(logs_a.path());
+    records.extend(Agent::records(logs_b.path()));
+    assert_eq!(counters["udp_fwd"].0, 22, "nft saw every datagram");
+    for reporter in ["src", "dst"] {
+        assert_exact(&records, &counters, &flow, reporter);
+    }
+    drop(lab);
+}

@@ -11,6 +11,11 @@
 //! which never displace other programs attached there); TC ingress and egress on every interface
 //! whose name matches a glob, through TCX at the head of the chain (kernel 6.6+) or a clsact
 //! filter otherwise. Links are owned by this process: they go when it exits, however it exits.
+//!
+//! With a pin directory (`run --pin`), the maps, and the cgroup and TCX links, are pinned under
+//! it and outlive the process: a later process reuses the pinned maps, swaps its programs into
+//! the pinned links (`BPF_LINK_UPDATE`, so exactly one program runs per hook), and its first drain
+//! reads the table the previous process left installed. `flowaudit detach` removes the pins.
 
 pub mod bench;
 mod ifaces;
@@ -20,7 +25,8 @@ use std::{
     collections::HashMap,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -32,7 +38,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, SchedClassifier,
+        links::{FdLink, PinnedLink},
+        TcAttachType,
         cgroup_skb::CgroupSkbLinkId,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
@@ -63,6 +71,8 @@ pub struct CaptureConfig {
     pub ring_buffer_size: u32,
     /// Drain period.
     pub flush_interval: Duration,
+    /// `--pin`: the bpffs directory that keeps maps and links across restarts.
+    pub pin: Option<PathBuf>,
 }
 
 /// Capture failures. Load and attach errors at start are fatal; later ones are counted.
@@ -95,6 +105,14 @@ pub enum CaptureError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The pin directory is unusable (not on bpffs, not creatable) or a pin failed.
+    #[error("pin directory {path}: {reason}")]
+    Pin {
+        /// Path.
+        path: PathBuf,
+        /// Reason.
+        reason: String,
+    },
     /// The netlink socket or the ring-buffer poller could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -111,6 +129,8 @@ struct Interface {
     name: String,
     role: IfaceRole,
     links: Vec<(TcAttachType, SchedClassifierLinkId)>,
+    /// With `--pin`: the pinned TCX links (they stay attached when this process exits).
+    pins: Vec<(TcAttachType, PinnedLink)>,
 }
 
 /// Loaded, attached programs and the maps they write.
@@ -120,6 +140,8 @@ pub struct Capture {
     active: FlowTable,
     ring: AsyncFd<RingBuf<MapData>>,
     cgroup_links: Vec<(&'static str, CgroupSkbLinkId)>,
+    /// With `--pin`: the pinned cgroup links.
+    cgroup_pins: Vec<PinnedLink>,
     ifaces: HashMap<u32, Interface>,
     /// Roles of interfaces deleted since the last drain: their last packets are still in the table.
     gone: HashMap<u32, IfaceRole>,
@@ -153,11 +175,51 @@ impl Capture {
             .iter()
             .map(|p| glob::Pattern::new(p).expect("validated by config"))
             .collect();
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::FLOW_EVENTS, cfg.ring_buffer_size)
-            .load(EBPF_OBJECT)?;
-        let active = new_table(cfg.flow_table_entries)?;
-        install(&mut ebpf, &active)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::FLOW_EVENTS, cfg.ring_buffer_size);
+        let mut takeover = false;
+        let map_pins: Vec<(&str, PathBuf)> = match &cfg.pin {
+            Some(dir) => {
+                prepare_pin_dir(dir)?;
+                takeover = dir.join("maps").join(maps::FLOW_TABLES).exists();
+                let ring_pin = dir.join("maps").join(maps::FLOW_EVENTS);
+                if let Ok(info) = aya::maps::MapInfo::from_pin(&ring_pin)
+                    && info.max_entries() != cfg.ring_buffer_size
+                {
+                    return Err(CaptureError::Pin {
+                        path: ring_pin,
+                        reason: format!(
+                            "the pinned ring buffer has {} bytes, ring_buffer_size is {}: run `flowaudit detach` first",
+                            info.max_entries(),
+                            cfg.ring_buffer_size
+                        ),
+                    });
+                }
+                [maps::FLOW_TABLES, maps::FLOW_EVENTS, maps::COUNTERS]
+                    .into_iter()
+                    .map(|m| (m, dir.join("maps").join(m)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        // Takeover: the table in the slot holds what was counted since the previous process's
+        // last drain; it becomes ours, so the first drain swaps it out and reads it whole.
+        let inherited = if takeover { current_table(&mut ebpf) } else { None };
+        let active = match inherited {
+            Some(table) => {
+                tracing::info!(message = "Took over the pinned maps; the first drain reads the table left installed.");
+                table
+            }
+            None => {
+                let table = new_table(cfg.flow_table_entries)?;
+                install(&mut ebpf, &table)?;
+                table
+            }
+        };
         metrics.table_capacity.set(cfg.flow_table_entries as i64);
         let ring = RingBuf::try_from(ebpf.take_map(maps::FLOW_EVENTS).expect("map in object"))
             .map_err(|source| CaptureError::Map { what: "opening the ring buffer", source })?;
@@ -174,6 +236,7 @@ impl Capture {
             active,
             ring,
             cgroup_links: Vec::new(),
+            cgroup_pins: Vec::new(),
             ifaces: HashMap::new(),
             gone: HashMap::new(),
             patterns,
@@ -195,10 +258,41 @@ impl Capture {
         ] {
             let prog: &mut CgroupSkb = self.ebpf.program_mut(name).expect("in object").try_into().expect("cgroup_skb");
             prog.load().map_err(|source| CaptureError::Program { what: format!("loading {name}"), source })?;
-            let link = prog.attach(&dir, attach, CgroupAttachMode::Single).map_err(|source| {
-                CaptureError::Program { what: format!("attaching {name} to {}", self.cfg.cgroup.display()), source }
-            })?;
-            self.cgroup_links.push((name, link));
+            let pin = self.cfg.pin.as_ref().map(|d| d.join("links").join(format!("cgroup-{}", hook_suffix(hook))));
+            if let Some(pin) = &pin
+                && pin.exists()
+            {
+                let prog_fd = prog.fd().map_err(|source| CaptureError::Program { what: format!("{name} fd"), source })?;
+                link_update(pin, prog_fd.as_fd()).map_err(|e| CaptureError::Pin {
+                    path: pin.clone(),
+                    reason: format!("swapping {name} into the pinned link: {e}"),
+                })?;
+                tracing::info!(message = "Swapped the new program into a pinned link.", link = %pin.display());
+                self.cgroup_pins.push(PinnedLink::from_pin(pin).map_err(|e| CaptureError::Pin {
+                    path: pin.clone(),
+                    reason: e.to_string(),
+                })?);
+            } else {
+                let link = prog.attach(&dir, attach, CgroupAttachMode::Single).map_err(|source| {
+                    CaptureError::Program { what: format!("attaching {name} to {}", self.cfg.cgroup.display()), source }
+                })?;
+                match pin {
+                    Some(pin) => {
+                        let owned = prog
+                            .take_link(link)
+                            .map_err(|source| CaptureError::Program { what: format!("taking the {name} link"), source })?;
+                        let fd_link = FdLink::try_from(owned).map_err(|e| CaptureError::Pin {
+                            path: pin.clone(),
+                            reason: format!("{name}: not an fd link: {e}"),
+                        })?;
+                        let pinned = fd_link
+                            .pin(&pin)
+                            .map_err(|e| CaptureError::Pin { path: pin.clone(), reason: e.to_string() })?;
+                        self.cgroup_pins.push(pinned);
+                    }
+                    None => self.cgroup_links.push((name, link)),
+                }
+            }
             self.metrics.attach_events.with_label_values(&[hook.name(), "attached"]).inc();
             self.metrics.attached.with_label_values(&[hook.name()]).inc();
         }
@@ -219,14 +313,21 @@ impl Capture {
                 if let Some(old) = self.ifaces.remove(&index) {
                     self.detach_iface(index, old); // renamed: re-evaluate under the new name
                 }
-                let mut iface = Interface { name, role, links: Vec::new() };
+                let mut iface = Interface { name, role, links: Vec::new(), pins: Vec::new() };
                 for (prog_name, attach, hook) in [
                     (programs::TC_INGRESS, TcAttachType::Ingress, ObsPoint::TcIngress),
                     (programs::TC_EGRESS, TcAttachType::Egress, ObsPoint::TcEgress),
                 ] {
-                    match attach_tc(&mut self.ebpf, prog_name, &iface.name, attach) {
-                        Ok(link) => {
-                            iface.links.push((attach, link));
+                    let pin = self.cfg.pin.as_ref().map(|d| d.join("links").join(tc_pin_name(&iface.name, attach)));
+                    let attached = match pin {
+                        Some(pin) => attach_tc_pinned(&mut self.ebpf, prog_name, &iface.name, attach, &pin)
+                            .map(|p| iface.pins.push((attach, p))),
+                        None => attach_tc(&mut self.ebpf, prog_name, &iface.name, attach)
+                            .map(|link| iface.links.push((attach, link)))
+                            .map_err(|e| e.to_string()),
+                    };
+                    match attached {
+                        Ok(()) => {
                             self.metrics.attach_events.with_label_values(&[hook.name(), "attached"]).inc();
                             self.metrics.attached.with_label_values(&[hook.name()]).inc();
                         }
@@ -247,6 +348,7 @@ impl Capture {
                 }
             }
             LinkEvent::Listed => {
+                self.remove_stale_tc_pins();
                 self.ready.store(true, Ordering::SeqCst);
                 tracing::info!(message = "Every program is attached; ready.", interfaces = self.ifaces.len());
             }
@@ -254,6 +356,13 @@ impl Capture {
     }
 
     fn detach_iface(&mut self, _index: u32, iface: Interface) {
+        for (attach, pinned) in iface.pins {
+            // The interface is gone or renamed: the kernel dropped (or will not need) the link.
+            let _ = pinned.unpin();
+            let hook = if attach == TcAttachType::Ingress { ObsPoint::TcIngress } else { ObsPoint::TcEgress };
+            self.metrics.attach_events.with_label_values(&[hook.name(), "detached"]).inc();
+            self.metrics.attached.with_label_values(&[hook.name()]).dec();
+        }
         for (attach, link) in iface.links {
             let (name, hook) = match attach {
                 TcAttachType::Ingress => (programs::TC_INGRESS, ObsPoint::TcIngress),
@@ -264,6 +373,26 @@ impl Capture {
             let _ = prog.detach(link);
             self.metrics.attach_events.with_label_values(&[hook.name(), "detached"]).inc();
             self.metrics.attached.with_label_values(&[hook.name()]).dec();
+        }
+    }
+
+    /// Unpins the pinned TC links of interfaces that no longer exist (or no longer match).
+    fn remove_stale_tc_pins(&mut self) {
+        let Some(dir) = &self.cfg.pin else { return };
+        let keep: Vec<String> = self
+            .ifaces
+            .values()
+            .flat_map(|i| [tc_pin_name(&i.name, TcAttachType::Ingress), tc_pin_name(&i.name, TcAttachType::Egress)])
+            .collect();
+        let Ok(entries) = std::fs::read_dir(dir.join("links")) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tc-") && !keep.contains(&name) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!(message = "Unpinned the TC link of an interface that is gone.", link = %entry.path().display()),
+                    Err(error) => tracing::warn!(message = "Unpinning a stale TC link failed.", link = %entry.path().display(), %error),
+                }
+            }
         }
     }
 
@@ -451,12 +580,170 @@ impl Capture {
                 _ = shutdown.changed() => break,
             }
         }
-        self.detach_all();
-        let batch = self.drain(true, None);
-        let _ = out.send(batch).await;
-        tracing::info!(message = "Detached every program; final drain sent.");
+        if self.cfg.pin.is_some() {
+            // Pinned: programs keep counting into the installed table; the next process reads it.
+            let batch = self.drain(true, None);
+            let _ = out.send(batch).await;
+            tracing::info!(message = "Programs stay attached (pinned); final drain sent.");
+        } else {
+            self.detach_all();
+            let batch = self.drain(true, None);
+            let _ = out.send(batch).await;
+            tracing::info!(message = "Detached every program; final drain sent.");
+        }
         Ok(())
     }
+}
+
+/// The table installed in slot 0 of `FLOW_TABLES` (after a takeover: the previous process's).
+fn current_table(ebpf: &mut Ebpf) -> Option<FlowTable> {
+    let map = ebpf.map_mut(maps::FLOW_TABLES)?;
+    let outer: ArrayOfMaps<&mut MapData, FlowTable> = ArrayOfMaps::try_from(map).ok()?;
+    match outer.get(&0, 0) {
+        Ok(table) => Some(table),
+        Err(error) => {
+            tracing::warn!(message = "The pinned FLOW_TABLES has no readable table; starting a fresh one.", %error);
+            None
+        }
+    }
+}
+
+/// bpffs magic (`statfs` `f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Creates `dir`, `dir/maps` and `dir/links`; `dir` must be on bpffs.
+fn prepare_pin_dir(dir: &Path) -> Result<(), CaptureError> {
+    let err = |reason: String| CaptureError::Pin { path: dir.to_path_buf(), reason };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        err(format!("cannot create it ({e}); --pin needs bpffs mounted (mount -t bpf bpf /sys/fs/bpf)"))
+    })?;
+    if !on_bpffs(dir) {
+        return Err(err("not on a bpf filesystem; --pin needs bpffs mounted (mount -t bpf bpf /sys/fs/bpf)".into()));
+    }
+    for sub in ["maps", "links"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| err(format!("creating {sub}/: {e}")))?;
+    }
+    Ok(())
+}
+
+fn on_bpffs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: zeroed statfs is valid; c is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn hook_suffix(hook: ObsPoint) -> &'static str {
+    match hook {
+        ObsPoint::CgroupIngress | ObsPoint::TcIngress => "ingress",
+        ObsPoint::CgroupEgress | ObsPoint::TcEgress => "egress",
+    }
+}
+
+fn tc_pin_name(iface: &str, attach: TcAttachType) -> String {
+    let dir = if attach == TcAttachType::Ingress { "ingress" } else { "egress" };
+    format!("tc-{iface}-{dir}")
+}
+
+/// `BPF_OBJ_GET`: an fd for the object pinned at `path`.
+fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt as _;
+    #[repr(C)]
+    struct Attr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let attr = Attr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET (7); c outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, &attr as *const Attr, size_of::<Attr>() as u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_LINK_UPDATE`: swaps `prog` into the link pinned at `pin`, atomically.
+fn link_update(pin: &Path, prog: BorrowedFd<'_>) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let link = obj_get(pin)?;
+    let attr = Attr { link_fd: link.as_raw_fd() as u32, new_prog_fd: prog.as_raw_fd() as u32, flags: 0, old_prog_fd: 0 };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_LINK_UPDATE (29).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 29, &attr as *const Attr, size_of::<Attr>() as u32) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attaches a TC program through a pinned TCX link: swaps it into the existing pin, or attaches
+/// and pins. A pin whose interface was recreated is stale (the kernel dropped its device): it is
+/// replaced.
+fn attach_tc_pinned(
+    ebpf: &mut Ebpf,
+    prog_name: &str,
+    iface: &str,
+    attach: TcAttachType,
+    pin: &Path,
+) -> Result<PinnedLink, String> {
+    let prog: &mut SchedClassifier = ebpf.program_mut(prog_name).expect("in object").try_into().expect("classifier");
+    if pin.exists() {
+        let prog_fd = prog.fd().map_err(|e| e.to_string())?;
+        match link_update(pin, prog_fd.as_fd()) {
+            Ok(()) => {
+                tracing::info!(message = "Swapped the new program into a pinned link.", link = %pin.display());
+                return PinnedLink::from_pin(pin).map_err(|e| e.to_string());
+            }
+            Err(error) => {
+                tracing::info!(message = "A pinned TC link is stale; replacing it.", link = %pin.display(), %error);
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+    }
+    if !KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+        return Err("--pin needs TCX (kernel 6.6+) for TC programs".into());
+    }
+    let link = attach_tc_prog(prog, iface, attach).map_err(|e| e.to_string())?;
+    let owned = prog.take_link(link).map_err(|e| e.to_string())?;
+    let fd_link = FdLink::try_from(owned).map_err(|e| e.to_string())?;
+    fd_link.pin(pin).map_err(|e| format!("pinning {}: {e}", pin.display()))
+}
+
+/// `flowaudit detach`: unpins every link (their programs detach) and map under `dir`, then
+/// removes the directories. Returns what was removed; nothing pinned is not an error.
+pub fn detach_pinned(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if !dir.exists() {
+        return Ok(removed);
+    }
+    for sub in ["links", "maps"] {
+        let d = dir.join(sub);
+        if !d.exists() {
+            continue;
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        entries.sort();
+        for path in entries {
+            std::fs::remove_file(&path)?;
+            removed.push(path);
+        }
+        std::fs::remove_dir(&d)?;
+        removed.push(d);
+    }
+    std::fs::remove_dir(dir)?;
+    removed.push(dir.to_path_buf());
+    Ok(removed)
 }
 
 fn new_table(entries: u32) -> Result<FlowTable, CaptureError> {
