@@ -8,6 +8,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -56,13 +57,22 @@ pub struct FlowLogWriter {
     size: u64,
 }
 
+/// Mode of the flow-log directory.
+pub const DIR_MODE: u32 = 0o750;
+/// Mode of every flow-log file.
+pub const FILE_MODE: u32 = 0o640;
+
 /// Name of the live flow-log file.
 pub const FLOW_LOG: &str = "flows.log";
 
 impl FlowLogWriter {
-    /// Opens (appending) `<dir>/flows.log`, creating the directory.
+    /// Opens (appending) `<dir>/flows.log`, creating the directory. The directory is made 0750
+    /// and every flow-log file 0640: flow logs name workloads and addresses, so only the owner
+    /// and its group (the log shipper) read them.
     pub fn open(cfg: FileConfig) -> Result<Self, OutputError> {
-        fs::create_dir_all(&cfg.dir).map_err(|source| OutputError::Open { path: cfg.dir.clone(), source })?;
+        let dir_error = |source| OutputError::Open { path: cfg.dir.clone(), source };
+        fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&cfg.dir).map_err(dir_error)?;
+        fs::set_permissions(&cfg.dir, fs::Permissions::from_mode(DIR_MODE)).map_err(dir_error)?;
         let path = cfg.dir.join(FLOW_LOG);
         let (file, size) = open_append(&path)?;
         Ok(Self { cfg, path, file, size })
@@ -120,7 +130,11 @@ fn open_append(path: &Path) -> Result<(BufWriter<File>, u64), OutputError> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(FILE_MODE)
         .open(path)
+        .map_err(|source| OutputError::Open { path: path.to_owned(), source })?;
+    // A file left by an older version keeps its mode on open: set it.
+    file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
         .map_err(|source| OutputError::Open { path: path.to_owned(), source })?;
     let size = file.metadata().map_err(|source| OutputError::Open { path: path.to_owned(), source })?.len();
     Ok((BufWriter::with_capacity(64 * 1024, file), size))
@@ -188,5 +202,23 @@ mod tests {
         FlowLogWriter::open(cfg.clone()).unwrap().write(&[record(1)]).unwrap();
         FlowLogWriter::open(cfg).unwrap().write(&[record(2)]).unwrap();
         assert_eq!(lines(&dir.path().join("flows.log")).len(), 2);
+    }
+
+    #[test]
+    fn directory_is_0750_and_files_0640_also_when_they_existed_wider() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("logs");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::write(dir.join("flows.log"), b"").unwrap();
+        fs::set_permissions(dir.join("flows.log"), fs::Permissions::from_mode(0o666)).unwrap();
+        let one = serde_json::to_vec(&record(1)).unwrap().len() as u64 + 1;
+        let mut w = FlowLogWriter::open(FileConfig { dir: dir.clone(), max_file_size: one + 1, max_files: 2 }).unwrap();
+        w.write(&[record(1)]).unwrap();
+        w.write(&[record(2)]).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o750);
+        assert_eq!(mode(&dir.join("flows.log")), 0o640);
+        assert_eq!(mode(&dir.join("flows.log.1")), 0o640, "the rotated file keeps the mode");
     }
 }
