@@ -2,7 +2,7 @@
 //!
 //! Pipeline (one way; wired only in [`pipeline`]):
 //! `capture` (kernel → observations) → `aggregate` (→ flow records) → `output` (→ `flows.log`).
-//! Stages share only the types in [`model`]; `config` and `telemetry` sit beside them.
+//! Stages share only the types in [`model`]; `config`, `telemetry` and `privilege` sit beside them.
 
 pub mod aggregate;
 pub mod attribute;
@@ -14,5 +14,6 @@ pub mod explain;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod privilege;
 pub mod rollup;
 pub mod telemetry;

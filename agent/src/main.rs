@@ -236,6 +236,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Before the runtime starts its threads: capabilities are per thread.
+            match flowaudit::privilege::restrict_to_needed() {
+                Ok(kept) => tracing::info!(
+                    message = "Capabilities restricted to what capture needs.",
+                    kept = %kept.iter().map(|c| c.name).collect::<Vec<_>>().join(","),
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

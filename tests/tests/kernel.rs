@@ -211,6 +211,67 @@ fn exact_counts_with_the_cgroup_hook_only() {
     }
 }
 
+/// `Name:\tvalue` from a `/proc/.../status` file.
+fn status_field(status: &str, name: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).unwrap_or_default().trim().to_owned()
+}
+
+#[test]
+fn runs_with_only_the_capabilities_it_needs_and_refuses_to_start_without_them() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !root_or_skip("runs_with_only_the_capabilities_it_needs_and_refuses_to_start_without_them") {
+        return;
+    }
+    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap().trim().parse().unwrap();
+    if last_cap < 39 {
+        eprintln!("skipped: this kernel has no CAP_BPF");
+        return;
+    }
+    let mut lab = Lab::new(1).expect("lab");
+    let logs = tempfile::tempdir().unwrap();
+    let dir = logs.path().join("flows");
+
+    // Without CAP_PERFMON in its bounding set, root cannot get it: the agent names it and exits 1
+    // before loading or attaching anything.
+    let mut cmd = lab.node_command("timeout").expect("command");
+    cmd.args(["20", "setpriv", "--bounding-set=-perfmon", "--inh-caps=-all"])
+        .arg(workspace_bin("flowaudit"))
+        .arg("run")
+        .arg("--cgroup")
+        .arg(&lab.cgroup)
+        .arg("--flow-log-dir")
+        .arg(&dir)
+        .args(["--metrics-addr", "127.0.0.1:9465"]);
+    let out = cmd.output().expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("missing CAP_PERFMON: flowaudit run needs CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    assert!(!dir.exists(), "nothing was created before the check");
+
+    // As root: every thread keeps exactly CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_BPF (39),
+    // with nothing to regain them from.
+    let agent = Agent::start(&mut lab, &dir, &[]).expect("agent");
+    let needed = format!("{:016x}", 1u64 << 12 | 1 << 38 | 1 << 39);
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", agent.pid)).unwrap().map(|t| t.unwrap().path()).collect();
+    assert!(tasks.len() > 1, "the runtime's threads are there too");
+    for task in &tasks {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        for (field, want) in [("CapEff", &needed), ("CapPrm", &needed), ("CapBnd", &needed)] {
+            assert_eq!(&status_field(&status, field), want, "{field} of {}", task.display());
+        }
+        assert_eq!(status_field(&status, "CapInh"), "0000000000000000", "{}", task.display());
+        assert_eq!(status_field(&status, "CapAmb"), "0000000000000000", "{}", task.display());
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{}", task.display());
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o750);
+    assert_eq!(mode(&dir.join("flows.log")), 0o640);
+    assert!(agent.stop(&mut lab).expect("exit").success(), "detaching needs nothing it gave up");
+}
+
 #[test]
 fn a_full_table_spills_to_the_ring_buffer_and_counts_every_loss() {
     if !root_or_skip("a_full_table_spills_to_the_ring_buffer_and_counts_every_loss") {

@@ -44,7 +44,7 @@ struct TestRunAttr {
 pub fn test_run(names: &[&str], frame: &[u8], repeat: u32) -> Result<Vec<(String, f64, u32)>, CaptureError> {
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
     let table = new_table(65_536)?;
-    install(&mut ebpf, &table)?;
+    install(&mut ebpf, &table, None)?;
     let mut out = Vec::new();
     for &name in names {
         let prog = ebpf.program_mut(name).expect("program in object");

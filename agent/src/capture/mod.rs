@@ -208,7 +208,10 @@ impl Capture {
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         // Takeover: the table in the slot holds what was counted since the previous process's
         // last drain; it becomes ours, so the first drain swaps it out and reads it whole.
-        let inherited = if takeover { current_table(&mut ebpf) } else { None };
+        let inherited = match &cfg.pin {
+            Some(dir) if takeover => current_table(&ebpf, dir, &metrics),
+            _ => None,
+        };
         let active = match inherited {
             Some(table) => {
                 tracing::info!(message = "Took over the pinned maps; the first drain reads the table left installed.");
@@ -216,7 +219,7 @@ impl Capture {
             }
             None => {
                 let table = new_table(cfg.flow_table_entries)?;
-                install(&mut ebpf, &table)?;
+                install(&mut ebpf, &table, cfg.pin.as_deref())?;
                 table
             }
         };
@@ -442,7 +445,7 @@ impl Capture {
         let wall_minus_mono = end_ns as i128 - mono_now_ns() as i128;
         let mut merged: HashMap<FlowKey, FlowStats> = HashMap::new();
         match new_table(self.cfg.flow_table_entries).and_then(|fresh| {
-            install(&mut self.ebpf, &fresh)?;
+            install(&mut self.ebpf, &fresh, self.cfg.pin.as_deref())?;
             Ok(std::mem::replace(&mut self.active, fresh))
         }) {
             Ok(old) => {
@@ -595,17 +598,70 @@ impl Capture {
     }
 }
 
-/// The table installed in slot 0 of `FLOW_TABLES` (after a takeover: the previous process's).
-fn current_table(ebpf: &mut Ebpf) -> Option<FlowTable> {
-    let map = ebpf.map_mut(maps::FLOW_TABLES)?;
-    let outer: ArrayOfMaps<&mut MapData, FlowTable> = ArrayOfMaps::try_from(map).ok()?;
-    match outer.get(&0, 0) {
-        Ok(table) => Some(table),
+/// Pin names of the installed flow table under `<pin>/maps`: a fresh table is pinned as `next`,
+/// installed, then renamed over `current`. A takeover opens the installed table by its pin and
+/// checks its id against slot 0, because opening it by id (`bpf_map_get_fd_by_id`) needs
+/// CAP_SYS_ADMIN, which the agent does not keep.
+const TABLE_PIN: &str = "FLOW_TABLE";
+const TABLE_PIN_NEXT: &str = "FLOW_TABLE_NEXT"; // bpffs refuses names with a dot
+
+/// The table installed in slot 0 of `FLOW_TABLES` by the previous process, from its pin.
+fn current_table(ebpf: &Ebpf, dir: &Path, metrics: &CaptureMetrics) -> Option<FlowTable> {
+    let installed = match installed_table_id(ebpf) {
+        Ok(id) => id,
         Err(error) => {
+            metrics.drain_errors.inc();
             tracing::warn!(message = "The pinned FLOW_TABLES has no readable table; starting a fresh one.", %error);
-            None
+            return None;
+        }
+    };
+    for name in [TABLE_PIN_NEXT, TABLE_PIN] {
+        let Ok(data) = MapData::from_pin(dir.join("maps").join(name)) else { continue };
+        if data.info().map(|i| i.id()).ok() == Some(installed) {
+            return FlowTable::try_from(aya::maps::Map::HashMap(data)).ok();
         }
     }
+    // An older layout, or a crash mid-swap: what the installed table counted since the previous
+    // agent's last drain cannot be opened without CAP_SYS_ADMIN.
+    metrics.drain_errors.inc();
+    tracing::warn!(
+        message = "The table in the pinned FLOW_TABLES is not pinned; starting a fresh one (its counts since the last drain are lost).",
+        map_id = installed,
+        dir = %dir.display(),
+    );
+    None
+}
+
+/// The id of the map in slot 0 of `FLOW_TABLES` (a lookup in a map of maps gives the id).
+fn installed_table_id(ebpf: &Ebpf) -> std::io::Result<u32> {
+    /// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let Some(aya::maps::Map::ArrayOfMaps(outer)) = ebpf.map(maps::FLOW_TABLES) else {
+        return Err(std::io::Error::other("FLOW_TABLES is not an array of maps"));
+    };
+    let key = 0u32;
+    let mut id = 0u32;
+    let attr = ElemAttr {
+        map_fd: outer.fd().as_fd().as_raw_fd() as u32,
+        pad: 0,
+        key: &key as *const u32 as u64,
+        value: &mut id as *mut u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at `key` and `id`, both live for the call; the size is the struct's.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr as *const ElemAttr, size_of::<ElemAttr>()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(id)
 }
 
 /// bpffs magic (`statfs` `f_type`).
@@ -751,12 +807,24 @@ fn new_table(entries: u32) -> Result<FlowTable, CaptureError> {
 }
 
 /// Makes `table` the one the programs write to. The map-of-maps update returns only after every
-/// program that may still hold the previous table has finished (the kernel waits for RCU).
-fn install(ebpf: &mut Ebpf, table: &FlowTable) -> Result<(), CaptureError> {
+/// program that may still hold the previous table has finished (the kernel waits for RCU). With
+/// `pin`, the table is pinned first (see [`TABLE_PIN`]).
+fn install(ebpf: &mut Ebpf, table: &FlowTable, pin: Option<&Path>) -> Result<(), CaptureError> {
+    let pin_error = |path: &Path, reason: String| CaptureError::Pin { path: path.to_owned(), reason };
+    let next = pin.map(|dir| dir.join("maps").join(TABLE_PIN_NEXT));
+    if let Some(next) = &next {
+        let _ = std::fs::remove_file(next);
+        aya::maps::IterableMap::map(table).pin(next).map_err(|e| pin_error(next, e.to_string()))?;
+    }
     let map = ebpf.map_mut(maps::FLOW_TABLES).expect("map in object");
     let mut outer: ArrayOfMaps<&mut MapData, FlowTable> =
         ArrayOfMaps::try_from(map).map_err(|source| CaptureError::Map { what: "opening FLOW_TABLES", source })?;
-    outer.set(0, table, 0).map_err(|source| CaptureError::Map { what: "installing a flow table", source })
+    outer.set(0, table, 0).map_err(|source| CaptureError::Map { what: "installing a flow table", source })?;
+    if let Some(next) = &next {
+        let current = next.with_file_name(TABLE_PIN);
+        std::fs::rename(next, &current).map_err(|e| pin_error(&current, e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn attach_tc(
