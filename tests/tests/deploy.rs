@@ -269,7 +269,7 @@ fn base_is_accepted_and_the_agent_can_only_read() {
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["capabilities"], serde_json::json!({"add": ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"], "drop": ["ALL"]}));
+    assert_eq!(sc["capabilities"], serde_json::json!({"add": ["BPF", "NET_ADMIN", "PERFMON"], "drop": ["ALL"]}));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["ports"][0]["containerPort"], 9464);
