@@ -25,7 +25,12 @@ fn pod_ip(ns: usize, pod: usize) -> String {
 fn manifests() -> String {
     let mut y = String::with_capacity(4 << 20);
     for ns in 0..NAMESPACES {
-        let _ = write!(y, "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{ns}, labels: {{team: t{}, env: {}}}}}\n---\n", ns % 10, if ns % 2 == 0 { "prod" } else { "dev" });
+        let _ = write!(
+            y,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{ns}, labels: {{team: t{}, env: {}}}}}\n---\n",
+            ns % 10,
+            if ns % 2 == 0 { "prod" } else { "dev" }
+        );
         for p in 0..PODS_PER_NS {
             let _ = write!(
                 y,
@@ -78,13 +83,24 @@ fn main() {
     let ports = [80u16, 443, 5432, 8080];
     let base: Vec<FlowRecord> = (0..RECORDS)
         .map(|_| {
-            let (sn, sp, dn, dp) = (rng.next() as usize % NAMESPACES, rng.next() as usize % PODS_PER_NS, rng.next() as usize % NAMESPACES, rng.next() as usize % PODS_PER_NS);
-            let mut r = FlowRecord::sample(&pod_ip(sn, sp), 32768 + (rng.next() % 28000) as u16, &pod_ip(dn, dp), ports[rng.next() as usize % ports.len()]);
+            let (sn, sp, dn, dp) = (
+                rng.next() as usize % NAMESPACES,
+                rng.next() as usize % PODS_PER_NS,
+                rng.next() as usize % NAMESPACES,
+                rng.next() as usize % PODS_PER_NS,
+            );
+            let mut r = FlowRecord::sample(
+                &pod_ip(sn, sp),
+                32768 + (rng.next() % 28000) as u16,
+                &pod_ip(dn, dp),
+                ports[rng.next() as usize % ports.len()],
+            );
             r.context.proto = 6;
             r
         })
         .collect();
-    let mut enricher = Enricher::new(EnrichConfig { cgroup_root: "/nonexistent".into(), grace: std::time::Duration::from_secs(60) });
+    let mut enricher =
+        Enricher::new(EnrichConfig { cgroup_root: "/nonexistent".into(), grace: std::time::Duration::from_secs(60) });
     let t = Instant::now();
     let shared = std::sync::Arc::new(state.clone());
     enricher.update(&shared, 0);
@@ -141,7 +157,11 @@ fn main() {
     println!("| compile policies (once per change) | {:.1} ms | - |", compile.as_secs_f64() * 1e3);
     println!("| build the identity index (once per change) | {:.1} ms | - |", index_build.as_secs_f64() * 1e3);
     println!("| enrich | {:.1} ms | {:.0} |", enrich.as_secs_f64() * 1e3, per(enrich));
-    println!("| attribute, no cache (every record walks the tiers) | {:.1} ms | {:.0} |", uncached.as_secs_f64() * 1e3, per(uncached));
+    println!(
+        "| attribute, no cache (every record walks the tiers) | {:.1} ms | {:.0} |",
+        uncached.as_secs_f64() * 1e3,
+        per(uncached)
+    );
     println!("| attribute stage, first pass (cache filling) | {:.1} ms | {:.0} |", cold.as_secs_f64() * 1e3, per(cold));
     println!("| attribute stage, warm cache | {:.1} ms | {:.0} |", warm.as_secs_f64() * 1e3, per(warm));
     println!("| enrich + attribute (first pass) | - | {:.0} |", per(enrich) + per(cold));

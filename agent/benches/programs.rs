@@ -49,7 +49,14 @@ fn main() {
         return;
     }
     let repeat = 1_000_000;
-    let names = [programs::CGROUP_EMPTY, programs::CGROUP_EGRESS, programs::CGROUP_INGRESS, programs::TC_EMPTY, programs::TC_INGRESS, programs::TC_EGRESS];
+    let names = [
+        programs::CGROUP_EMPTY,
+        programs::CGROUP_EGRESS,
+        programs::CGROUP_INGRESS,
+        programs::TC_EMPTY,
+        programs::TC_INGRESS,
+        programs::TC_EGRESS,
+    ];
     println!("| packet | program | ns/packet | vs empty program of its type |");
     println!("|---|---|---:|---:|");
     for (label, frame) in [("TCP/IPv4 154 B", tcp4_frame()), ("UDP/IPv6 126 B", udp6_frame())] {

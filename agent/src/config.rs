@@ -166,11 +166,7 @@ impl Settings {
             None => (FileConfig::default(), String::new()),
         };
         // Picks the flag, else the file's key; remembers which source the value came from.
-        fn pick<'a, T: Clone>(
-            flag: &Option<T>,
-            file: &Option<T>,
-            file_name: &'a str,
-        ) -> Option<(T, &'a str)> {
+        fn pick<'a, T: Clone>(flag: &Option<T>, file: &Option<T>, file_name: &'a str) -> Option<(T, &'a str)> {
             flag.clone().map(|v| (v, CLI)).or_else(|| file.clone().map(|v| (v, file_name)))
         }
 
@@ -186,9 +182,9 @@ impl Settings {
             .transpose()?
             .unwrap_or_default();
         let metrics_addr = match pick(&flags.metrics_addr, &file.metrics_addr, &file_name) {
-            Some((v, src)) => v.parse().map_err(|e| {
-                ConfigError::new(src, "metrics_addr", format!("{v:?} is not ADDRESS:PORT ({e})"))
-            })?,
+            Some((v, src)) => v
+                .parse()
+                .map_err(|e| ConfigError::new(src, "metrics_addr", format!("{v:?} is not ADDRESS:PORT ({e})")))?,
             None => DEFAULT_METRICS_ADDR.parse().expect("valid default"),
         };
         let cgroup = match pick(&flags.cgroup, &file.cgroup, &file_name) {
@@ -215,8 +211,7 @@ impl Settings {
         };
         let aggregation_allowed =
             level("aggregation_allowed", &flags.aggregation_allowed, &file.aggregation_allowed, 2)?;
-        let aggregation_denied =
-            level("aggregation_denied", &flags.aggregation_denied, &file.aggregation_denied, 1)?;
+        let aggregation_denied = level("aggregation_denied", &flags.aggregation_denied, &file.aggregation_denied, 1)?;
         let cluster = match pick(&flags.cluster, &file.cluster, &file_name) {
             None => None,
             Some((v, _)) if v == "kube" => Some(ClusterSource::Kube),
@@ -251,12 +246,10 @@ impl Settings {
                 format!("{ring_buffer_size} bytes: must be a power of two between 4KiB and 1GiB"),
             ));
         }
-        let idle_timeout = duration(fname, "idle_timeout", file.idle_timeout.as_deref().unwrap_or(DEFAULT_IDLE_TIMEOUT))?;
-        let tcp_idle_timeout = duration(
-            fname,
-            "tcp_idle_timeout",
-            file.tcp_idle_timeout.as_deref().unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
-        )?;
+        let idle_timeout =
+            duration(fname, "idle_timeout", file.idle_timeout.as_deref().unwrap_or(DEFAULT_IDLE_TIMEOUT))?;
+        let tcp_idle_timeout =
+            duration(fname, "tcp_idle_timeout", file.tcp_idle_timeout.as_deref().unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT))?;
         let flow_log_max_file_size = size(
             fname,
             "flow_log_max_file_size",
@@ -296,19 +289,13 @@ impl Settings {
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
     serde_yaml_ng::from_str(&text).map_err(|e| {
         // serde names the offending key in its message ("unknown field `x`", "invalid type").
-        let field = e
-            .to_string()
-            .split('`')
-            .nth(1)
-            .map(str::to_owned)
-            .unwrap_or_else(|| "-".to_owned());
+        let field = e.to_string().split('`').nth(1).map(str::to_owned).unwrap_or_else(|| "-".to_owned());
         ConfigError::new(&name, &field, e.to_string())
     })
 }
@@ -334,8 +321,7 @@ fn globs(source: &str, values: &[String]) -> Result<Vec<String>, ConfigError> {
         if value.is_empty() {
             return Err(ConfigError::new(source, "interfaces", "empty interface pattern"));
         }
-        glob::Pattern::new(value)
-            .map_err(|e| ConfigError::new(source, "interfaces", format!("{value:?}: {e}")))?;
+        glob::Pattern::new(value).map_err(|e| ConfigError::new(source, "interfaces", format!("{value:?}: {e}")))?;
         out.push(value.to_owned());
     }
     Ok(out)
@@ -377,7 +363,10 @@ mod tests {
         assert_eq!(s.flow_log_max_file_size, 100_000_000);
         assert_eq!(s.flow_log_max_files, 5);
         assert_eq!(s.ring_buffer_size, 1 << 20);
-        assert_eq!((s.aggregation_allowed, s.aggregation_denied), (AggregationLevel::PrefixName, AggregationLevel::NoSourcePort));
+        assert_eq!(
+            (s.aggregation_allowed, s.aggregation_denied),
+            (AggregationLevel::PrefixName, AggregationLevel::NoSourcePort)
+        );
         assert_eq!(s.cluster, None);
         assert_eq!(s.pod_deletion_grace, Duration::from_secs(60));
         assert!(!s.pin);
@@ -398,12 +387,7 @@ mod tests {
     #[test]
     fn flags_win_over_file() {
         let (_d, path) = write_config("flush_interval: 5m\nnode: from-file\ninterfaces: [eth*]\n");
-        let s = resolve(RunFlags {
-            config: Some(path),
-            node: Some("from-flag".into()),
-            ..Default::default()
-        })
-        .unwrap();
+        let s = resolve(RunFlags { config: Some(path), node: Some("from-flag".into()), ..Default::default() }).unwrap();
         assert_eq!(s.flush_interval, Duration::from_secs(300));
         assert_eq!(s.node, "from-flag");
         assert_eq!(s.interfaces, vec!["eth*"]);
@@ -474,7 +458,10 @@ mod tests {
         let example: serde_yaml_ng::Mapping = serde_yaml_ng::from_str(text).expect("config.yaml is a mapping");
         let keys: Vec<&str> = example.keys().map(|k| k.as_str().expect("keys are strings")).collect();
         for key in &keys {
-            assert!(!flag_keys.iter().any(|f| f == key), "config.yaml sets `{key}`, which the DaemonSet's flags override");
+            assert!(
+                !flag_keys.iter().any(|f| f == key),
+                "config.yaml sets `{key}`, which the DaemonSet's flags override"
+            );
         }
 
         let (_d, path) = write_config(text);

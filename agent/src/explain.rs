@@ -59,7 +59,9 @@ pub fn resolve(index: &Index, flag: &'static str, value: &str) -> Result<End, Ex
     if let Ok(ip) = value.parse::<IpAddr>() {
         let endpoint = index.by_ip(ip);
         let label = match &endpoint {
-            Some(ep) => format!("{}/{} ({ip})", ep.namespace.as_deref().unwrap_or("-"), ep.name.as_deref().unwrap_or("-")),
+            Some(ep) => {
+                format!("{}/{} ({ip})", ep.namespace.as_deref().unwrap_or("-"), ep.name.as_deref().unwrap_or("-"))
+            }
             None => ip.to_string(),
         };
         return Ok(End { label, ip, endpoint });
@@ -150,7 +152,8 @@ pub fn to_text(v: &FlowVerdict, src: &End, dst: &End, proto: &str, port: Option<
                     out.push_str("  no policy selects it: allowed\n");
                 }
                 for entry in s.enforced.trace.iter() {
-                    let note = if entry.ends_with("|-1") { "   (no rule matched: the tier's default action)" } else { "" };
+                    let note =
+                        if entry.ends_with("|-1") { "   (no rule matched: the tier's default action)" } else { "" };
                     out.push_str(&format!("  {entry}{note}\n"));
                 }
                 if s.pending.trace != s.enforced.trace {

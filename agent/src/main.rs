@@ -227,7 +227,9 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Explain { cluster, src, dst, proto, port, output } => explain(&cluster, &src, &dst, &proto, port, &output),
+        Command::Explain { cluster, src, dst, proto, port, output } => {
+            explain(&cluster, &src, &dst, &proto, port, &output)
+        }
         Command::Run(args) => {
             let settings = match resolve(&args.flags()) {
                 Ok(s) => s,

@@ -72,10 +72,11 @@ impl OutputMetrics {
             &["reason"],
         )
         .expect("valid");
-        let connections =
-            IntGauge::new("flowaudit_connections_tracked", "Connections the aggregate stage remembers.").expect("valid");
+        let connections = IntGauge::new("flowaudit_connections_tracked", "Connections the aggregate stage remembers.")
+            .expect("valid");
         let state_version =
-            IntGauge::new("flowaudit_cluster_state_version", "Version of the cluster state in force (0: none).").expect("valid");
+            IntGauge::new("flowaudit_cluster_state_version", "Version of the cluster state in force (0: none).")
+                .expect("valid");
         registry.register(Box::new(state_version.clone())).expect("unique");
         registry.register(Box::new(records.clone())).expect("unique");
         registry.register(Box::new(bytes.clone())).expect("unique");
@@ -189,7 +190,10 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
             idle_timeout: settings.idle_timeout,
             tcp_idle_timeout: settings.tcp_idle_timeout,
         }),
-        enricher: Enricher::new(EnrichConfig { cgroup_root: cgroup_root(&settings), grace: settings.pod_deletion_grace }),
+        enricher: Enricher::new(EnrichConfig {
+            cgroup_root: cgroup_root(&settings),
+            grace: settings.pod_deletion_grace,
+        }),
         attributor: Attributor::new(),
         levels: RollupConfig { allowed: settings.aggregation_allowed, denied: settings.aggregation_denied },
         writer,

@@ -166,7 +166,9 @@ fn capset(sets: CapSets) -> Result<(), PrivilegeError> {
 
 fn prctl(call: &'static str, option: libc::c_int, arg: u64) -> Result<(), PrivilegeError> {
     // SAFETY: prctl with integer arguments only.
-    let rc = unsafe { libc::prctl(option, arg as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    let rc = unsafe {
+        libc::prctl(option, arg as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong)
+    };
     if rc != 0 {
         return Err(PrivilegeError::Syscall { call, source: io::Error::last_os_error() });
     }

@@ -49,12 +49,8 @@ pub enum ObsPoint {
 
 impl ObsPoint {
     /// Every observation point, in index order.
-    pub const ALL: [ObsPoint; 4] = [
-        ObsPoint::CgroupIngress,
-        ObsPoint::CgroupEgress,
-        ObsPoint::TcIngress,
-        ObsPoint::TcEgress,
-    ];
+    pub const ALL: [ObsPoint; 4] =
+        [ObsPoint::CgroupIngress, ObsPoint::CgroupEgress, ObsPoint::TcIngress, ObsPoint::TcEgress];
 
     /// The observation point stored as `raw`, if it is one.
     pub const fn from_raw(raw: u8) -> Option<ObsPoint> {

@@ -19,15 +19,15 @@
 use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, __sk_buff},
+    bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_UNSPEC},
     btf_maps::{ArrayOfMaps, HashMap, PerCpuArray, RingBuf},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes_relative},
     macros::{btf_map, cgroup_skb, classifier},
     programs::{SkBuffContext, TcContext},
 };
 use flowaudit_common::{
-    COUNTER_SLOTS, Counter, FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FlowKey, FlowStats, ObsPoint,
-    counter_index, proto, tcp_flags,
+    COUNTER_SLOTS, Counter, FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FlowKey, FlowStats, ObsPoint, counter_index, proto,
+    tcp_flags,
 };
 
 /// Slot 0 holds the flow table the programs write to. The agent swaps it every drain; the
@@ -360,17 +360,8 @@ fn parse_ipv4(pkt: &Pkt, l3_len: u32, segs: u64) -> Option<Sample> {
     let total = if tot_len == 0 { l3_len } else { tot_len };
     // Non-first fragments have no L4 header.
     let first_fragment = u16::from_be(ip.frag_off) & 0x1fff == 0;
-    let (flags, l4_hdr) = if first_fragment {
-        parse_l4(pkt, ihl, ip.proto, &mut key)
-    } else {
-        (0, 0)
-    };
-    Some(Sample {
-        key,
-        packets: segs,
-        bytes: total as u64 + (segs - 1) * (ihl + l4_hdr) as u64,
-        flags,
-    })
+    let (flags, l4_hdr) = if first_fragment { parse_l4(pkt, ihl, ip.proto, &mut key) } else { (0, 0) };
+    Some(Sample { key, packets: segs, bytes: total as u64 + (segs - 1) * (ihl + l4_hdr) as u64, flags })
 }
 
 const NEXTHDR_HOP: u8 = 0;
@@ -418,17 +409,8 @@ fn parse_ipv6(pkt: &Pkt, l3_len: u32, segs: u64) -> Option<Sample> {
     key.dst_addr = ip.daddr;
     let payload = u16::from_be(ip.payload_len) as u32;
     let total = if payload == 0 { l3_len } else { payload + 40 };
-    let (flags, l4_hdr) = if l4_present {
-        parse_l4(pkt, offset, next, &mut key)
-    } else {
-        (0, 0)
-    };
-    Some(Sample {
-        key,
-        packets: segs,
-        bytes: total as u64 + (segs - 1) * (offset + l4_hdr) as u64,
-        flags,
-    })
+    let (flags, l4_hdr) = if l4_present { parse_l4(pkt, offset, next, &mut key) } else { (0, 0) };
+    Some(Sample { key, packets: segs, bytes: total as u64 + (segs - 1) * (offset + l4_hdr) as u64, flags })
 }
 
 /// Fills ports / ICMP fields of `key`; returns the TCP flag bits and the L4 header length that
@@ -445,11 +427,7 @@ fn parse_l4(pkt: &Pkt, offset: u32, l4: u8, key: &mut FlowKey) -> (u64, u32) {
             let raw = tcp.flags as u64;
             let mut flags = raw;
             if raw & tcp_flags::SYN != 0 {
-                flags |= if raw & tcp_flags::ACK != 0 {
-                    tcp_flags::SYN_ACK
-                } else {
-                    tcp_flags::SYN_ONLY
-                };
+                flags |= if raw & tcp_flags::ACK != 0 { tcp_flags::SYN_ACK } else { tcp_flags::SYN_ONLY };
             }
             (flags, ((tcp.doff >> 4) as u32) * 4)
         }
@@ -467,11 +445,8 @@ fn parse_l4(pkt: &Pkt, offset: u32, l4: u8, key: &mut FlowKey) -> (u64, u32) {
             };
             key.icmp_type = icmp.kind;
             key.icmp_code = icmp.code;
-            let echo = if l4 == proto::ICMP {
-                icmp.kind == 8 || icmp.kind == 0
-            } else {
-                icmp.kind == 128 || icmp.kind == 129
-            };
+            let echo =
+                if l4 == proto::ICMP { icmp.kind == 8 || icmp.kind == 0 } else { icmp.kind == 128 || icmp.kind == 129 };
             if echo {
                 key.src_port = u16::from_be(icmp.id);
             }

@@ -71,7 +71,10 @@ impl ApiServer {
         })?;
         for b in [bin.join("kube-apiserver"), bin.join("kubectl"), etcd_bin.clone()] {
             if !b.is_file() {
-                return Err(LabError::Command { cmd: "ApiServer::start".into(), stderr: format!("{} is missing", b.display()) });
+                return Err(LabError::Command {
+                    cmd: "ApiServer::start".into(),
+                    stderr: format!("{} is missing", b.display()),
+                });
             }
         }
         let dir = std::env::temp_dir().join(format!("fa-apiserver-{}-{}", std::process::id(), unique()));
@@ -90,7 +93,8 @@ impl ApiServer {
         let d = server.dir.clone();
         crate::run("openssl", &["genrsa", "-out", &path(&d.join("sa.key")), "2048"])?;
         crate::run("openssl", &["rsa", "-in", &path(&d.join("sa.key")), "-pubout", "-out", &path(&d.join("sa.pub"))])?;
-        fs::write(d.join("tokens.csv"), format!("{TOKEN},admin,admin-uid,\"system:masters\"\n")).map_err(io("writing tokens.csv"))?;
+        fs::write(d.join("tokens.csv"), format!("{TOKEN},admin,admin-uid,\"system:masters\"\n"))
+            .map_err(io("writing tokens.csv"))?;
         let (peer, metrics) = (free_port()?, free_port()?);
         let client_url = format!("http://127.0.0.1:{}", server.etcd_port);
         let peer_url = format!("http://127.0.0.1:{peer}");

@@ -58,11 +58,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
 
 /// Runs `program args`, failing with its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io(format!("running {program}")))?;
+    let out =
+        Command::new(program).args(args).stdin(Stdio::null()).output().map_err(io(format!("running {program}")))?;
     if !out.status.success() {
         return Err(LabError::Command {
             cmd: format!("{program} {}", args.join(" ")),
@@ -238,7 +235,13 @@ impl Lab {
         // No DAD: the addresses are usable at once, and no extra ND packets are sent.
         for (ns, dev) in [(self.node_netns.as_str(), node_veth.as_str()), (netns.as_str(), "eth0")] {
             run("ip", &["netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")])?;
-            run("ip", &["netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off"])?;
+            run(
+                "ip",
+                &[
+                    "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off",
+                    "rx", "off",
+                ],
+            )?;
         }
         self.ip_node(&["addr", "add", &format!("10.231.{n}.1/24"), "dev", &node_veth])?;
         self.ip_node(&["addr", "add", &format!("fd00:fa:{n:x}::1/64"), "dev", &node_veth, "nodad"])?;
@@ -327,7 +330,10 @@ impl Lab {
         child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(io("writing to nft"))?;
         let out = child.wait_with_output().map_err(io("waiting for nft"))?;
         if !out.status.success() {
-            return Err(LabError::Command { cmd: format!("nft -f - <<{script}"), stderr: String::from_utf8_lossy(&out.stderr).into() });
+            return Err(LabError::Command {
+                cmd: format!("nft -f - <<{script}"),
+                stderr: String::from_utf8_lossy(&out.stderr).into(),
+            });
         }
         Ok(())
     }
@@ -335,7 +341,9 @@ impl Lab {
     /// Drops forwarded packets matching each `match` in the node, as a CNI enforcing a policy would
     /// (a chain after the counters, so the counters still see the attempts).
     pub fn nft_drop(&self, matches: &[String]) -> Result<()> {
-        let mut script = String::from("table inet falab_enforce {\n  chain enforce {\n    type filter hook forward priority 0; policy accept;\n");
+        let mut script = String::from(
+            "table inet falab_enforce {\n  chain enforce {\n    type filter hook forward priority 0; policy accept;\n",
+        );
         for m in matches {
             script.push_str(&format!("    {m} drop\n"));
         }
@@ -350,7 +358,10 @@ impl Lab {
         child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(io("writing to nft"))?;
         let out = child.wait_with_output().map_err(io("waiting for nft"))?;
         if !out.status.success() {
-            return Err(LabError::Command { cmd: format!("nft -f - <<{script}"), stderr: String::from_utf8_lossy(&out.stderr).into() });
+            return Err(LabError::Command {
+                cmd: format!("nft -f - <<{script}"),
+                stderr: String::from_utf8_lossy(&out.stderr).into(),
+            });
         }
         Ok(())
     }
@@ -377,10 +388,8 @@ impl Lab {
     /// Reads the named counters: name → (packets, bytes).
     pub fn read_counters(&self) -> Result<HashMap<String, (u64, u64)>> {
         let text = self.node_run("nft", &["-j", "list", "counters", "table", "inet", "falab"])?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| LabError::Io {
-            what: "parsing nft -j output".into(),
-            source: std::io::Error::other(e),
-        })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LabError::Io { what: "parsing nft -j output".into(), source: std::io::Error::other(e) })?;
         let mut out = HashMap::new();
         for item in json["nftables"].as_array().into_iter().flatten() {
             if let Some(c) = item.get("counter") {
@@ -529,17 +538,28 @@ impl Agent {
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         let pid = lab.spawn(cmd)?;
-        let agent = Agent { pid, flow_log_dir: flow_log_dir.to_owned(), node_netns: lab.node_netns.clone(), metrics_port: AGENT_METRICS_PORT };
+        let agent = Agent {
+            pid,
+            flow_log_dir: flow_log_dir.to_owned(),
+            node_netns: lab.node_netns.clone(),
+            metrics_port: AGENT_METRICS_PORT,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((200, _)) = agent.get("/readyz") {
                 return Ok(agent);
             }
             if let Some(status) = lab.wait(pid, Duration::from_millis(100)) {
-                return Err(LabError::Command { cmd: format!("{} run", bin.display()), stderr: format!("exited early: {status}") });
+                return Err(LabError::Command {
+                    cmd: format!("{} run", bin.display()),
+                    stderr: format!("exited early: {status}"),
+                });
             }
             if Instant::now() > deadline {
-                return Err(LabError::Io { what: "waiting for /readyz".into(), source: std::io::Error::other("timed out") });
+                return Err(LabError::Io {
+                    what: "waiting for /readyz".into(),
+                    source: std::io::Error::other("timed out"),
+                });
             }
         }
     }
@@ -567,7 +587,9 @@ impl Agent {
         let (_, body) = self.get("/metrics")?;
         Ok(body
             .lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or(0.0))
     }
 
@@ -581,10 +603,17 @@ impl Agent {
     /// Every record in `flows.log*`, oldest file first.
     pub fn records(dir: &Path) -> Vec<serde_json::Value> {
         let mut files: Vec<PathBuf> = fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("flows.log"))).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("flows.log")))
+                    .collect()
+            })
             .unwrap_or_default();
         // flows.log.N (oldest = highest N) first, flows.log last.
-        files.sort_by_key(|p| std::cmp::Reverse(p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()).unwrap_or(0)));
+        files.sort_by_key(|p| {
+            std::cmp::Reverse(p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()).unwrap_or(0))
+        });
         files
             .iter()
             .flat_map(|p| fs::read_to_string(p).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>())
@@ -595,7 +624,11 @@ impl Agent {
 
 /// Sum of a flow's records for one reporter: (packets_out, bytes_out, packets_in, bytes_in,
 /// records). `matches` selects records by their fields.
-pub fn totals(records: &[serde_json::Value], reporter: &str, matches: impl Fn(&serde_json::Value) -> bool) -> (u64, u64, u64, u64, usize) {
+pub fn totals(
+    records: &[serde_json::Value],
+    reporter: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> (u64, u64, u64, u64, usize) {
     let mut t = (0, 0, 0, 0, 0);
     for r in records.iter().filter(|r| r["reporter"] == reporter && matches(r)) {
         t.0 += r["packets_out"].as_u64().unwrap_or(0);
@@ -610,7 +643,8 @@ pub fn totals(records: &[serde_json::Value], reporter: &str, matches: impl Fn(&s
 /// How many programs are attached through TCX to `ifname` (ingress or egress) in `netns`, asked
 /// of the kernel with `BPF_PROG_QUERY` (bpftool of this distribution does not list TCX).
 pub fn tcx_programs(netns: &str, ifname: &str, ingress: bool) -> Result<u32> {
-    let name = std::ffi::CString::new(ifname).map_err(|e| LabError::Io { what: "interface name".into(), source: std::io::Error::other(e) })?;
+    let name = std::ffi::CString::new(ifname)
+        .map_err(|e| LabError::Io { what: "interface name".into(), source: std::io::Error::other(e) })?;
     in_netns(netns, move || -> std::io::Result<u32> {
         // SAFETY: a valid NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -636,7 +670,11 @@ pub fn tcx_programs(netns: &str, ifname: &str, ingress: bool) -> Result<u32> {
         const BPF_PROG_QUERY: libc::c_long = 16;
         const BPF_TCX_INGRESS: u32 = 46;
         const BPF_TCX_EGRESS: u32 = 47;
-        let mut q = Query { target: ifindex, attach_type: if ingress { BPF_TCX_INGRESS } else { BPF_TCX_EGRESS }, ..Default::default() };
+        let mut q = Query {
+            target: ifindex,
+            attach_type: if ingress { BPF_TCX_INGRESS } else { BPF_TCX_EGRESS },
+            ..Default::default()
+        };
         // SAFETY: `q` is a valid bpf_attr prefix for this command; no id buffers are passed.
         let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut q as *mut Query, size_of::<Query>()) };
         if ret != 0 {

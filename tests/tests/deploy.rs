@@ -113,11 +113,23 @@ fn can_i(server: &ApiServer, a: Ask) -> bool {
     let (bin, _) = binaries().expect("checked by server_or_skip");
     let resource = qualified(a.group, a.resource);
     let mut cmd = Command::new(bin.join("kubectl"));
-    cmd.arg("--kubeconfig").arg(server.kubeconfig()).args([REQUEST_TIMEOUT, "auth", "can-i", a.verb, &resource, "--as", AGENT]);
+    cmd.arg("--kubeconfig").arg(server.kubeconfig()).args([
+        REQUEST_TIMEOUT,
+        "auth",
+        "can-i",
+        a.verb,
+        &resource,
+        "--as",
+        AGENT,
+    ]);
     if !a.subresource.is_empty() {
         cmd.args(["--subresource", a.subresource]);
     }
-    if a.namespace.is_empty() { cmd.arg("--all-namespaces") } else { cmd.args(["-n", a.namespace]) };
+    if a.namespace.is_empty() {
+        cmd.arg("--all-namespaces")
+    } else {
+        cmd.args(["-n", a.namespace])
+    };
     let out = cmd.output().expect("running kubectl auth can-i");
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
@@ -191,9 +203,12 @@ fn agent_reads() -> Vec<(&'static str, &'static str)> {
         }
     }
     // The Calico API server's per-tier authorization of the tiered kinds.
-    for resource in
-        ["tier.networkpolicies", "tier.globalnetworkpolicies", "tier.stagednetworkpolicies", "tier.stagedglobalnetworkpolicies"]
-    {
+    for resource in [
+        "tier.networkpolicies",
+        "tier.globalnetworkpolicies",
+        "tier.stagednetworkpolicies",
+        "tier.stagedglobalnetworkpolicies",
+    ] {
         out.push(("projectcalico.org", resource));
     }
     out
@@ -254,8 +269,16 @@ fn base_is_accepted_and_the_agent_can_only_read() {
     assert_eq!(
         c["args"],
         serde_json::json!([
-            "run", "--config", "/etc/flowaudit/config.yaml", "--cluster", "kube",
-            "--metrics-addr", "$(NODE_IP):9464", "--node", "$(NODE_NAME)", "--pin"
+            "run",
+            "--config",
+            "/etc/flowaudit/config.yaml",
+            "--cluster",
+            "kube",
+            "--metrics-addr",
+            "$(NODE_IP):9464",
+            "--node",
+            "$(NODE_NAME)",
+            "--pin"
         ])
     );
     let env: Vec<(&str, &str)> = c["env"]
@@ -375,7 +398,9 @@ fn base_is_accepted_and_the_agent_can_only_read() {
                     chunk
                         .iter()
                         .filter(|(a, expected)| allowed(server, *a) != *expected)
-                        .map(|(a, expected)| format!("{a:?}: expected {}", if *expected { "allowed" } else { "denied" }))
+                        .map(|(a, expected)| {
+                            format!("{a:?}: expected {}", if *expected { "allowed" } else { "denied" })
+                        })
                         .collect::<Vec<_>>()
                 })
             })

@@ -56,11 +56,46 @@ impl Flow {
 fn run_plan(lab: &mut Lab, sockets_only: bool) -> Vec<Flow> {
     let (p1, p2, p3) = (lab.pod("p1").clone(), lab.pod("p2").clone(), lab.pod("p3").clone());
     let flows = vec![
-        Flow { name: "tcp4", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(40001), dst: p2.ipv4.to_string(), dport: Some(5001) },
-        Flow { name: "tcp6", proto: "tcp", src: p1.ipv6.to_string(), sport: Some(40002), dst: p3.ipv6.to_string(), dport: Some(5002) },
-        Flow { name: "udp", proto: "udp", src: p2.ipv4.to_string(), sport: Some(40003), dst: p3.ipv4.to_string(), dport: Some(5353) },
-        Flow { name: "icmp", proto: "icmp", src: p3.ipv4.to_string(), sport: None, dst: p1.ipv4.to_string(), dport: None },
-        Flow { name: "refused", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(40004), dst: p2.ipv4.to_string(), dport: Some(5999) },
+        Flow {
+            name: "tcp4",
+            proto: "tcp",
+            src: p1.ipv4.to_string(),
+            sport: Some(40001),
+            dst: p2.ipv4.to_string(),
+            dport: Some(5001),
+        },
+        Flow {
+            name: "tcp6",
+            proto: "tcp",
+            src: p1.ipv6.to_string(),
+            sport: Some(40002),
+            dst: p3.ipv6.to_string(),
+            dport: Some(5002),
+        },
+        Flow {
+            name: "udp",
+            proto: "udp",
+            src: p2.ipv4.to_string(),
+            sport: Some(40003),
+            dst: p3.ipv4.to_string(),
+            dport: Some(5353),
+        },
+        Flow {
+            name: "icmp",
+            proto: "icmp",
+            src: p3.ipv4.to_string(),
+            sport: None,
+            dst: p1.ipv4.to_string(),
+            dport: None,
+        },
+        Flow {
+            name: "refused",
+            proto: "tcp",
+            src: p1.ipv4.to_string(),
+            sport: Some(40004),
+            dst: p2.ipv4.to_string(),
+            dport: Some(5999),
+        },
     ];
     let no_rst = if sockets_only { " tcp flags & rst == 0" } else { "" };
     let rules = vec![
@@ -94,11 +129,17 @@ fn run_plan(lab: &mut Lab, sockets_only: bool) -> Vec<Flow> {
         cmd.args(args);
         lab.output(cmd).expect("client")
     };
-    let out = client(lab, "p1", &["tcp-send".into(), p2.ipv4.to_string(), "5001".into(), "40001".into(), "100000".into()]);
+    let out =
+        client(lab, "p1", &["tcp-send".into(), p2.ipv4.to_string(), "5001".into(), "40001".into(), "100000".into()]);
     assert_eq!(out.trim(), r#"{"sent":100000,"received":5000}"#);
-    let out = client(lab, "p1", &["tcp-send".into(), p3.ipv6.to_string(), "5002".into(), "40002".into(), "30000".into()]);
+    let out =
+        client(lab, "p1", &["tcp-send".into(), p3.ipv6.to_string(), "5002".into(), "40002".into(), "30000".into()]);
     assert_eq!(out.trim(), r#"{"sent":30000,"received":7000}"#);
-    let out = client(lab, "p2", &["udp-send".into(), p3.ipv4.to_string(), "5353".into(), "40003".into(), "10".into(), "300".into(), "1".into()]);
+    let out = client(
+        lab,
+        "p2",
+        &["udp-send".into(), p3.ipv4.to_string(), "5353".into(), "40003".into(), "10".into(), "300".into(), "1".into()],
+    );
     assert_eq!(out.trim(), r#"{"sent":3000,"received":3000}"#);
     let out = client(lab, "p1", &["tcp-refused".into(), p2.ipv4.to_string(), "5999".into(), "40004".into()]);
     assert_eq!(out.trim(), r#"{"refused":true}"#);
@@ -109,7 +150,12 @@ fn run_plan(lab: &mut Lab, sockets_only: bool) -> Vec<Flow> {
 }
 
 /// Asserts that the `reporter` records of `flow` carry exactly the nft counts.
-fn assert_exact(records: &[Value], counters: &std::collections::HashMap<String, (u64, u64)>, flow: &Flow, reporter: &str) {
+fn assert_exact(
+    records: &[Value],
+    counters: &std::collections::HashMap<String, (u64, u64)>,
+    flow: &Flow,
+    reporter: &str,
+) {
     let fwd = counters[&format!("{}_fwd", flow.name)];
     let rev = counters[&format!("{}_rev", flow.name)];
     assert!(fwd.0 > 0, "{}: nft saw no forward packets", flow.name);
@@ -126,7 +172,11 @@ fn assert_exact(records: &[Value], counters: &std::collections::HashMap<String, 
 }
 
 fn sum_field(records: &[Value], reporter: &str, flow: &Flow, field: &str) -> u64 {
-    records.iter().filter(|r| r["reporter"] == reporter && flow.matches(r)).map(|r| r[field].as_u64().unwrap_or(0)).sum()
+    records
+        .iter()
+        .filter(|r| r["reporter"] == reporter && flow.matches(r))
+        .map(|r| r[field].as_u64().unwrap_or(0))
+        .sum()
 }
 
 fn observed(records: &[Value], reporter: &str, flow: &Flow) -> Vec<String> {
@@ -213,7 +263,12 @@ fn exact_counts_with_the_cgroup_hook_only() {
 
 /// `Name:\tvalue` from a `/proc/.../status` file.
 fn status_field(status: &str, name: &str) -> String {
-    status.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).unwrap_or_default().trim().to_owned()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 #[test]
@@ -255,7 +310,8 @@ fn runs_with_only_the_capabilities_it_needs_and_refuses_to_start_without_them() 
     // with nothing to regain them from.
     let agent = Agent::start(&mut lab, &dir, &[]).expect("agent");
     let needed = format!("{:016x}", 1u64 << 12 | 1 << 38 | 1 << 39);
-    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", agent.pid)).unwrap().map(|t| t.unwrap().path()).collect();
+    let tasks: Vec<_> =
+        std::fs::read_dir(format!("/proc/{}/task", agent.pid)).unwrap().map(|t| t.unwrap().path()).collect();
     assert!(tasks.len() > 1, "the runtime's threads are there too");
     for task in &tasks {
         let status = std::fs::read_to_string(task.join("status")).unwrap();
@@ -284,15 +340,23 @@ fn a_full_table_spills_to_the_ring_buffer_and_counts_every_loss() {
     let flow_dir = logs.path().join("flows");
     let agent = Agent::start(&mut lab, &flow_dir, &["--config", config.to_str().unwrap()]).expect("agent");
     let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
-    lab.nft_counters(&[("spray", format!("ip saddr {} ip daddr {} udp sport 41000 udp dport 20000-29999", p1.ipv4, p2.ipv4))]).unwrap();
+    lab.nft_counters(&[(
+        "spray",
+        format!("ip saddr {} ip daddr {} udp sport 41000 udp dport 20000-29999", p1.ipv4, p2.ipv4),
+    )])
+    .unwrap();
     let mut cmd = lab.pod_command("p1", traffic()).unwrap();
     cmd.args(["udp-spray", &p2.ipv4.to_string(), "20000", "8000", "41000"]);
     let out = lab.output(cmd).expect("spray");
     assert_eq!(out.trim(), r#"{"datagrams":8000}"#);
     std::thread::sleep(Duration::from_millis(1500));
-    let spilled = agent.metric(r#"flowaudit_kernel_events_total{counter="table_full_packets",hook="cgroup_egress"}"#).unwrap() as u64;
-    let lost = agent.metric(r#"flowaudit_kernel_events_total{counter="lost_packets",hook="cgroup_egress"}"#).unwrap() as u64;
-    let lost_bytes = agent.metric(r#"flowaudit_kernel_events_total{counter="lost_bytes",hook="cgroup_egress"}"#).unwrap() as u64;
+    let spilled = agent
+        .metric(r#"flowaudit_kernel_events_total{counter="table_full_packets",hook="cgroup_egress"}"#)
+        .unwrap() as u64;
+    let lost =
+        agent.metric(r#"flowaudit_kernel_events_total{counter="lost_packets",hook="cgroup_egress"}"#).unwrap() as u64;
+    let lost_bytes =
+        agent.metric(r#"flowaudit_kernel_events_total{counter="lost_bytes",hook="cgroup_egress"}"#).unwrap() as u64;
     let ring_read = agent.metric("flowaudit_ringbuf_events_total").unwrap() as u64;
     let counters = lab.read_counters().unwrap();
     assert!(agent.stop(&mut lab).expect("exit").success());
@@ -343,7 +407,14 @@ fn interfaces_that_appear_later_are_attached_and_ones_that_go_are_forgotten() {
     let counters = lab.read_counters().unwrap();
     assert!(agent.stop(&mut lab).expect("exit").success());
     let records = Agent::records(logs.path());
-    let flow = Flow { name: "new", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(40005), dst: p3.ipv4.to_string(), dport: Some(5003) };
+    let flow = Flow {
+        name: "new",
+        proto: "tcp",
+        src: p1.ipv4.to_string(),
+        sport: Some(40005),
+        dst: p3.ipv4.to_string(),
+        dport: Some(5003),
+    };
     assert_exact(&records, &counters, &flow, "dst");
     assert_exact(&records, &counters, &flow, "src");
 }
@@ -358,7 +429,8 @@ fn counts_stay_exact_across_drains_under_load() {
     let mut lab = Lab::new(2).expect("lab");
     let logs = tempfile::tempdir().unwrap();
     let glob = format!("fa{}p*", lab.id);
-    let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob, "--flush-interval", "100ms"]).expect("agent");
+    let agent =
+        Agent::start(&mut lab, logs.path(), &["--interfaces", &glob, "--flush-interval", "100ms"]).expect("agent");
     let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
     lab.nft_counters(&[
         ("bulk_fwd", format!("ip saddr {} ip daddr {} tcp sport 40007 tcp dport 5007", p1.ipv4, p2.ipv4)),
@@ -377,7 +449,14 @@ fn counts_stay_exact_across_drains_under_load() {
     let drains = agent.metric("flowaudit_drain_duration_seconds_count").unwrap();
     assert!(agent.stop(&mut lab).expect("exit").success());
     let records = Agent::records(logs.path());
-    let flow = Flow { name: "bulk", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(40007), dst: p2.ipv4.to_string(), dport: Some(5007) };
+    let flow = Flow {
+        name: "bulk",
+        proto: "tcp",
+        src: p1.ipv4.to_string(),
+        sport: Some(40007),
+        dst: p2.ipv4.to_string(),
+        dport: Some(5007),
+    };
     assert_exact(&records, &counters, &flow, "src");
     assert_exact(&records, &counters, &flow, "dst");
     let intervals = totals(&records, "src", |r| flow.matches(r)).4;
@@ -425,7 +504,11 @@ fn sigterm_flushes_open_flows_and_sigkill_leaves_nothing_attached() {
     // SIGKILL: the links die with the process; the next start works.
     let agent = Agent::start(&mut lab, logs.path(), &["--interfaces", &glob]).expect("agent");
     let veth = lab.pod("p1").node_veth.clone();
-    assert_eq!(flowaudit_lab::tcx_programs(&lab.node_netns, &veth, true).expect("BPF_PROG_QUERY"), 1, "attached while running");
+    assert_eq!(
+        flowaudit_lab::tcx_programs(&lab.node_netns, &veth, true).expect("BPF_PROG_QUERY"),
+        1,
+        "attached while running"
+    );
     let pid = agent.pid;
     lab.kill(pid, libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
@@ -528,7 +611,10 @@ fn identity_and_verdicts_from_manifests() {
     let src = one(&records, "src", port(41001));
     let dst = one(&records, "dst", port(41001));
     for r in [src, dst] {
-        assert_eq!((r["source_name"].as_str(), r["source_namespace"].as_str(), r["source_type"].as_str()), (Some("web-7d9f-p1"), Some("shop"), Some("wep")));
+        assert_eq!(
+            (r["source_name"].as_str(), r["source_namespace"].as_str(), r["source_type"].as_str()),
+            (Some("web-7d9f-p1"), Some("shop"), Some("wep"))
+        );
         assert_eq!(r["source_name_aggr"], "web-7d9f-*");
         assert_eq!((r["dest_name"].as_str(), r["dest_namespace"].as_str()), (Some("db"), Some("shop")));
         assert_eq!(r["dest_labels"], serde_json::json!({"labels": ["app=db", "tier=backend"]}));
@@ -540,13 +626,23 @@ fn identity_and_verdicts_from_manifests() {
         dst["policies"]["enforced_policies"],
         serde_json::json!(["0|security|gnp:security.db-guard|pass|0", "1|default|knp:shop/db-from-web|allow|0"])
     );
-    let flow = Flow { name: "allowed", proto: "tcp", src: p1.ipv4.to_string(), sport: Some(41001), dst: p2.ipv4.to_string(), dport: Some(5432) };
+    let flow = Flow {
+        name: "allowed",
+        proto: "tcp",
+        src: p1.ipv4.to_string(),
+        sport: Some(41001),
+        dst: p2.ipv4.to_string(),
+        dport: Some(5432),
+    };
     assert_exact(&records, &counters, &flow, "src");
     assert_exact(&records, &counters, &flow, "dst");
 
     // Denied and dropped: the destination's side denies, the packets only attempted.
     let dst = one(&records, "dst", port(41002));
-    assert_eq!((dst["action"].as_str(), dst["observed"].as_str(), dst["enforcement"].as_str()), (Some("deny"), Some("attempted"), Some("consistent")));
+    assert_eq!(
+        (dst["action"].as_str(), dst["observed"].as_str(), dst["enforcement"].as_str()),
+        (Some("deny"), Some("attempted"), Some("consistent"))
+    );
     assert_eq!(
         dst["policies"]["enforced_policies"],
         serde_json::json!(["0|security|gnp:security.db-guard|pass|0", "1|default|knp:shop/db-from-web|deny|-1"])
@@ -557,7 +653,10 @@ fn identity_and_verdicts_from_manifests() {
     // Denied but established: a violation, on both reporters.
     for reporter in ["src", "dst"] {
         let r = one(&records, reporter, port(41003));
-        assert_eq!((r["flow_action"].as_str(), r["observed"].as_str(), r["enforcement"].as_str()), (Some("deny"), Some("established"), Some("violation")));
+        assert_eq!(
+            (r["flow_action"].as_str(), r["observed"].as_str(), r["enforcement"].as_str()),
+            (Some("deny"), Some("established"), Some("violation"))
+        );
         assert_eq!(r["num_violations"], 1);
     }
     // The Calico tier denies anything but the sql port on db.
@@ -566,7 +665,10 @@ fn identity_and_verdicts_from_manifests() {
 
     // The host-network pod is named through its cgroup.
     let r = one(&records, "src", port(41004));
-    assert_eq!((r["source_name"].as_str(), r["source_namespace"].as_str(), r["host_network"].as_bool()), (Some("node-agent"), Some("ops"), Some(true)));
+    assert_eq!(
+        (r["source_name"].as_str(), r["source_namespace"].as_str(), r["host_network"].as_bool()),
+        (Some("node-agent"), Some("ops"), Some(true))
+    );
     assert_eq!(r["dest_name"], "monitor");
 
     // The policy change split the UDP flow: 5 datagrams allowed before, 3 denied after.
@@ -613,7 +715,14 @@ fn pinned_programs_count_across_a_restart_with_no_gap() {
     let pin_s = pin.to_str().unwrap().to_owned();
     let mut lab = Lab::new(2).expect("lab");
     let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
-    let flow = Flow { name: "udp", proto: "udp", src: p1.ipv4.to_string(), sport: Some(40003), dst: p2.ipv4.to_string(), dport: Some(5353) };
+    let flow = Flow {
+        name: "udp",
+        proto: "udp",
+        src: p1.ipv4.to_string(),
+        sport: Some(40003),
+        dst: p2.ipv4.to_string(),
+        dport: Some(5353),
+    };
     lab.nft_counters(&[
         ("udp_fwd", format!("ip saddr {} ip daddr {} udp sport 40003 udp dport 5353", p1.ipv4, p2.ipv4)),
         ("udp_rev", format!("ip saddr {} ip daddr {} udp sport 5353 udp dport 40003", p2.ipv4, p1.ipv4)),

@@ -20,7 +20,8 @@ use std::{
 };
 
 use flowaudit::cluster::{
-    ClusterState, IpNet, KubeNetworkPolicy, NamedPort, Namespace, NetworkSet, Node, Pod, Service, ServiceAccount, ServicePort, Tier,
+    ClusterState, IpNet, KubeNetworkPolicy, NamedPort, Namespace, NetworkSet, Node, Pod, Service, ServiceAccount,
+    ServicePort, Tier,
     calico::{Action, PolicyType, PortSpec, Protocol},
     kube::{Options, watch_with},
     manifests,
@@ -44,7 +45,9 @@ const RESYNC_WAIT: Duration = Duration::from_secs(60);
 fn server_or_skip(test: &str) -> Option<ApiServer> {
     // The source's logs (watch failures, reconnects, new versions) with the test's output.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "flowaudit=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "flowaudit=info".into()),
+        )
         .with_test_writer()
         .try_init();
     flowaudit_lab::apiserver::server_or_skip(test)
@@ -52,7 +55,8 @@ fn server_or_skip(test: &str) -> Option<ApiServer> {
 
 async fn client(server: &ApiServer) -> Client {
     let kubeconfig = Kubeconfig::read_from(server.kubeconfig()).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("client config");
+    let config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("client config");
     Client::try_from(config).expect("client")
 }
 
@@ -222,7 +226,10 @@ async fn objects_arrive_with_exact_fields() {
         }
     );
     let db = pod(&state, "shop", "db-1").unwrap();
-    assert_eq!((db.ips.clone(), db.service_account.as_str(), db.labels.clone()), (vec![ip("10.244.0.6")], "default", labels(&[("app", "db")])));
+    assert_eq!(
+        (db.ips.clone(), db.service_account.as_str(), db.labels.clone()),
+        (vec![ip("10.244.0.6")], "default", labels(&[("app", "db")]))
+    );
     assert_eq!(
         state.services.iter().find(|s| s.namespace == "shop").unwrap(),
         &Service {
@@ -258,7 +265,13 @@ async fn objects_arrive_with_exact_fields() {
     // The same conversion rules as the manifests source: the API's objects, dumped by kubectl
     // and read as manifests, give the same state.
     let dump = server
-        .kubectl(&["get", "namespaces,nodes,pods,services,serviceaccounts,networkpolicies.networking.k8s.io", "-A", "-o", "yaml"])
+        .kubectl(&[
+            "get",
+            "namespaces,nodes,pods,services,serviceaccounts,networkpolicies.networking.k8s.io",
+            "-A",
+            "-o",
+            "yaml",
+        ])
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cluster.yaml"), dump).unwrap();
@@ -312,7 +325,10 @@ async fn outage_keeps_the_state_and_a_restart_resyncs() {
     // Long enough for every watch to break and fail a few reconnects.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let during = rx.borrow_and_update().clone();
-    assert!(Arc::ptr_eq(&during, &before) || *during == *before, "the state changed while the API server was down: {during:#?}");
+    assert!(
+        Arc::ptr_eq(&during, &before) || *during == *before,
+        "the state changed while the API server was down: {during:#?}"
+    );
     assert!(!rx.has_changed().unwrap(), "nothing is published while the API server is down");
     assert!(shop_complete(&during));
 
@@ -470,7 +486,9 @@ fn policy_part(s: &ClusterState) -> ClusterState {
 fn from_manifests(text: &str) -> ClusterState {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("objects.yaml"), text).unwrap();
-    policy_part(&manifests::load_dir(dir.path()).unwrap_or_else(|e| panic!("the manifests source refuses them: {e:#?}")).state)
+    policy_part(
+        &manifests::load_dir(dir.path()).unwrap_or_else(|e| panic!("the manifests source refuses them: {e:#?}")).state,
+    )
 }
 
 fn net(s: &str) -> IpNet {
@@ -494,7 +512,8 @@ async fn calico_and_admin_kinds_arrive_like_manifests() {
     let state = wait_for(&mut rx, "the Calico and admin policy objects", WAIT, policies_complete).await;
 
     assert_eq!(state.tiers, vec![Tier { name: "security".into(), order: Some(100.0), default_action: Action::Pass }]);
-    let names: Vec<(Option<&str>, &str)> = state.calico_policies.iter().map(|p| (p.namespace.as_deref(), p.name.as_str())).collect();
+    let names: Vec<(Option<&str>, &str)> =
+        state.calico_policies.iter().map(|p| (p.namespace.as_deref(), p.name.as_str())).collect();
     assert_eq!(names, [(Some("shop"), "allow-web"), (None, "security.db-egress")], "the broken policy is left out");
     let web = &state.calico_policies[0].spec;
     assert_eq!(
@@ -507,7 +526,10 @@ async fn calico_and_admin_kinds_arrive_like_manifests() {
     assert_eq!(allow.source.selector.as_deref(), Some("has(role)"));
     assert_eq!(allow.destination.ports, vec![PortSpec::Number(80), PortSpec::Named("http".into())]);
     let db = &state.calico_policies[1].spec;
-    assert_eq!((db.tier.as_deref(), db.order, db.types.as_deref()), (Some("security"), Some(10.0), Some(&[PolicyType::Egress][..])));
+    assert_eq!(
+        (db.tier.as_deref(), db.order, db.types.as_deref()),
+        (Some("security"), Some(10.0), Some(&[PolicyType::Egress][..]))
+    );
     assert_eq!(db.egress.iter().map(|r| r.action).collect::<Vec<_>>(), [Action::Allow, Action::Deny]);
     assert_eq!(db.egress[0].destination.ports, vec![PortSpec::Number(5432), PortSpec::Range(6000, 6010)]);
     assert_eq!(db.egress[0].destination.selector.as_deref(), Some("role == 'backup'"));
@@ -523,10 +545,17 @@ async fn calico_and_admin_kinds_arrive_like_manifests() {
     let anp = &state.admin_policies[0];
     assert_eq!((anp.name.as_str(), anp.priority, anp.spec.ingress.len()), ("cluster-control", 20, 1));
     assert_eq!(anp.spec.ingress[0].name.as_deref(), Some("allow-monitoring"));
-    assert_eq!(state.baseline_admin_policy.as_ref().map(|b| (b.name.as_str(), b.spec.ingress.len())), Some(("default", 1)));
+    assert_eq!(
+        state.baseline_admin_policy.as_ref().map(|b| (b.name.as_str(), b.spec.ingress.len())),
+        Some(("default", 1))
+    );
 
     // Exactly what the manifests source makes of the same YAML.
-    assert_eq!(policy_part(&state), from_manifests(POLICIES), "the kube source and the manifests source disagree on the same YAML");
+    assert_eq!(
+        policy_part(&state),
+        from_manifests(POLICIES),
+        "the kube source and the manifests source disagree on the same YAML"
+    );
 
     // Fixed, the broken policy is read.
     server
@@ -539,13 +568,18 @@ async fn calico_and_admin_kinds_arrive_like_manifests() {
             r#"{"spec":{"selector":"app == 'web'"}}"#,
         ])
         .unwrap();
-    let fixed = wait_for(&mut rx, "the fixed policy", WAIT, |s| s.calico_policies.iter().any(|p| p.name == "broken")).await;
+    let fixed =
+        wait_for(&mut rx, "the fixed policy", WAIT, |s| s.calico_policies.iter().any(|p| p.name == "broken")).await;
     assert_eq!(fixed.calico_policies.len(), 3);
 
     // And what it makes of kubectl's dump of the objects (managed fields and all).
     let dump = server.kubectl(&["get", TEST_RESOURCES, "-A", "-o", "yaml"]).unwrap();
     assert!(dump.contains("managedFields"), "the dump is the whole objects");
-    assert_eq!(policy_part(&fixed), from_manifests(&dump), "the kube source and the manifests source disagree on kubectl's dump");
+    assert_eq!(
+        policy_part(&fixed),
+        from_manifests(&dump),
+        "the kube source and the manifests source disagree on kubectl's dump"
+    );
 }
 
 /// (e) A changed order, a deletion and a new tier are each published within a bounded wait.
@@ -573,7 +607,8 @@ async fn calico_and_admin_updates_and_deletes_are_published() {
         .unwrap();
     server.kubectl(&["delete", "globalnetworksets.crd.projectcalico.org", "partners"]).unwrap();
     let after = wait_for(&mut rx, "the new order and the deleted network set", WAIT, |s| {
-        s.calico_policies.iter().any(|p| p.name == "security.db-egress" && p.spec.order == Some(5.0)) && s.network_sets.is_empty()
+        s.calico_policies.iter().any(|p| p.name == "security.db-egress" && p.spec.order == Some(5.0))
+            && s.network_sets.is_empty()
     })
     .await;
     assert!(after.version > first.version);
@@ -614,7 +649,11 @@ async fn calico_kinds_are_read_from_v3_where_served() {
     let client = client(&server).await;
     let rx = watch_with(client, options()).await.expect("kube source ready");
     let state = rx.borrow().clone();
-    assert_eq!(state.tiers, vec![Tier { name: "in-v3".into(), order: Some(2.0), default_action: Action::Deny }], "Tier from v3 only");
+    assert_eq!(
+        state.tiers,
+        vec![Tier { name: "in-v3".into(), order: Some(2.0), default_action: Action::Deny }],
+        "Tier from v3 only"
+    );
     let names: Vec<&str> = state.calico_policies.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["in-v3.p"], "GlobalNetworkPolicy from the CRD (v3 does not serve it here)");
 }
@@ -640,10 +679,15 @@ async fn an_unavailable_calico_api_server_falls_back_to_the_crds() {
     loop {
         let groups = server.kubectl(&["get", "--raw", "/apis"]).unwrap();
         let version = server.kubectl(&["get", "--raw", "/apis/projectcalico.org/v3"]).map_err(|e| e.to_string());
-        if groups.contains("\"projectcalico.org/v3\"") && version.as_ref().is_err_and(|e| e.contains("ServiceUnavailable")) {
+        if groups.contains("\"projectcalico.org/v3\"")
+            && version.as_ref().is_err_and(|e| e.contains("ServiceUnavailable"))
+        {
             break;
         }
-        assert!(start.elapsed() < WAIT, "projectcalico.org/v3 is not listed and unavailable: {version:?}; /apis: {groups}");
+        assert!(
+            start.elapsed() < WAIT,
+            "projectcalico.org/v3 is not listed and unavailable: {version:?}; /apis: {groups}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -652,4 +696,3 @@ async fn an_unavailable_calico_api_server_falls_back_to_the_crds() {
     let state = rx.borrow().clone();
     assert_eq!(state.tiers, vec![Tier { name: "in-crd".into(), order: Some(1.0), default_action: Action::Deny }]);
 }
-

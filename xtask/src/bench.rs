@@ -105,8 +105,9 @@ pub fn run() -> anyhow::Result<()> {
     }
     drop(lab);
     let base = median(&mut results[0].2);
-    let mut iperf_table =
-        format!("| configuration | programs per packet | median of {ROUNDS} × {SECONDS} s | ratio to no programs |\n|---|---:|---:|---:|\n");
+    let mut iperf_table = format!(
+        "| configuration | programs per packet | median of {ROUNDS} × {SECONDS} s | ratio to no programs |\n|---|---:|---:|---:|\n"
+    );
     for (label, progs, runs) in &mut results {
         let m = median(runs);
         iperf_table.push_str(&format!("| {label} | {progs} | {:.2} Gbit/s | {:.3} |\n", m / 1e9, m / base));
@@ -148,17 +149,28 @@ fn tempdir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn machine() -> String {
-    let kernel = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("kernel {kernel}, {cores} × {cpu}")
 }
 
 fn write_doc(programs: &str, iperf: &str, attribution: &str) -> anyhow::Result<()> {
-    let date = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     let doc = format!(
         "# Performance\n\n\
          Written by `cargo xtask bench` on {date} ({machine}). Every figure sits next to a baseline \

@@ -76,8 +76,13 @@ pub fn run() -> anyhow::Result<()> {
         format!("ip saddr {} ip daddr {} icmp type echo-request", p3.ipv4, p1.ipv4),
     ])?;
     let glob = format!("fa{}p*", lab.id);
-    println!("== flowaudit run --cluster {} --cgroup {} --interfaces '{glob}'", cluster.display(), lab.cgroup.display());
-    let agent = Agent::start(&mut lab, &logs, &["--interfaces", &glob, "--cluster", cluster.to_str().unwrap_or_default()])?;
+    println!(
+        "== flowaudit run --cluster {} --cgroup {} --interfaces '{glob}'",
+        cluster.display(),
+        lab.cgroup.display()
+    );
+    let agent =
+        Agent::start(&mut lab, &logs, &["--interfaces", &glob, "--cluster", cluster.to_str().unwrap_or_default()])?;
 
     let t = workspace_bin("fa-traffic");
     let mut serve = |pod: &str, args: &[&str]| -> anyhow::Result<()> {
@@ -93,12 +98,44 @@ pub fn run() -> anyhow::Result<()> {
     serve("p3", &["udp-echo", &p3.ipv4.to_string(), "53"])?;
     std::thread::sleep(Duration::from_millis(500));
     let steps: Vec<(&str, Option<&str>, Vec<String>)> = vec![
-        ("web → db :5432 (allowed)", Some("p1"), vec!["tcp-send".into(), p2.ipv4.to_string(), "5432".into(), "40001".into(), "100000".into()]),
-        ("monitor → db :5432 (denied; the CNI drops it)", Some("p3"), vec!["tcp-blocked".into(), p2.ipv4.to_string(), "5432".into(), "40002".into()]),
-        ("monitor → db :9000 (denied, but it gets through)", Some("p3"), vec!["tcp-send".into(), p2.ipv4.to_string(), "9000".into(), "40003".into(), "500".into()]),
-        ("web → monitor TCP/IPv6 :443 (allowed)", Some("p1"), vec!["tcp-send".into(), p3.ipv6.to_string(), "443".into(), "40004".into(), "30000".into()]),
-        ("db → monitor UDP :53 (allowed)", Some("p2"), vec!["udp-send".into(), p3.ipv4.to_string(), "53".into(), "40005".into(), "10".into(), "300".into(), "1".into()]),
-        ("node-agent (host network) → monitor :8080", None, vec!["tcp-send".into(), p3.ipv4.to_string(), "8080".into(), "40006".into(), "300".into()]),
+        (
+            "web → db :5432 (allowed)",
+            Some("p1"),
+            vec!["tcp-send".into(), p2.ipv4.to_string(), "5432".into(), "40001".into(), "100000".into()],
+        ),
+        (
+            "monitor → db :5432 (denied; the CNI drops it)",
+            Some("p3"),
+            vec!["tcp-blocked".into(), p2.ipv4.to_string(), "5432".into(), "40002".into()],
+        ),
+        (
+            "monitor → db :9000 (denied, but it gets through)",
+            Some("p3"),
+            vec!["tcp-send".into(), p2.ipv4.to_string(), "9000".into(), "40003".into(), "500".into()],
+        ),
+        (
+            "web → monitor TCP/IPv6 :443 (allowed)",
+            Some("p1"),
+            vec!["tcp-send".into(), p3.ipv6.to_string(), "443".into(), "40004".into(), "30000".into()],
+        ),
+        (
+            "db → monitor UDP :53 (allowed)",
+            Some("p2"),
+            vec![
+                "udp-send".into(),
+                p3.ipv4.to_string(),
+                "53".into(),
+                "40005".into(),
+                "10".into(),
+                "300".into(),
+                "1".into(),
+            ],
+        ),
+        (
+            "node-agent (host network) → monitor :8080",
+            None,
+            vec!["tcp-send".into(), p3.ipv4.to_string(), "8080".into(), "40006".into(), "300".into()],
+        ),
     ];
     println!("== traffic");
     for (what, pod, args) in steps {
@@ -134,16 +171,31 @@ pub fn run() -> anyhow::Result<()> {
     println!("== flow log {} ({} records; lab traffic below)", logs.join("flows.log").display(), records.len());
     println!(
         "   {:<3} {:<5} {:<22} {:<20} {:>5} {:>12} {:>12} {:<6} {:<7} {:<6} {:<11} {:<14} trace",
-        "rep", "proto", "source", "dest", "port", "out p/B", "in p/B", "action", "pending", "flow", "observed", "enforcement"
+        "rep",
+        "proto",
+        "source",
+        "dest",
+        "port",
+        "out p/B",
+        "in p/B",
+        "action",
+        "pending",
+        "flow",
+        "observed",
+        "enforcement"
     );
-    let lab_net = |v: &serde_json::Value| v.as_str().is_some_and(|s| s.starts_with("10.231.") || s.starts_with("fd00:fa:"));
+    let lab_net =
+        |v: &serde_json::Value| v.as_str().is_some_and(|s| s.starts_with("10.231.") || s.starts_with("fd00:fa:"));
     let name = |r: &serde_json::Value, side: &str| {
         let n = r[format!("{side}_name")].as_str().unwrap_or("-");
         let ns = r[format!("{side}_namespace")].as_str().unwrap_or("-");
         if n == "-" { r[format!("{side}_ip")].as_str().unwrap_or("-").to_owned() } else { format!("{ns}/{n}") }
     };
     for r in records.iter().filter(|r| lab_net(&r["source_ip"]) && lab_net(&r["dest_ip"])) {
-        let trace: Vec<&str> = r["policies"]["enforced_policies"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+        let trace: Vec<&str> = r["policies"]["enforced_policies"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
         println!(
             "   {:<3} {:<5} {:<22} {:<20} {:>5} {:>12} {:>12} {:<6} {:<7} {:<6} {:<11} {:<14} {}",
             r["reporter"].as_str().unwrap_or(""),
@@ -165,7 +217,9 @@ pub fn run() -> anyhow::Result<()> {
     if let Some(line) = raw.lines().find(|l| l.contains("\"violation\"")) {
         println!("== the violation, as written in flows.log:\n{line}");
     }
-    println!("== try: target/debug/flowaudit explain --cluster deploy/demo --src ops/monitor --dst shop/db --port 9000");
+    println!(
+        "== try: target/debug/flowaudit explain --cluster deploy/demo --src ops/monitor --dst shop/db --port 9000"
+    );
     drop(lab);
     println!("== lab removed (namespaces, veths, cgroups, processes)");
     Ok(())

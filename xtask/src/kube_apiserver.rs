@@ -95,7 +95,10 @@ fn apt_install(packages: &[&'static str]) -> anyhow::Result<()> {
     update.args(["update", "-qq"]);
     status(update)?;
     let mut install = Command::new("apt-get");
-    install.args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
     status(install)
 }
 
@@ -159,7 +162,9 @@ fn step(what: &str, total: Instant, f: impl FnOnce() -> anyhow::Result<()>) -> a
 
 fn remove_dir(path: &Path) -> anyhow::Result<()> {
     match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
         _ => Ok(()),
     }
 }
@@ -174,7 +179,10 @@ pub fn ensure() -> anyhow::Result<K8sBins> {
         return Ok(bins);
     }
     fs::create_dir_all(&cache).with_context(|| {
-        format!("creating the cache {} (run as root, or set FLOWAUDIT_K8S_CACHE to a writable directory)", cache.display())
+        format!(
+            "creating the cache {} (run as root, or set FLOWAUDIT_K8S_CACHE to a writable directory)",
+            cache.display()
+        )
     })?;
     let _lock = lock(&cache)?;
     if is_complete(&cache) {

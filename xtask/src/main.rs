@@ -99,7 +99,8 @@ fn cargo_test(mut cmd: Command) -> anyhow::Result<(u64, u64)> {
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
-                rest.split(';').find_map(|part| part.trim().strip_suffix(word)?.split_whitespace().last()?.parse::<u64>().ok())
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word)?.split_whitespace().last()?.parse::<u64>().ok())
             };
             passed += num(" passed").unwrap_or(0);
             failed += num(" failed").unwrap_or(0);

@@ -41,7 +41,9 @@ fn missing_packages() -> Vec<&'static str> {
     APT_PACKAGES
         .iter()
         .copied()
-        .filter(|p| !output("dpkg-query", &["-W", "-f=${Status}", p]).is_some_and(|s| s.contains("install ok installed")))
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p]).is_some_and(|s| s.contains("install ok installed"))
+        })
         .collect()
 }
 
@@ -59,7 +61,9 @@ pub fn run() -> anyhow::Result<()> {
             c
         })?;
         let mut c = Command::new("apt-get");
-        c.args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+        c.args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive");
         status(c)?;
     }
 
@@ -70,7 +74,8 @@ pub fn run() -> anyhow::Result<()> {
         c.args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]);
         status(c)?;
     }
-    let components = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    let components =
+        output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: adding rust-src to nightly");
         let mut c = Command::new("rustup");
@@ -92,9 +97,17 @@ pub fn run() -> anyhow::Result<()> {
         eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (a few minutes, once)");
         let prefix = output(&format!("llvm-config-{LLVM_MAJOR}"), &["--prefix"]).context("llvm-config-22")?;
         let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features"])
-            .arg(format!("llvm-{LLVM_MAJOR}"))
-            .env("LLVM_PREFIX", prefix.trim());
+        c.args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{LLVM_MAJOR}"))
+        .env("LLVM_PREFIX", prefix.trim());
         status(c)?;
     }
     Ok(())

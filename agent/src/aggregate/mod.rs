@@ -34,8 +34,8 @@ use std::{
 use flowaudit_common::{proto, tcp_flags};
 
 use crate::model::{
-    Action, CaptureBatch, Enforcement, FlowRecord, Hook, IfaceRole, Observation, Observed, Policies, RecordContext, Reporter,
-    record_id,
+    Action, CaptureBatch, Enforcement, FlowRecord, Hook, IfaceRole, Observation, Observed, Policies, RecordContext,
+    Reporter, record_id,
 };
 
 /// What aggregate needs to know.
@@ -177,13 +177,25 @@ impl Aggregator {
         let mut records = self.build_records(batch, sides);
         // Stable: records with equal fields keep the echo-identifier order.
         records.sort_by(|a, b| {
-            (a.source_ip, a.source_port, a.dest_ip, a.dest_port, &a.proto, a.reporter)
-                .cmp(&(b.source_ip, b.source_port, b.dest_ip, b.dest_port, &b.proto, b.reporter))
+            (a.source_ip, a.source_port, a.dest_ip, a.dest_port, &a.proto, a.reporter).cmp(&(
+                b.source_ip,
+                b.source_port,
+                b.dest_ip,
+                b.dest_port,
+                &b.proto,
+                b.reporter,
+            ))
         });
         records
     }
 
-    fn account(&mut self, key: ConnKey, observations: &[&Observation], refused: &HashSet<ConnKey>, out: &mut Vec<SideRecord>) {
+    fn account(
+        &mut self,
+        key: ConnKey,
+        observations: &[&Observation],
+        refused: &HashSet<ConnKey>,
+        out: &mut Vec<SideRecord>,
+    ) {
         let first_batch = self.first_batch;
         let mut is_new = false;
         let conn = self.conns.entry(key).or_insert_with(|| {
@@ -227,10 +239,7 @@ impl Aggregator {
         }
         let observed = observed(key.proto, key.extra, conn);
         let pick = |side: Side, forward: bool| {
-            picks
-                .get(&(side, forward))
-                .map(|o| Counts { packets: o.packets, bytes: o.bytes })
-                .unwrap_or_default()
+            picks.get(&(side, forward)).map(|o| Counts { packets: o.packets, bytes: o.bytes }).unwrap_or_default()
         };
         let has = |side: Side| picks.contains_key(&(side, true)) || picks.contains_key(&(side, false));
         let most = |forward: bool| {
@@ -615,7 +624,11 @@ fn observed(p: u8, extra: Extra, conn: &Conn) -> Observed {
             }
         }
         (_, Extra::Echo(_)) => {
-            if conn.replied { Observed::Established } else { Observed::Attempted }
+            if conn.replied {
+                Observed::Established
+            } else {
+                Observed::Attempted
+            }
         }
         (_, Extra::Icmp(..)) => Observed::OneWay,
         _ => {

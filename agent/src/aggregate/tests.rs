@@ -162,8 +162,14 @@ impl Leveled {
     fn process(&mut self, batch: &CaptureBatch) -> Vec<FlowRecord> {
         let mut records = rollup(self.agg.process(batch), &RollupConfig { allowed: self.level, denied: self.level });
         records.sort_by(|a, b| {
-            (a.source_ip, a.source_port, a.dest_ip, a.dest_port, &a.proto, a.reporter)
-                .cmp(&(b.source_ip, b.source_port, b.dest_ip, b.dest_port, &b.proto, b.reporter))
+            (a.source_ip, a.source_port, a.dest_ip, a.dest_port, &a.proto, a.reporter).cmp(&(
+                b.source_ip,
+                b.source_port,
+                b.dest_ip,
+                b.dest_port,
+                &b.proto,
+                b.reporter,
+            ))
         });
         records
     }
@@ -1420,7 +1426,14 @@ fn localize_adds_the_side_of_a_local_pod_that_capture_did_not_see() {
     let records = localize(records, "node-1");
     let v = views(&records);
     assert_eq!(v.len(), 2);
-    assert_eq!(v[1], want(Reporter::Dst, "tcp", A, Some(41002), B, Some(5432)).inc(2, 120).out(0, 0).flows(1, 1, 0).observed(Observed::Attempted));
+    assert_eq!(
+        v[1],
+        want(Reporter::Dst, "tcp", A, Some(41002), B, Some(5432))
+            .inc(2, 120)
+            .out(0, 0)
+            .flows(1, 1, 0)
+            .observed(Observed::Attempted)
+    );
     assert_ne!(records[0].id, records[1].id);
     // On another node the destination is not local: nothing is added.
     let mut again = agg().process(&batch(0, 10, vec![obs(pod_in(5), A, 41002, B, 5432, TCP, 2, 120, SYN | SYN_ONLY)]));
@@ -1438,7 +1451,16 @@ fn localize_turns_transit_into_the_local_side() {
     assert_eq!(records[0].reporter, Reporter::Fwd);
     records[0].context.dest = pod_on("node-1");
     let v = views(&localize(records, "node-1"));
-    assert_eq!(v, vec![want(Reporter::Dst, "tcp", A, Some(40000), B, Some(80)).inc(3, 300).out(2, 200).flows(1, 1, 0).observed(Observed::Established)]);
+    assert_eq!(
+        v,
+        vec![
+            want(Reporter::Dst, "tcp", A, Some(40000), B, Some(80))
+                .inc(3, 300)
+                .out(2, 200)
+                .flows(1, 1, 0)
+                .observed(Observed::Established)
+        ]
+    );
 }
 
 #[test]

@@ -18,7 +18,9 @@ use super::{
 use crate::{
     cluster::{
         IpNet, Node,
-        admin::{AdminAction, AdminPort, BaselineAction, EgressPeer, IngressPeer, NamespacedPods, PortProtocol, Subject},
+        admin::{
+            AdminAction, AdminPort, BaselineAction, EgressPeer, IngressPeer, NamespacedPods, PortProtocol, Subject,
+        },
     },
     model::{Endpoint, EndpointKind},
 };
@@ -85,7 +87,8 @@ fn pod(ep: Option<&Endpoint>) -> Option<&Endpoint> {
 }
 
 fn pod_in(pods: &NamespacedPods, ep: &Endpoint) -> bool {
-    label_selector_matches(&pods.namespace_selector, &ep.namespace_labels) && label_selector_matches(&pods.pod_selector, &ep.labels)
+    label_selector_matches(&pods.namespace_selector, &ep.namespace_labels)
+        && label_selector_matches(&pods.pod_selector, &ep.labels)
 }
 
 impl AdminPolicy {
@@ -96,30 +99,49 @@ impl AdminPolicy {
             ingress: spec
                 .ingress
                 .iter()
-                .map(|r| ARule { action: admin_action(r.action), peers: r.from.iter().map(ingress_peer).collect(), ports: r.ports.clone() })
+                .map(|r| ARule {
+                    action: admin_action(r.action),
+                    peers: r.from.iter().map(ingress_peer).collect(),
+                    ports: r.ports.clone(),
+                })
                 .collect(),
             egress: spec
                 .egress
                 .iter()
-                .map(|r| ARule { action: admin_action(r.action), peers: r.to.iter().map(egress_peer).collect(), ports: r.ports.clone() })
+                .map(|r| ARule {
+                    action: admin_action(r.action),
+                    peers: r.to.iter().map(egress_peer).collect(),
+                    ports: r.ports.clone(),
+                })
                 .collect(),
             nodes,
         }
     }
 
     /// Compiles a BaselineAdminNetworkPolicy spec.
-    pub fn baseline(spec: &crate::cluster::admin::BaselineAdminNetworkPolicySpec, nodes: Arc<Vec<Node>>) -> AdminPolicy {
+    pub fn baseline(
+        spec: &crate::cluster::admin::BaselineAdminNetworkPolicySpec,
+        nodes: Arc<Vec<Node>>,
+    ) -> AdminPolicy {
         AdminPolicy {
             subject: spec.subject.clone(),
             ingress: spec
                 .ingress
                 .iter()
-                .map(|r| ARule { action: baseline_action(r.action), peers: r.from.iter().map(ingress_peer).collect(), ports: r.ports.clone() })
+                .map(|r| ARule {
+                    action: baseline_action(r.action),
+                    peers: r.from.iter().map(ingress_peer).collect(),
+                    ports: r.ports.clone(),
+                })
                 .collect(),
             egress: spec
                 .egress
                 .iter()
-                .map(|r| ARule { action: baseline_action(r.action), peers: r.to.iter().map(egress_peer).collect(), ports: r.ports.clone() })
+                .map(|r| ARule {
+                    action: baseline_action(r.action),
+                    peers: r.to.iter().map(egress_peer).collect(),
+                    ports: r.ports.clone(),
+                })
                 .collect(),
             nodes,
         }
@@ -159,7 +181,9 @@ impl AdminPolicy {
             Peer::Namespaces(sel) => pod(ep).is_some_and(|p| label_selector_matches(sel, &p.namespace_labels)),
             Peer::Pods(pods) => pod(ep).is_some_and(|p| pod_in(pods, p)),
             Peer::Networks(nets) => nets.iter().any(|n| n.contains(&ip)),
-            Peer::Nodes(sel) => self.nodes.iter().any(|n| n.addresses.contains(&ip) && label_selector_matches(sel, &labels_of(n))),
+            Peer::Nodes(sel) => {
+                self.nodes.iter().any(|n| n.addresses.contains(&ip) && label_selector_matches(sel, &labels_of(n)))
+            }
             Peer::Never => false,
         }
     }

@@ -23,8 +23,8 @@ use super::engine::{Dir, FlowView, RuleAction};
 use crate::{
     cluster::{
         IpNet, NetworkSet,
-        selector::{Labels, Selector},
         calico::{Action, CalicoPolicySpec, EntityRule, IcmpFields, PolicyType, PortSpec, Protocol, Rule},
+        selector::{Labels, Selector},
     },
     model::{Endpoint, EndpointKind},
 };
@@ -220,7 +220,11 @@ impl CalicoPolicy {
 
     /// Whether a rule matches on source ports (then a verdict depends on the source port).
     pub fn uses_source_ports(&self) -> bool {
-        self.ingress.iter().chain(self.egress.iter()).flatten().any(|r| !r.source.ports.is_empty() || !r.source.not_ports.is_empty())
+        self.ingress
+            .iter()
+            .chain(self.egress.iter())
+            .flatten()
+            .any(|r| !r.source.ports.is_empty() || !r.source.not_ports.is_empty())
     }
 
     /// Whether the policy applies to `subject` in `dir`.
@@ -272,7 +276,9 @@ impl CalicoPolicy {
         if r.unsupported {
             return false;
         }
-        if r.protocol.is_some_and(|p| proto_number(p) != flow.proto) || r.not_protocol.is_some_and(|p| proto_number(p) == flow.proto) {
+        if r.protocol.is_some_and(|p| proto_number(p) != flow.proto)
+            || r.not_protocol.is_some_and(|p| proto_number(p) == flow.proto)
+        {
             return false;
         }
         let version = if flow.src_ip.is_ipv4() { 4 } else { 6 };
@@ -362,9 +368,10 @@ impl CalicoPolicy {
                 None if self.global => true,
                 None => set.namespace.as_deref() == namespace,
                 Some(Some(sel)) if sel.is_global() => set.namespace.is_none(),
-                Some(Some(sel)) => set.namespace.as_deref().is_some_and(|n| {
-                    sel.matches(&NamespaceLabels { name: n, labels: &BTreeMap::new() })
-                }),
+                Some(Some(sel)) => set
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|n| sel.matches(&NamespaceLabels { name: n, labels: &BTreeMap::new() })),
                 Some(None) => false,
             };
             in_scope && labels_ok(&set.labels)
@@ -384,6 +391,8 @@ fn port_matches(spec: &PortSpec, port: Option<u16>, owner: Option<&Endpoint>) ->
     match spec {
         PortSpec::Number(n) => *n == port,
         PortSpec::Range(a, b) => (*a..=*b).contains(&port),
-        PortSpec::Named(name) => owner.is_some_and(|ep| ep.named_ports.iter().any(|np| &np.name == name && np.port == port)),
+        PortSpec::Named(name) => {
+            owner.is_some_and(|ep| ep.named_ports.iter().any(|np| &np.name == name && np.port == port))
+        }
     }
 }

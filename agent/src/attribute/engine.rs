@@ -178,7 +178,8 @@ impl Tier {
     /// A tier of `policies` (sorted and indexed here).
     pub fn new(name: String, order: Option<f64>, default_action: RuleAction, mut policies: Vec<Policy>) -> Tier {
         sort_policies(&mut policies);
-        let mut tier = Tier { name, order, default_action, policies, by_namespace: Default::default(), cluster_wide: Vec::new() };
+        let mut tier =
+            Tier { name, order, default_action, policies, by_namespace: Default::default(), cluster_wide: Vec::new() };
         tier.index();
         tier
     }
@@ -216,7 +217,8 @@ fn by_order(a: Option<f64>, b: Option<f64>) -> Ordering {
 
 /// Sorts policies by order (none last), then name, then kind.
 pub fn sort_policies(policies: &mut [Policy]) {
-    policies.sort_by(|a, b| by_order(a.order, b.order).then_with(|| a.name.cmp(&b.name)).then_with(|| a.kind.cmp(&b.kind)));
+    policies
+        .sort_by(|a, b| by_order(a.order, b.order).then_with(|| a.name.cmp(&b.name)).then_with(|| a.kind.cmp(&b.kind)));
 }
 
 /// Sorts tiers by order (none last), then name.

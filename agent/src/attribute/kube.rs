@@ -103,10 +103,22 @@ impl KubePolicy {
     /// Compiles a spec.
     pub fn new(spec: &NetworkPolicySpec) -> KubePolicy {
         let rules_in = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyIngressRule]| {
-            rules.iter().map(|r| KubeRule { peers: r.from.clone().filter(|v| !v.is_empty()), ports: r.ports.clone().filter(|v| !v.is_empty()) }).collect()
+            rules
+                .iter()
+                .map(|r| KubeRule {
+                    peers: r.from.clone().filter(|v| !v.is_empty()),
+                    ports: r.ports.clone().filter(|v| !v.is_empty()),
+                })
+                .collect()
         };
         let rules_out = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyEgressRule]| {
-            rules.iter().map(|r| KubeRule { peers: r.to.clone().filter(|v| !v.is_empty()), ports: r.ports.clone().filter(|v| !v.is_empty()) }).collect()
+            rules
+                .iter()
+                .map(|r| KubeRule {
+                    peers: r.to.clone().filter(|v| !v.is_empty()),
+                    ports: r.ports.clone().filter(|v| !v.is_empty()),
+                })
+                .collect()
         };
         let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         let types: Vec<String> = match &spec.policy_types {
@@ -116,7 +128,10 @@ impl KubePolicy {
         };
         KubePolicy {
             pod_selector: spec.pod_selector.clone().unwrap_or_default(),
-            ingress: types.iter().any(|t| t == "Ingress").then(|| rules_in(spec.ingress.as_deref().unwrap_or_default())),
+            ingress: types
+                .iter()
+                .any(|t| t == "Ingress")
+                .then(|| rules_in(spec.ingress.as_deref().unwrap_or_default())),
             egress: types.iter().any(|t| t == "Egress").then(|| rules_out(spec.egress.as_deref().unwrap_or_default())),
         }
     }
@@ -139,11 +154,16 @@ impl KubePolicy {
             Dir::Ingress => (self.ingress.as_ref()?, flow.src, flow.src_ip),
             Dir::Egress => (self.egress.as_ref()?, flow.dst, flow.dst_ip),
         };
-        rules.iter().position(|rule| {
-            let peer_ok = rule.peers.as_ref().is_none_or(|peers| peers.iter().any(|p| peer_matches(namespace, p, peer, peer_ip)));
-            peer_ok && rule.ports.as_ref().is_none_or(|ports| ports.iter().any(|p| port_matches(p, flow)))
-        })
-        .map(|i| (i, RuleAction::Allow))
+        rules
+            .iter()
+            .position(|rule| {
+                let peer_ok = rule
+                    .peers
+                    .as_ref()
+                    .is_none_or(|peers| peers.iter().any(|p| peer_matches(namespace, p, peer, peer_ip)));
+                peer_ok && rule.ports.as_ref().is_none_or(|ports| ports.iter().any(|p| port_matches(p, flow)))
+            })
+            .map(|i| (i, RuleAction::Allow))
     }
 }
 

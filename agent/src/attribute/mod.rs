@@ -26,8 +26,8 @@ use crate::{
     cluster::{CalicoPolicyKind, ClusterState, calico::StagedAction},
     model::{Action, Endpoint, EndpointKind, Enforcement, FlowRecord, Observed, Reporter},
 };
-use engine::{Body, Dir, Policy, PolicyKind, RuleAction, SideOutcome, Tier};
 pub use engine::FlowView;
+use engine::{Body, Dir, Policy, PolicyKind, RuleAction, SideOutcome, Tier};
 
 /// Order of Kubernetes NetworkPolicies in tier `default` (as Calico places them).
 pub const KUBE_POLICY_ORDER: f64 = 1000.0;
@@ -154,7 +154,11 @@ impl PolicySet {
         for sk in &state.staged_kube_policies {
             let id = (0, Some(sk.namespace.clone()), "default".to_owned(), sk.name.clone());
             match sk.staged_action {
-                StagedAction::Set => staged.push(("default".into(), id, Some(kube_policy(PolicyKind::Sknp, &sk.namespace, &sk.name, &sk.spec)))),
+                StagedAction::Set => staged.push((
+                    "default".into(),
+                    id,
+                    Some(kube_policy(PolicyKind::Sknp, &sk.namespace, &sk.name, &sk.spec)),
+                )),
                 StagedAction::Delete => staged.push(("default".into(), id, None)),
                 StagedAction::Learn | StagedAction::Ignore => {}
             }
@@ -162,12 +166,26 @@ impl PolicySet {
         for ap in &state.admin_policies {
             let id = (3, None, ADMIN_TIER.0.to_owned(), ap.name.clone());
             let body = Body::Admin(admin::AdminPolicy::admin(&ap.spec, nodes.clone()));
-            enforced.push((ADMIN_TIER.0.into(), id, Policy { kind: PolicyKind::Kanp, namespace: None, name: ap.name.clone(), order: Some(f64::from(ap.priority)), body }));
+            enforced.push((
+                ADMIN_TIER.0.into(),
+                id,
+                Policy {
+                    kind: PolicyKind::Kanp,
+                    namespace: None,
+                    name: ap.name.clone(),
+                    order: Some(f64::from(ap.priority)),
+                    body,
+                },
+            ));
         }
         if let Some(bp) = &state.baseline_admin_policy {
             let id = (4, None, BASELINE_TIER.0.to_owned(), bp.name.clone());
             let body = Body::Admin(admin::AdminPolicy::baseline(&bp.spec, nodes.clone()));
-            enforced.push((BASELINE_TIER.0.into(), id, Policy { kind: PolicyKind::Kbanp, namespace: None, name: bp.name.clone(), order: None, body }));
+            enforced.push((
+                BASELINE_TIER.0.into(),
+                id,
+                Policy { kind: PolicyKind::Kbanp, namespace: None, name: bp.name.clone(), order: None, body },
+            ));
         }
         let mut pending = enforced.clone();
         let has_staged = !staged.is_empty();
@@ -192,9 +210,10 @@ impl PolicySet {
             engine::sort_tiers(&mut out);
             out
         };
-        let source_ports = state.calico_policies.iter().any(|cp| {
-            calico::CalicoPolicy::new(&cp.spec, cp.kind.is_global(), sets.clone()).uses_source_ports()
-        });
+        let source_ports = state
+            .calico_policies
+            .iter()
+            .any(|cp| calico::CalicoPolicy::new(&cp.spec, cp.kind.is_global(), sets.clone()).uses_source_ports());
         PolicySet { enforced: build(enforced), pending: build(pending), source_ports, staged: has_staged }
     }
 
@@ -219,7 +238,12 @@ impl PolicySet {
     }
 }
 
-fn kube_policy(kind: PolicyKind, namespace: &str, name: &str, spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec) -> Policy {
+fn kube_policy(
+    kind: PolicyKind,
+    namespace: &str,
+    name: &str,
+    spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec,
+) -> Policy {
     Policy {
         kind,
         namespace: Some(namespace.to_owned()),
@@ -309,7 +333,8 @@ impl Attributor {
             r.pending_action = pending.0;
             r.policies.pending_policies = pending.1;
             r.flow_action = verdict.action();
-            r.enforcement = enforcement(r.flow_action, r.observed, r.num_flows_started, r.context.first_seen_ns, self.since_ns);
+            r.enforcement =
+                enforcement(r.flow_action, r.observed, r.num_flows_started, r.context.first_seen_ns, self.since_ns);
             r.num_violations = u64::from(r.enforcement == Enforcement::Violation);
         }
     }
@@ -325,9 +350,17 @@ fn side_fields(side: Option<&SideVerdict>) -> (Fields, Fields) {
 }
 
 /// What the packets showed against what the policy says.
-pub fn enforcement(flow_action: Action, observed: Observed, started: u64, first_seen_ns: u64, since_ns: u64) -> Enforcement {
+pub fn enforcement(
+    flow_action: Action,
+    observed: Observed,
+    started: u64,
+    first_seen_ns: u64,
+    since_ns: u64,
+) -> Enforcement {
     match (flow_action, observed) {
-        (Action::Deny, Observed::Established) if started == 0 && first_seen_ns < since_ns => Enforcement::StaleConnection,
+        (Action::Deny, Observed::Established) if started == 0 && first_seen_ns < since_ns => {
+            Enforcement::StaleConnection
+        }
         (Action::Deny, Observed::Established) => Enforcement::Violation,
         (Action::Allow, Observed::Attempted) => Enforcement::UnexplainedDrop,
         _ => Enforcement::Consistent,

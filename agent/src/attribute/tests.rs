@@ -64,7 +64,11 @@ struct Case {
     ingress: Option<&'static [&'static str]>,
 }
 
-fn endpoint_of(state: &crate::cluster::ClusterState, index: &Index, who: &str) -> (Option<std::sync::Arc<Endpoint>>, IpAddr) {
+fn endpoint_of(
+    state: &crate::cluster::ClusterState,
+    index: &Index,
+    who: &str,
+) -> (Option<std::sync::Arc<Endpoint>>, IpAddr) {
     match who.parse::<IpAddr>() {
         Ok(ip) => (index.by_ip(ip), ip),
         Err(_) => {
@@ -73,7 +77,10 @@ fn endpoint_of(state: &crate::cluster::ClusterState, index: &Index, who: &str) -
             let ip = pod.ips[0];
             let ep = if pod.host_network {
                 // Named through its cgroup in real life; build the endpoint as enrich would.
-                let mut e = (*index.by_ip(state.pods.iter().find(|p| !p.host_network && p.namespace == ns).unwrap().ips[0]).unwrap()).clone();
+                let mut e = (*index
+                    .by_ip(state.pods.iter().find(|p| !p.host_network && p.namespace == ns).unwrap().ips[0])
+                    .unwrap())
+                .clone();
                 e.name = Some(pod.name.clone());
                 e.labels = pod.labels.clone();
                 e.host_network = true;
@@ -95,7 +102,16 @@ fn run(case: &Case) {
     let set = PolicySet::compile(&state);
     let (src, src_ip) = endpoint_of(&state, &index, case.from);
     let (dst, dst_ip) = endpoint_of(&state, &index, case.to);
-    let v = set.evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto: case.proto, src_port: Some(40000), dst_port: case.port, icmp: None });
+    let v = set.evaluate(&FlowView {
+        src: src.as_deref(),
+        src_ip,
+        dst: dst.as_deref(),
+        dst_ip,
+        proto: case.proto,
+        src_port: Some(40000),
+        dst_port: case.port,
+        icmp: None,
+    });
     let trace = |s: &Option<SideVerdict>| s.as_ref().map(|s| s.enforced.trace.to_vec());
     let want = |t: Option<&[&str]>| t.map(|t| t.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert_eq!(trace(&v.egress), want(case.egress), "{}: egress trace", case.name);
@@ -191,32 +207,292 @@ fn kubernetes_network_policy_cases() {
     const ALLOW: Action = Action::Allow;
     const DENY: Action = Action::Deny;
     let cases = [
-        Case { name: "no policy: allowed, empty traces", policies: "", from: "shop/web", to: "shop/db", proto: TCP, port: Some(5432), action: ALLOW, egress: Some(&[]), ingress: Some(&[]) },
-        Case { name: "default deny ingress", policies: DENY_ALL_SHOP, from: "shop/web", to: "shop/db", proto: TCP, port: Some(5432), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/default-deny|deny|-1"]) },
-        Case { name: "default deny: egress is not isolated", policies: DENY_ALL_SHOP, from: "shop/db", to: "ops/monitor", proto: TCP, port: Some(80), action: ALLOW, egress: Some(&[]), ingress: Some(&[]) },
-        Case { name: "allowed by podSelector and port", policies: WEB_TO_DB, from: "shop/web", to: "shop/db", proto: TCP, port: Some(5432), action: ALLOW, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/allow-web|allow|0"]) },
-        Case { name: "wrong port: end of tier names the first selecting policy", policies: WEB_TO_DB, from: "shop/web", to: "shop/db", proto: TCP, port: Some(5433), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]) },
-        Case { name: "wrong protocol", policies: WEB_TO_DB, from: "shop/web", to: "shop/db", proto: UDP, port: Some(5432), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]) },
-        Case { name: "podSelector alone means the policy's namespace", policies: WEB_TO_DB, from: "dev/web", to: "shop/db", proto: TCP, port: Some(5432), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]) },
-        Case { name: "namespaceSelector AND podSelector, named port", policies: WEB_TO_DB, from: "ops/monitor", to: "shop/db", proto: TCP, port: Some(5432), action: ALLOW, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/allow-web|allow|1"]) },
-        Case { name: "ipBlock with host bits, named UDP port", policies: WEB_TO_DB, from: "172.16.200.1", to: "shop/db", proto: UDP, port: Some(53), action: ALLOW, egress: None, ingress: Some(&["0|default|knp:shop/allow-web|allow|2"]) },
-        Case { name: "ipBlock except", policies: WEB_TO_DB, from: "172.16.9.1", to: "shop/db", proto: UDP, port: Some(53), action: DENY, egress: None, ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]) },
-        Case { name: "endPort range", policies: WEB_TO_DB, from: "172.16.1.1", to: "shop/db", proto: TCP, port: Some(9100), action: ALLOW, egress: None, ingress: Some(&["0|default|knp:shop/allow-web|allow|2"]) },
-        Case { name: "past endPort", policies: WEB_TO_DB, from: "172.16.1.1", to: "shop/db", proto: TCP, port: Some(9101), action: DENY, egress: None, ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]) },
-        Case { name: "default deny selects the web pod too", policies: WEB_TO_DB, from: "shop/db", to: "shop/web", proto: TCP, port: Some(80), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/default-deny|deny|-1"]) },
-        Case { name: "egress rules imply Egress isolation: namespace expression", policies: EGRESS, from: "shop/web", to: "ops/monitor", proto: TCP, port: Some(80), action: ALLOW, egress: Some(&["0|default|knp:shop/web-egress|allow|0"]), ingress: Some(&[]) },
-        Case { name: "egress denied to another env", policies: EGRESS, from: "shop/web", to: "dev/web", proto: TCP, port: Some(80), action: DENY, egress: Some(&["0|default|knp:shop/web-egress|deny|-1"]), ingress: Some(&[]) },
-        Case { name: "egress to an ipBlock and port", policies: EGRESS, from: "shop/web", to: "8.8.8.8", proto: UDP, port: Some(53), action: ALLOW, egress: Some(&["0|default|knp:shop/web-egress|allow|1"]), ingress: None },
-        Case { name: "egress to an ipBlock, other port", policies: EGRESS, from: "shop/web", to: "8.8.8.8", proto: UDP, port: Some(54), action: DENY, egress: Some(&["0|default|knp:shop/web-egress|deny|-1"]), ingress: None },
-        Case { name: "an empty rule admits everyone", policies: OPEN_INGRESS, from: "203.0.113.7", to: "shop/db", proto: TCP, port: Some(1), action: ALLOW, egress: None, ingress: Some(&["0|default|knp:shop/open|allow|0"]) },
-        Case { name: "host-network pods are not subjects", policies: DENY_ALL_SHOP, from: "shop/web", to: "shop/hostnet", proto: TCP, port: Some(5432), action: ALLOW, egress: Some(&[]), ingress: Some(&[]) },
-        Case { name: "stacked: first policy's rule", policies: STACKED, from: "shop/web", to: "shop/db", proto: TCP, port: Some(5432), action: DENY, egress: Some(&["0|default|knp:shop/web-no-egress|deny|-1"]), ingress: Some(&["0|default|knp:shop/a-from-web|allow|0"]) },
-        Case { name: "stacked: second policy's rule on SCTP", policies: STACKED, from: "ops/monitor", to: "shop/db", proto: flowaudit_common::proto::SCTP, port: Some(9999), action: ALLOW, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/b-from-ops|allow|0"]) },
-        Case { name: "stacked: no rule of either", policies: STACKED, from: "ops/monitor", to: "shop/db", proto: TCP, port: Some(9999), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/a-from-web|deny|-1"]) },
-        Case { name: "egress-only isolation leaves ingress open", policies: STACKED, from: "ops/monitor", to: "shop/web", proto: TCP, port: Some(80), action: ALLOW, egress: Some(&[]), ingress: Some(&[]) },
-        Case { name: "an empty egress list denies all egress", policies: STACKED, from: "shop/web", to: "ops/monitor", proto: TCP, port: Some(80), action: DENY, egress: Some(&["0|default|knp:shop/web-no-egress|deny|-1"]), ingress: Some(&[]) },
-        Case { name: "DoesNotExist: labelled pods are not selected", policies: STACKED, from: "shop/db", to: "dev/web", proto: TCP, port: Some(80), action: ALLOW, egress: Some(&[]), ingress: Some(&[]) },
-        Case { name: "host-network pods are not pod peers", policies: WEB_TO_DB, from: "shop/hostnet", to: "shop/db", proto: TCP, port: Some(5432), action: DENY, egress: Some(&[]), ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]) },
+        Case {
+            name: "no policy: allowed, empty traces",
+            policies: "",
+            from: "shop/web",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(5432),
+            action: ALLOW,
+            egress: Some(&[]),
+            ingress: Some(&[]),
+        },
+        Case {
+            name: "default deny ingress",
+            policies: DENY_ALL_SHOP,
+            from: "shop/web",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(5432),
+            action: DENY,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/default-deny|deny|-1"]),
+        },
+        Case {
+            name: "default deny: egress is not isolated",
+            policies: DENY_ALL_SHOP,
+            from: "shop/db",
+            to: "ops/monitor",
+            proto: TCP,
+            port: Some(80),
+            action: ALLOW,
+            egress: Some(&[]),
+            ingress: Some(&[]),
+        },
+        Case {
+            name: "allowed by podSelector and port",
+            policies: WEB_TO_DB,
+            from: "shop/web",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(5432),
+            action: ALLOW,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/allow-web|allow|0"]),
+        },
+        Case {
+            name: "wrong port: end of tier names the first selecting policy",
+            policies: WEB_TO_DB,
+            from: "shop/web",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(5433),
+            action: DENY,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]),
+        },
+        Case {
+            name: "wrong protocol",
+            policies: WEB_TO_DB,
+            from: "shop/web",
+            to: "shop/db",
+            proto: UDP,
+            port: Some(5432),
+            action: DENY,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]),
+        },
+        Case {
+            name: "podSelector alone means the policy's namespace",
+            policies: WEB_TO_DB,
+            from: "dev/web",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(5432),
+            action: DENY,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]),
+        },
+        Case {
+            name: "namespaceSelector AND podSelector, named port",
+            policies: WEB_TO_DB,
+            from: "ops/monitor",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(5432),
+            action: ALLOW,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/allow-web|allow|1"]),
+        },
+        Case {
+            name: "ipBlock with host bits, named UDP port",
+            policies: WEB_TO_DB,
+            from: "172.16.200.1",
+            to: "shop/db",
+            proto: UDP,
+            port: Some(53),
+            action: ALLOW,
+            egress: None,
+            ingress: Some(&["0|default|knp:shop/allow-web|allow|2"]),
+        },
+        Case {
+            name: "ipBlock except",
+            policies: WEB_TO_DB,
+            from: "172.16.9.1",
+            to: "shop/db",
+            proto: UDP,
+            port: Some(53),
+            action: DENY,
+            egress: None,
+            ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]),
+        },
+        Case {
+            name: "endPort range",
+            policies: WEB_TO_DB,
+            from: "172.16.1.1",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(9100),
+            action: ALLOW,
+            egress: None,
+            ingress: Some(&["0|default|knp:shop/allow-web|allow|2"]),
+        },
+        Case {
+            name: "past endPort",
+            policies: WEB_TO_DB,
+            from: "172.16.1.1",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(9101),
+            action: DENY,
+            egress: None,
+            ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]),
+        },
+        Case {
+            name: "default deny selects the web pod too",
+            policies: WEB_TO_DB,
+            from: "shop/db",
+            to: "shop/web",
+            proto: TCP,
+            port: Some(80),
+            action: DENY,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/default-deny|deny|-1"]),
+        },
+        Case {
+            name: "egress rules imply Egress isolation: namespace expression",
+            policies: EGRESS,
+            from: "shop/web",
+            to: "ops/monitor",
+            proto: TCP,
+            port: Some(80),
+            action: ALLOW,
+            egress: Some(&["0|default|knp:shop/web-egress|allow|0"]),
+            ingress: Some(&[]),
+        },
+        Case {
+            name: "egress denied to another env",
+            policies: EGRESS,
+            from: "shop/web",
+            to: "dev/web",
+            proto: TCP,
+            port: Some(80),
+            action: DENY,
+            egress: Some(&["0|default|knp:shop/web-egress|deny|-1"]),
+            ingress: Some(&[]),
+        },
+        Case {
+            name: "egress to an ipBlock and port",
+            policies: EGRESS,
+            from: "shop/web",
+            to: "8.8.8.8",
+            proto: UDP,
+            port: Some(53),
+            action: ALLOW,
+            egress: Some(&["0|default|knp:shop/web-egress|allow|1"]),
+            ingress: None,
+        },
+        Case {
+            name: "egress to an ipBlock, other port",
+            policies: EGRESS,
+            from: "shop/web",
+            to: "8.8.8.8",
+            proto: UDP,
+            port: Some(54),
+            action: DENY,
+            egress: Some(&["0|default|knp:shop/web-egress|deny|-1"]),
+            ingress: None,
+        },
+        Case {
+            name: "an empty rule admits everyone",
+            policies: OPEN_INGRESS,
+            from: "203.0.113.7",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(1),
+            action: ALLOW,
+            egress: None,
+            ingress: Some(&["0|default|knp:shop/open|allow|0"]),
+        },
+        Case {
+            name: "host-network pods are not subjects",
+            policies: DENY_ALL_SHOP,
+            from: "shop/web",
+            to: "shop/hostnet",
+            proto: TCP,
+            port: Some(5432),
+            action: ALLOW,
+            egress: Some(&[]),
+            ingress: Some(&[]),
+        },
+        Case {
+            name: "stacked: first policy's rule",
+            policies: STACKED,
+            from: "shop/web",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(5432),
+            action: DENY,
+            egress: Some(&["0|default|knp:shop/web-no-egress|deny|-1"]),
+            ingress: Some(&["0|default|knp:shop/a-from-web|allow|0"]),
+        },
+        Case {
+            name: "stacked: second policy's rule on SCTP",
+            policies: STACKED,
+            from: "ops/monitor",
+            to: "shop/db",
+            proto: flowaudit_common::proto::SCTP,
+            port: Some(9999),
+            action: ALLOW,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/b-from-ops|allow|0"]),
+        },
+        Case {
+            name: "stacked: no rule of either",
+            policies: STACKED,
+            from: "ops/monitor",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(9999),
+            action: DENY,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/a-from-web|deny|-1"]),
+        },
+        Case {
+            name: "egress-only isolation leaves ingress open",
+            policies: STACKED,
+            from: "ops/monitor",
+            to: "shop/web",
+            proto: TCP,
+            port: Some(80),
+            action: ALLOW,
+            egress: Some(&[]),
+            ingress: Some(&[]),
+        },
+        Case {
+            name: "an empty egress list denies all egress",
+            policies: STACKED,
+            from: "shop/web",
+            to: "ops/monitor",
+            proto: TCP,
+            port: Some(80),
+            action: DENY,
+            egress: Some(&["0|default|knp:shop/web-no-egress|deny|-1"]),
+            ingress: Some(&[]),
+        },
+        Case {
+            name: "DoesNotExist: labelled pods are not selected",
+            policies: STACKED,
+            from: "shop/db",
+            to: "dev/web",
+            proto: TCP,
+            port: Some(80),
+            action: ALLOW,
+            egress: Some(&[]),
+            ingress: Some(&[]),
+        },
+        Case {
+            name: "host-network pods are not pod peers",
+            policies: WEB_TO_DB,
+            from: "shop/hostnet",
+            to: "shop/db",
+            proto: TCP,
+            port: Some(5432),
+            action: DENY,
+            egress: Some(&[]),
+            ingress: Some(&["0|default|knp:shop/allow-web|deny|-1"]),
+        },
     ];
     for case in &cases {
         run(case);
@@ -270,7 +546,13 @@ fn records_get_the_reporter_side_and_the_flow_verdict() {
 /// Verdict of a flow against BASE + `policies`: (action, egress trace, ingress trace,
 /// pending action, pending ingress trace).
 #[allow(clippy::type_complexity)]
-fn verdict(policies: &str, from: &str, to: &str, proto: u8, port: u16) -> (Action, Option<Vec<String>>, Option<Vec<String>>, Action, Option<Vec<String>>) {
+fn verdict(
+    policies: &str,
+    from: &str,
+    to: &str,
+    proto: u8,
+    port: u16,
+) -> (Action, Option<Vec<String>>, Option<Vec<String>>, Action, Option<Vec<String>>) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("base.yaml"), BASE).unwrap();
     std::fs::write(dir.path().join("policies.yaml"), policies).unwrap();
@@ -278,7 +560,16 @@ fn verdict(policies: &str, from: &str, to: &str, proto: u8, port: u16) -> (Actio
     let index = Index::build(&state, std::path::Path::new("/nonexistent"));
     let (src, src_ip) = endpoint_of(&state, &index, from);
     let (dst, dst_ip) = endpoint_of(&state, &index, to);
-    let v = PolicySet::compile(&state).evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto, src_port: Some(40000), dst_port: Some(port), icmp: None });
+    let v = PolicySet::compile(&state).evaluate(&FlowView {
+        src: src.as_deref(),
+        src_ip,
+        dst: dst.as_deref(),
+        dst_ip,
+        proto,
+        src_port: Some(40000),
+        dst_port: Some(port),
+        icmp: None,
+    });
     let e = v.egress.as_ref().map(|s| s.enforced.trace.to_vec());
     let i = v.ingress.as_ref().map(|s| s.enforced.trace.to_vec());
     let pi = v.ingress.as_ref().map(|s| s.pending.trace.to_vec());
@@ -319,7 +610,11 @@ spec:
 #[test]
 fn calico_tiers_pass_log_and_namespace_selectors() {
     let (a, _, i, ..) = verdict(TIERED, "dev/web", "shop/db", TCP, 5432);
-    assert_eq!((a, i), (Action::Deny, t(&["0|security|gnp:security.db-guard|deny|1"])), "Log leaves no entry; rule 1 denies dev");
+    assert_eq!(
+        (a, i),
+        (Action::Deny, t(&["0|security|gnp:security.db-guard|deny|1"])),
+        "Log leaves no entry; rule 1 denies dev"
+    );
     let (a, _, i, ..) = verdict(TIERED, "shop/web", "shop/db", TCP, 5432);
     assert_eq!(
         (a, i),
@@ -327,7 +622,10 @@ fn calico_tiers_pass_log_and_namespace_selectors() {
         "Pass hands over to the next tier"
     );
     let (a, _, i, ..) = verdict(TIERED, "ops/monitor", "shop/db", TCP, 5432);
-    assert_eq!((a, i), (Action::Deny, t(&["0|security|gnp:security.db-guard|pass|2", "1|default|knp:shop/allow-web|deny|-1"])));
+    assert_eq!(
+        (a, i),
+        (Action::Deny, t(&["0|security|gnp:security.db-guard|pass|2", "1|default|knp:shop/allow-web|deny|-1"]))
+    );
     // monitor is not selected by anything: both sides allow with empty traces.
     let (a, e, i, ..) = verdict(TIERED, "shop/db", "ops/monitor", TCP, 80);
     assert_eq!((a, e, i), (Action::Allow, t(&[]), t(&[])));
@@ -364,7 +662,10 @@ spec:
     // audit selects db, nothing matches TCP: its default Pass; the unordered tier comes after
     // every ordered one, including default (which selects nothing here).
     let (a, _, i, ..) = verdict(policies, "shop/web", "shop/db", TCP, 5432);
-    assert_eq!((a, i), (Action::Deny, t(&["0|audit|gnp:audit.watch-db|pass|-1", "1|zz-unordered|gnp:zz-unordered.last-word|deny|0"])));
+    assert_eq!(
+        (a, i),
+        (Action::Deny, t(&["0|audit|gnp:audit.watch-db|pass|-1", "1|zz-unordered|gnp:zz-unordered.last-word|deny|0"]))
+    );
 }
 
 #[test]
@@ -412,7 +713,10 @@ spec: {nets: [198.51.100.0/28]}
     }
     // The service-account rule: web's pod runs as web-sa.
     let with_sa = all.clone();
-    let base_sa = BASE.replace("metadata: {name: web, namespace: shop, labels: {app: web}}", "metadata: {name: web, namespace: shop, labels: {app: web}}\nspec: {serviceAccountName: web-sa}");
+    let base_sa = BASE.replace(
+        "metadata: {name: web, namespace: shop, labels: {app: web}}",
+        "metadata: {name: web, namespace: shop, labels: {app: web}}\nspec: {serviceAccountName: web-sa}",
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("base.yaml"), base_sa).unwrap();
     std::fs::write(dir.path().join("p.yaml"), with_sa).unwrap();
@@ -420,7 +724,16 @@ spec: {nets: [198.51.100.0/28]}
     let index = Index::build(&state, std::path::Path::new("/nonexistent"));
     let (src, src_ip) = endpoint_of(&state, &index, "shop/web");
     let (dst, dst_ip) = endpoint_of(&state, &index, "shop/db");
-    let v = PolicySet::compile(&state).evaluate(&FlowView { src: src.as_deref(), src_ip, dst: dst.as_deref(), dst_ip, proto: TCP, src_port: Some(1), dst_port: Some(22), icmp: None });
+    let v = PolicySet::compile(&state).evaluate(&FlowView {
+        src: src.as_deref(),
+        src_ip,
+        dst: dst.as_deref(),
+        dst_ip,
+        proto: TCP,
+        src_port: Some(1),
+        dst_port: Some(22),
+        icmp: None,
+    });
     assert_eq!(v.ingress.unwrap().enforced.trace.to_vec(), vec!["0|default|np:shop/db-in|allow|1".to_string()]);
 }
 
@@ -532,10 +845,18 @@ fn admin_and_baseline_admin_policies() {
         (Action::Deny, t(&["0|kube-admin|kanp:no-dev-into-prod|pass|-1", "1|kube-baseline|kbanp:default|deny|0"]))
     );
     // A Kubernetes NetworkPolicy in tier default decides before the baseline.
-    let with_np = format!("{ADMIN}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-web, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: web}}}}}}]}}]\n");
+    let with_np = format!(
+        "{ADMIN}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-web, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: web}}}}}}]}}]\n"
+    );
     let (a, _, i, ..) = verdict(Box::leak(with_np.into_boxed_str()), "shop/web", "shop/db", TCP, 5432);
-    assert_eq!((a, i), (Action::Allow, t(&["0|kube-admin|kanp:no-dev-into-prod|pass|-1", "1|default|knp:shop/allow-web|allow|0"])));
+    assert_eq!(
+        (a, i),
+        (Action::Allow, t(&["0|kube-admin|kanp:no-dev-into-prod|pass|-1", "1|default|knp:shop/allow-web|allow|0"]))
+    );
     // An explicit Pass rule ends the tier (no end-of-tier entry), then the baseline.
     let (a, _, i, ..) = verdict(ADMIN, "shop/web", "ops/monitor", TCP, 80);
-    assert_eq!((a, i), (Action::Deny, t(&["0|kube-admin|kanp:hand-over|pass|0", "1|kube-baseline|kbanp:default|deny|0"])));
+    assert_eq!(
+        (a, i),
+        (Action::Deny, t(&["0|kube-admin|kanp:hand-over|pass|0", "1|kube-baseline|kbanp:default|deny|0"]))
+    );
 }

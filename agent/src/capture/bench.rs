@@ -84,7 +84,8 @@ pub fn attach_empty(cgroup: &std::path::Path, interfaces: &[String]) -> Result<a
     use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, TcAttachType};
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
     let dir = std::fs::File::open(cgroup).map_err(|source| CaptureError::Cgroup { path: cgroup.to_owned(), source })?;
-    let prog: &mut CgroupSkb = ebpf.program_mut(programs::CGROUP_EMPTY).expect("in object").try_into().expect("cgroup_skb");
+    let prog: &mut CgroupSkb =
+        ebpf.program_mut(programs::CGROUP_EMPTY).expect("in object").try_into().expect("cgroup_skb");
     let err = |what: &str| {
         let what = what.to_owned();
         move |source| CaptureError::Program { what, source }
@@ -93,7 +94,8 @@ pub fn attach_empty(cgroup: &std::path::Path, interfaces: &[String]) -> Result<a
     for attach in [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress] {
         prog.attach(&dir, attach, CgroupAttachMode::Single).map_err(err("attaching the empty cgroup program"))?;
     }
-    let prog: &mut SchedClassifier = ebpf.program_mut(programs::TC_EMPTY).expect("in object").try_into().expect("classifier");
+    let prog: &mut SchedClassifier =
+        ebpf.program_mut(programs::TC_EMPTY).expect("in object").try_into().expect("classifier");
     prog.load().map_err(err("loading the empty TC program"))?;
     for iface in interfaces {
         for attach in [TcAttachType::Ingress, TcAttachType::Egress] {

@@ -53,7 +53,10 @@ impl CaptureMetrics {
             flow_entries: reg(
                 registry,
                 IntCounterVec::new(
-                    Opts::new("flowaudit_flow_entries_total", "Flow-table entries drained (one per flow direction, hook and interface per interval)."),
+                    Opts::new(
+                        "flowaudit_flow_entries_total",
+                        "Flow-table entries drained (one per flow direction, hook and interface per interval).",
+                    ),
                     &["hook"],
                 )
                 .expect("valid"),
@@ -61,7 +64,10 @@ impl CaptureMetrics {
             packets: reg(
                 registry,
                 IntCounterVec::new(
-                    Opts::new("flowaudit_packets_total", "Wire packets counted into flows (table and ring buffer), per hook."),
+                    Opts::new(
+                        "flowaudit_packets_total",
+                        "Wire packets counted into flows (table and ring buffer), per hook.",
+                    ),
                     &["hook"],
                 )
                 .expect("valid"),
@@ -69,22 +75,34 @@ impl CaptureMetrics {
             bytes: reg(
                 registry,
                 IntCounterVec::new(
-                    Opts::new("flowaudit_bytes_total", "IP-layer bytes counted into flows (table and ring buffer), per hook."),
+                    Opts::new(
+                        "flowaudit_bytes_total",
+                        "IP-layer bytes counted into flows (table and ring buffer), per hook.",
+                    ),
                     &["hook"],
                 )
                 .expect("valid"),
             ),
             ringbuf_events: reg(
                 registry,
-                prometheus::IntCounter::new("flowaudit_ringbuf_events_total", "Packets read from the ring buffer (the flow table was full).").expect("valid"),
+                prometheus::IntCounter::new(
+                    "flowaudit_ringbuf_events_total",
+                    "Packets read from the ring buffer (the flow table was full).",
+                )
+                .expect("valid"),
             ),
             ringbuf_malformed: reg(
                 registry,
-                prometheus::IntCounter::new("flowaudit_ringbuf_malformed_total", "Ring-buffer records of the wrong size (never expected).").expect("valid"),
+                prometheus::IntCounter::new(
+                    "flowaudit_ringbuf_malformed_total",
+                    "Ring-buffer records of the wrong size (never expected).",
+                )
+                .expect("valid"),
             ),
             table_entries: reg(
                 registry,
-                IntGauge::new("flowaudit_flow_table_entries", "Entries in the flow table at the last drain.").expect("valid"),
+                IntGauge::new("flowaudit_flow_table_entries", "Entries in the flow table at the last drain.")
+                    .expect("valid"),
             ),
             table_capacity: reg(
                 registry,
@@ -93,14 +111,21 @@ impl CaptureMetrics {
             drain_seconds: reg(
                 registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("flowaudit_drain_duration_seconds", "Time to swap and read the kernel flow table.")
-                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                    HistogramOpts::new(
+                        "flowaudit_drain_duration_seconds",
+                        "Time to swap and read the kernel flow table.",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
                 )
                 .expect("valid"),
             ),
             drain_errors: reg(
                 registry,
-                prometheus::IntCounter::new("flowaudit_drain_errors_total", "Drains that failed (the counts stay in the kernel table for the next one).").expect("valid"),
+                prometheus::IntCounter::new(
+                    "flowaudit_drain_errors_total",
+                    "Drains that failed (the counts stay in the kernel table for the next one).",
+                )
+                .expect("valid"),
             ),
             attach_events: reg(
                 registry,
@@ -112,7 +137,8 @@ impl CaptureMetrics {
             ),
             attached: reg(
                 registry,
-                IntGaugeVec::new(Opts::new("flowaudit_attached_programs", "Programs attached now."), &["hook"]).expect("valid"),
+                IntGaugeVec::new(Opts::new("flowaudit_attached_programs", "Programs attached now."), &["hook"])
+                    .expect("valid"),
             ),
             last: Default::default(),
         };

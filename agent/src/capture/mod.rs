@@ -38,19 +38,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, SchedClassifier,
-        links::{FdLink, PinnedLink},
-        TcAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, SchedClassifier, TcAttachType,
         cgroup_skb::CgroupSkbLinkId,
+        links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
     util::KernelVersion,
 };
-pub use metrics::CaptureMetrics;
-use flowaudit_common::{
-    COUNTER_SLOTS, FAMILY_IPV4, FlowEvent, FlowKey, FlowStats, ObsPoint, maps, programs,
-};
+use flowaudit_common::{COUNTER_SLOTS, FAMILY_IPV4, FlowEvent, FlowKey, FlowStats, ObsPoint, maps, programs};
 use ifaces::LinkEvent;
+pub use metrics::CaptureMetrics;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::model::{CaptureBatch, Hook, IfaceRole, Observation, Tuple};
@@ -170,11 +167,7 @@ impl Capture {
     /// Loads the object, installs the first flow table and attaches the cgroup programs.
     /// TC programs attach as [`Capture::run`] learns the interfaces.
     pub fn load(cfg: CaptureConfig, metrics: CaptureMetrics, ready: Arc<AtomicBool>) -> Result<Self, CaptureError> {
-        let patterns = cfg
-            .interfaces
-            .iter()
-            .map(|p| glob::Pattern::new(p).expect("validated by config"))
-            .collect();
+        let patterns = cfg.interfaces.iter().map(|p| glob::Pattern::new(p).expect("validated by config")).collect();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::FLOW_EVENTS, cfg.ring_buffer_size);
         let mut takeover = false;
@@ -265,25 +258,27 @@ impl Capture {
             if let Some(pin) = &pin
                 && pin.exists()
             {
-                let prog_fd = prog.fd().map_err(|source| CaptureError::Program { what: format!("{name} fd"), source })?;
+                let prog_fd =
+                    prog.fd().map_err(|source| CaptureError::Program { what: format!("{name} fd"), source })?;
                 link_update(pin, prog_fd.as_fd()).map_err(|e| CaptureError::Pin {
                     path: pin.clone(),
                     reason: format!("swapping {name} into the pinned link: {e}"),
                 })?;
                 tracing::info!(message = "Swapped the new program into a pinned link.", link = %pin.display());
-                self.cgroup_pins.push(PinnedLink::from_pin(pin).map_err(|e| CaptureError::Pin {
-                    path: pin.clone(),
-                    reason: e.to_string(),
-                })?);
+                self.cgroup_pins.push(
+                    PinnedLink::from_pin(pin)
+                        .map_err(|e| CaptureError::Pin { path: pin.clone(), reason: e.to_string() })?,
+                );
             } else {
                 let link = prog.attach(&dir, attach, CgroupAttachMode::Single).map_err(|source| {
                     CaptureError::Program { what: format!("attaching {name} to {}", self.cfg.cgroup.display()), source }
                 })?;
                 match pin {
                     Some(pin) => {
-                        let owned = prog
-                            .take_link(link)
-                            .map_err(|source| CaptureError::Program { what: format!("taking the {name} link"), source })?;
+                        let owned = prog.take_link(link).map_err(|source| CaptureError::Program {
+                            what: format!("taking the {name} link"),
+                            source,
+                        })?;
                         let fd_link = FdLink::try_from(owned).map_err(|e| CaptureError::Pin {
                             path: pin.clone(),
                             reason: format!("{name}: not an fd link: {e}"),
@@ -371,7 +366,8 @@ impl Capture {
                 TcAttachType::Ingress => (programs::TC_INGRESS, ObsPoint::TcIngress),
                 _ => (programs::TC_EGRESS, ObsPoint::TcEgress),
             };
-            let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("in object").try_into().expect("classifier");
+            let prog: &mut SchedClassifier =
+                self.ebpf.program_mut(name).expect("in object").try_into().expect("classifier");
             // The kernel already dropped the links of a deleted device; detaching is then a no-op.
             let _ = prog.detach(link);
             self.metrics.attach_events.with_label_values(&[hook.name(), "detached"]).inc();
@@ -392,8 +388,12 @@ impl Capture {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("tc-") && !keep.contains(&name) {
                 match std::fs::remove_file(entry.path()) {
-                    Ok(()) => tracing::info!(message = "Unpinned the TC link of an interface that is gone.", link = %entry.path().display()),
-                    Err(error) => tracing::warn!(message = "Unpinning a stale TC link failed.", link = %entry.path().display(), %error),
+                    Ok(()) => {
+                        tracing::info!(message = "Unpinned the TC link of an interface that is gone.", link = %entry.path().display())
+                    }
+                    Err(error) => {
+                        tracing::warn!(message = "Unpinning a stale TC link failed.", link = %entry.path().display(), %error)
+                    }
                 }
             }
         }
@@ -472,7 +472,11 @@ impl Capture {
         // Ring-buffer records written before the swap are readable now.
         self.read_ring();
         for (key, ev) in self.pending.drain() {
-            let e = merged.entry(key).or_insert(FlowStats { first_seen_ns: ev.first_seen_ns, cgroup_id: ev.cgroup_id, ..Default::default() });
+            let e = merged.entry(key).or_insert(FlowStats {
+                first_seen_ns: ev.first_seen_ns,
+                cgroup_id: ev.cgroup_id,
+                ..Default::default()
+            });
             e.packets += ev.packets;
             e.bytes += ev.bytes;
             e.first_seen_ns = e.first_seen_ns.min(ev.first_seen_ns);
@@ -554,10 +558,8 @@ impl Capture {
         } else {
             Some(ifaces::watch().map_err(|source| CaptureError::Io { what: "opening rtnetlink", source })?)
         };
-        let mut tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.cfg.flush_interval,
-            self.cfg.flush_interval,
-        );
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.cfg.flush_interval, self.cfg.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -657,7 +659,8 @@ fn installed_table_id(ebpf: &Ebpf) -> std::io::Result<u32> {
         flags: 0,
     };
     // SAFETY: `attr` points at `key` and `id`, both live for the call; the size is the struct's.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr as *const ElemAttr, size_of::<ElemAttr>()) };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr as *const ElemAttr, size_of::<ElemAttr>()) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -734,7 +737,8 @@ fn link_update(pin: &Path, prog: BorrowedFd<'_>) -> std::io::Result<()> {
         old_prog_fd: u32,
     }
     let link = obj_get(pin)?;
-    let attr = Attr { link_fd: link.as_raw_fd() as u32, new_prog_fd: prog.as_raw_fd() as u32, flags: 0, old_prog_fd: 0 };
+    let attr =
+        Attr { link_fd: link.as_raw_fd() as u32, new_prog_fd: prog.as_raw_fd() as u32, flags: 0, old_prog_fd: 0 };
     // SAFETY: attr is a valid bpf_attr prefix for BPF_LINK_UPDATE (29).
     let rc = unsafe { libc::syscall(libc::SYS_bpf, 29, &attr as *const Attr, size_of::<Attr>() as u32) };
     if rc < 0 {
@@ -788,7 +792,8 @@ pub fn detach_pinned(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         if !d.exists() {
             continue;
         }
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(&d)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
         entries.sort();
         for path in entries {
             std::fs::remove_file(&path)?;
@@ -849,7 +854,11 @@ fn attach_tc_prog(
     } else {
         // clsact may already exist (another agent's, or ours from a killed run): that is fine.
         let _ = tc::qdisc_add_clsact(iface);
-        prog.attach_with_options(iface, attach, TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }))
+        prog.attach_with_options(
+            iface,
+            attach,
+            TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }),
+        )
     }
 }
 

@@ -199,7 +199,10 @@ impl AdminNetworkPolicySpec<String> {
     pub fn check(self) -> Result<AdminNetworkPolicySpec, Vec<FieldError>> {
         let mut errors = Vec::new();
         if !(0..=MAX_PRIORITY).contains(&self.priority) {
-            errors.push(FieldError::new("spec.priority", format!("{} is not a priority (0-{MAX_PRIORITY})", self.priority)));
+            errors.push(FieldError::new(
+                "spec.priority",
+                format!("{} is not a priority (0-{MAX_PRIORITY})", self.priority),
+            ));
         }
         ingress_checked(&self.ingress, &mut errors);
         let egress = egress_checked(self.egress, true, &mut errors);
@@ -230,7 +233,11 @@ fn ingress_checked<A>(rules: &[IngressRule<A>], errors: &mut Vec<FieldError>) {
     }
 }
 
-fn egress_checked<A>(rules: Vec<EgressRule<A, String>>, domain_names: bool, errors: &mut Vec<FieldError>) -> Vec<EgressRule<A>> {
+fn egress_checked<A>(
+    rules: Vec<EgressRule<A, String>>,
+    domain_names: bool,
+    errors: &mut Vec<FieldError>,
+) -> Vec<EgressRule<A>> {
     let mut out = Vec::new();
     for (i, rule) in rules.into_iter().enumerate() {
         let at = format!("spec.egress[{i}]");
@@ -256,7 +263,10 @@ fn egress_checked<A>(rules: Vec<EgressRule<A, String>>, domain_names: bool, erro
                 EgressPeer::DomainNames(names) => {
                     no_named_ports = true;
                     if !domain_names {
-                        errors.push(FieldError::new(format!("{at}.to[{j}].domainNames"), "only an AdminNetworkPolicy has domainNames peers"));
+                        errors.push(FieldError::new(
+                            format!("{at}.to[{j}].domainNames"),
+                            "only an AdminNetworkPolicy has domainNames peers",
+                        ));
                     } else if names.is_empty() {
                         errors.push(FieldError::new(format!("{at}.to[{j}].domainNames"), "at least one domain name"));
                     }
@@ -277,7 +287,14 @@ fn egress_checked<A>(rules: Vec<EgressRule<A, String>>, domain_names: bool, erro
     out
 }
 
-fn common_checked(at: &str, name: Option<&str>, no_peers: bool, peers: &str, ports: Option<&[AdminPort]>, errors: &mut Vec<FieldError>) {
+fn common_checked(
+    at: &str,
+    name: Option<&str>,
+    no_peers: bool,
+    peers: &str,
+    ports: Option<&[AdminPort]>,
+    errors: &mut Vec<FieldError>,
+) {
     if name.is_some_and(|n| n.chars().count() > 100) {
         errors.push(FieldError::new(format!("{at}.name"), "longer than 100 characters"));
     }
@@ -297,7 +314,10 @@ fn common_checked(at: &str, name: Option<&str>, no_peers: bool, peers: &str, por
                 errors.push(FieldError::new(format!("{at}.ports[{k}].portRange.start"), "0 is not a port (1-65535)"));
             }
             AdminPort::PortRange(r) if r.start > r.end => {
-                errors.push(FieldError::new(format!("{at}.ports[{k}].portRange"), format!("starts ({}) after it ends ({})", r.start, r.end)));
+                errors.push(FieldError::new(
+                    format!("{at}.ports[{k}].portRange"),
+                    format!("starts ({}) after it ends ({})", r.start, r.end),
+                ));
             }
             AdminPort::NamedPort(n) => {
                 if let Err(e) = check_port_name(n) {

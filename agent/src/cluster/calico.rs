@@ -89,9 +89,7 @@ impl<'de> Deserialize<'de> for IntOrString {
                 Ok(IntOrString::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrString, E> {
-                i64::try_from(v)
-                    .map(IntOrString::Int)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+                i64::try_from(v).map(IntOrString::Int).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrString, E> {
                 Ok(IntOrString::Str(v.to_owned()))
@@ -195,7 +193,11 @@ impl Protocol {
     /// `UDPLite`) or a number 1-255 (also as a string).
     pub fn parse(value: &IntOrString) -> Result<Self, String> {
         let number = |n: i64| {
-            u8::try_from(n).ok().filter(|p| *p > 0).map(Protocol::Number).ok_or_else(|| format!("{n} is not a protocol number (1-255)"))
+            u8::try_from(n)
+                .ok()
+                .filter(|p| *p > 0)
+                .map(Protocol::Number)
+                .ok_or_else(|| format!("{n} is not a protocol number (1-255)"))
         };
         match value {
             IntOrString::Int(n) => number(*n),
@@ -442,7 +444,10 @@ impl WirePolicySpec {
             ];
             for (field, set) in only_global {
                 if set {
-                    errors.push(FieldError::new(field, "only a GlobalNetworkPolicy has this field (a NetworkPolicy applies to its own namespace)"));
+                    errors.push(FieldError::new(
+                        field,
+                        "only a GlobalNetworkPolicy has this field (a NetworkPolicy applies to its own namespace)",
+                    ));
                 }
             }
         }
@@ -477,7 +482,9 @@ fn rules(list: Vec<WireRule>, at: &str, errors: &mut Vec<FieldError>) -> Vec<Rul
 fn rule_checked(rule: WireRule, at: &str, errors: &mut Vec<FieldError>) -> Option<Rule> {
     let before = errors.len();
     let mut protocol_of = |value: Option<IntOrString>, field: &str| {
-        value.and_then(|v| Protocol::parse(&v).map_err(|e| errors.push(FieldError::new(format!("{at}.{field}"), e))).ok())
+        value.and_then(|v| {
+            Protocol::parse(&v).map_err(|e| errors.push(FieldError::new(format!("{at}.{field}"), e))).ok()
+        })
     };
     let protocol = protocol_of(rule.protocol.clone(), "protocol");
     let not_protocol = protocol_of(rule.not_protocol, "notProtocol");
@@ -570,7 +577,9 @@ impl TierSpec {
         match self.default_action {
             None => Ok(Action::Deny),
             Some(a @ (Action::Deny | Action::Pass)) => Ok(a),
-            Some(a) => Err(FieldError::new("spec.defaultAction", format!("{a:?} is not a tier default action (Deny or Pass)"))),
+            Some(a) => {
+                Err(FieldError::new("spec.defaultAction", format!("{a:?} is not a tier default action (Deny or Pass)")))
+            }
         }
     }
 }
@@ -641,7 +650,8 @@ impl HostEndpointSpec {
         for (i, ip) in self.expected_ips.iter().enumerate() {
             match ip.parse() {
                 Ok(addr) => expected_ips.push(addr),
-                Err(_) => errors.push(FieldError::new(format!("spec.expectedIPs[{i}]"), format!("{ip:?} is not an IP address"))),
+                Err(_) => errors
+                    .push(FieldError::new(format!("spec.expectedIPs[{i}]"), format!("{ip:?} is not an IP address"))),
             }
         }
         let mut named_ports = Vec::new();
@@ -658,7 +668,8 @@ impl HostEndpointSpec {
                 Ok(Protocol::Udp | Protocol::Number(17)) => "UDP",
                 Ok(Protocol::Sctp | Protocol::Number(132)) => "SCTP",
                 Ok(_) => {
-                    errors.push(FieldError::new(format!("spec.ports[{i}].protocol"), "a named port is TCP, UDP or SCTP"));
+                    errors
+                        .push(FieldError::new(format!("spec.ports[{i}].protocol"), "a named port is TCP, UDP or SCTP"));
                     continue;
                 }
                 Err(e) => {

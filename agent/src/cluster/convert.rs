@@ -15,7 +15,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use super::{ClusterState, KubeNetworkPolicy, Labels, NamedPort, Namespace, Node, Pod, Service, ServiceAccount, ServicePort};
+use super::{
+    ClusterState, KubeNetworkPolicy, Labels, NamedPort, Namespace, Node, Pod, Service, ServiceAccount, ServicePort,
+};
 
 /// Annotation naming a pod's cgroup (relative to the cgroup v2 root).
 pub const CGROUP_ANNOTATION: &str = "flowaudit.io/cgroup";
@@ -44,8 +46,13 @@ pub trait Convert {
 /// `(namespace, name)` of an object: `namespace` is empty for cluster-scoped kinds and
 /// `default` when a namespaced object does not say.
 pub fn object_name(meta: &ObjectMeta, namespaced: bool) -> Result<(String, String), FieldError> {
-    let name = meta.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| FieldError::new("metadata.name", "required"))?;
-    let namespace = if namespaced { meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()) } else { String::new() };
+    let name =
+        meta.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| FieldError::new("metadata.name", "required"))?;
+    let namespace = if namespaced {
+        meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into())
+    } else {
+        String::new()
+    };
     Ok((namespace, name))
 }
 
@@ -200,7 +207,8 @@ impl Convert for core::Pod {
             service_account_name: s.service_account_name,
             ..Default::default()
         });
-        self.status = self.status.take().map(|s| core::PodStatus { pod_ip: s.pod_ip, pod_ips: s.pod_ips, ..Default::default() });
+        self.status =
+            self.status.take().map(|s| core::PodStatus { pod_ip: s.pod_ip, pod_ips: s.pod_ips, ..Default::default() });
     }
 
     fn add(model: Pod, state: &mut ClusterState) {
@@ -241,7 +249,10 @@ impl Convert for core::Service {
                     port: n,
                     protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
                 }),
-                _ => errors.push(FieldError::new(format!("spec.ports[{i}].port"), format!("{} is not a port (1-65535)", p.port))),
+                _ => errors.push(FieldError::new(
+                    format!("spec.ports[{i}].port"),
+                    format!("{} is not a port (1-65535)", p.port),
+                )),
             }
         }
         done(Service { namespace, name, cluster_ips, ports, selector: spec.selector.unwrap_or_default() }, errors)
@@ -255,7 +266,12 @@ impl Convert for core::Service {
             ports: s.ports.map(|ports| {
                 ports
                     .into_iter()
-                    .map(|p| core::ServicePort { name: p.name, port: p.port, protocol: p.protocol, ..Default::default() })
+                    .map(|p| core::ServicePort {
+                        name: p.name,
+                        port: p.port,
+                        protocol: p.protocol,
+                        ..Default::default()
+                    })
                     .collect()
             }),
             selector: s.selector,
@@ -427,8 +443,9 @@ status:
         assert_eq!(node.convert().unwrap(), before);
         assert_eq!(before.addresses, vec!["192.168.0.1".parse::<IpAddr>().unwrap()]);
 
-        let mut np: networking::NetworkPolicy =
-            yaml("metadata: {name: deny, namespace: shop, managedFields: [{manager: x}]}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n");
+        let mut np: networking::NetworkPolicy = yaml(
+            "metadata: {name: deny, namespace: shop, managedFields: [{manager: x}]}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+        );
         let before = np.convert().unwrap();
         np.trim();
         assert_eq!(np.convert().unwrap(), before);

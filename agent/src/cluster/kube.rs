@@ -153,8 +153,10 @@ pub async fn watch_with(
 /// that is served ([`manifests::API_KINDS`]). A kind served at none is left out.
 async fn discover(client: &Client) -> Result<Vec<ApiResource>, kube::Error> {
     let groups = client.list_api_groups().await?;
-    let served: HashSet<&str> = groups.groups.iter().flat_map(|g| g.versions.iter().map(|v| v.group_version.as_str())).collect();
-    let mut wanted: Vec<&str> = manifests::API_KINDS.iter().flat_map(|(_, versions)| versions.iter().copied()).collect();
+    let served: HashSet<&str> =
+        groups.groups.iter().flat_map(|g| g.versions.iter().map(|v| v.group_version.as_str())).collect();
+    let mut wanted: Vec<&str> =
+        manifests::API_KINDS.iter().flat_map(|(_, versions)| versions.iter().copied()).collect();
     wanted.sort_unstable();
     wanted.dedup();
     // apiVersion → kind → plural, of what can be listed and watched.
@@ -164,16 +166,17 @@ async fn discover(client: &Client) -> Result<Vec<ApiResource>, kube::Error> {
         // aggregated API) that is registered but unavailable: its kinds are read at the next
         // version (Calico's CRDs, the same objects). The client retries a 503 for minutes, so
         // such a version gets a bounded wait. Any other failure fails this discovery (retried).
-        let fallback = manifests::API_KINDS
-            .iter()
-            .any(|(_, versions)| versions.iter().position(|v| v == &api_version).is_some_and(|i| i + 1 < versions.len()));
+        let fallback = manifests::API_KINDS.iter().any(|(_, versions)| {
+            versions.iter().position(|v| v == &api_version).is_some_and(|i| i + 1 < versions.len())
+        });
         let list = if fallback {
-            let answer = match tokio::time::timeout(FALLBACK_TIMEOUT, client.list_api_group_resources(api_version)).await {
-                Ok(Ok(list)) => Ok(list),
-                Ok(Err(e)) if is_unavailable(&e) => Err(e.to_string()),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => Err(format!("no answer within {}", humantime::format_duration(FALLBACK_TIMEOUT))),
-            };
+            let answer =
+                match tokio::time::timeout(FALLBACK_TIMEOUT, client.list_api_group_resources(api_version)).await {
+                    Ok(Ok(list)) => Ok(list),
+                    Ok(Err(e)) if is_unavailable(&e) => Err(e.to_string()),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => Err(format!("no answer within {}", humantime::format_duration(FALLBACK_TIMEOUT))),
+                };
             match answer {
                 Ok(list) => list,
                 Err(error) => {
@@ -390,7 +393,14 @@ impl Cache<DynamicObject> {
     fn dynamic(client: &Client, resource: &ApiResource, changed: &Arc<Notify>, tasks: &mut Tasks) -> Self {
         let api = Api::all_with(client.clone(), resource);
         let r = resource.clone();
-        Self::start(label(resource), api, resource.clone(), move |o: &mut DynamicObject| trim_dynamic(o, &r), changed, tasks)
+        Self::start(
+            label(resource),
+            api,
+            resource.clone(),
+            move |o: &mut DynamicObject| trim_dynamic(o, &r),
+            changed,
+            tasks,
+        )
     }
 }
 
@@ -467,7 +477,8 @@ impl Caches {
                 let origin = PathBuf::from(format!("kube:{}/{}/{name}", types.api_version, types.kind));
                 // A DynamicObject always serialises to a JSON object; `Null` would be reported.
                 let value = serde_json::to_value(&*object).unwrap_or_default();
-                objects.insert(origin, (value, (cache.kind.clone(), name, object.resource_version().unwrap_or_default())));
+                objects
+                    .insert(origin, (value, (cache.kind.clone(), name, object.resource_version().unwrap_or_default())));
             }
         }
         let mut keys = HashMap::new();
@@ -592,10 +603,24 @@ mod tests {
         let error = watch_with(client, options).await.unwrap_err();
         let KubeError::NotReady { pending, .. } = &error else { panic!("{error}") };
         let kinds: Vec<&str> = pending.iter().map(|p| p.split(' ').next().unwrap()).collect();
-        assert_eq!(kinds, ["Namespace", "Pod", "Service", "Node", "ServiceAccount", "NetworkPolicy.networking.k8s.io/v1", "discovery"]);
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "Pod",
+                "Service",
+                "Node",
+                "ServiceAccount",
+                "NetworkPolicy.networking.k8s.io/v1",
+                "discovery"
+            ]
+        );
         assert!(pending[6].starts_with("discovery of the Calico and admin policy kinds ("), "{}", pending[6]);
         let text = error.to_string();
-        assert!(text.starts_with("the cluster state was not complete after 1s 500ms: not listed yet: Namespace ("), "{text}");
+        assert!(
+            text.starts_with("the cluster state was not complete after 1s 500ms: not listed yet: Namespace ("),
+            "{text}"
+        );
         assert!(text.contains("failed to perform initial object list"), "{text}");
     }
 
@@ -638,13 +663,18 @@ mod tests {
         let bad_gnp = "metadata: {name: broken, resourceVersion: '3'}\nspec: {selector: app == , types: [Ingress]}";
         let np = "metadata: {name: allow-web, namespace: shop, resourceVersion: '4'}\n\
                   spec: {selector: app == 'web', ingress: [{action: Allow}]}";
-        let orphan = "metadata: {name: orphan, namespace: shop, resourceVersion: '5'}\nspec: {tier: missing, selector: all()}";
+        let orphan =
+            "metadata: {name: orphan, namespace: shop, resourceVersion: '5'}\nspec: {tier: missing, selector: all()}";
         let anp = "metadata: {name: a, resourceVersion: '6'}\n\
                    spec: {priority: 5, subject: {namespaces: {}}, ingress: [{name: deny-all, action: Deny, from: [{namespaces: {}}]}]}";
         let mut caches = no_core();
         caches.namespaces = cache(&["metadata: {name: shop}"]);
-        caches.dynamic =
-            vec![dynamic(&tiers, &[tier]), dynamic(&gnps, &[gnp, bad_gnp]), dynamic(&nps, &[np, orphan]), dynamic(&anps, &[anp])];
+        caches.dynamic = vec![
+            dynamic(&tiers, &[tier]),
+            dynamic(&gnps, &[gnp, bad_gnp]),
+            dynamic(&nps, &[np, orphan]),
+            dynamic(&anps, &[anp]),
+        ];
         let mut logged = HashSet::new();
         let state = caches.build(&mut logged);
 
@@ -655,7 +685,8 @@ mod tests {
             ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy", anp),
             ("v1", "Namespace", "metadata: {name: shop}"),
         ];
-        let text: Vec<String> = documents.iter().map(|(a, k, d)| format!("apiVersion: {a}\nkind: {k}\n{d}\n")).collect();
+        let text: Vec<String> =
+            documents.iter().map(|(a, k, d)| format!("apiVersion: {a}\nkind: {k}\n{d}\n")).collect();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("all.yaml"), text.join("---\n")).unwrap();
         assert_eq!(state, manifests::load_dir(dir.path()).unwrap().state);

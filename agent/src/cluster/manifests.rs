@@ -34,10 +34,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    AdminPolicy, BaselineAdminPolicy, CalicoPolicy, CalicoPolicyKind, ClusterState, FieldError, StagedKubeNetworkPolicy, Tier,
-    convert::Convert,
+    AdminPolicy, BaselineAdminPolicy, CalicoPolicy, CalicoPolicyKind, ClusterState, FieldError,
+    StagedKubeNetworkPolicy, Tier,
     admin::{self, AdminNetworkPolicySpec, BaselineAdminNetworkPolicySpec},
     calico::{self, HostEndpointSpec, NetworkSetSpec, StagedActionField, TierSpec, WirePolicySpec},
+    convert::Convert,
     null_as_default,
 };
 
@@ -226,7 +227,12 @@ fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 
 impl Builder {
     fn error(&mut self, file: &Path, document: usize, field: &str, reason: impl Into<String>) {
-        self.errors.push(ManifestError { file: file.to_owned(), document, field: field.to_owned(), reason: reason.into() });
+        self.errors.push(ManifestError {
+            file: file.to_owned(),
+            document,
+            field: field.to_owned(),
+            reason: reason.into(),
+        });
     }
 
     fn file(&mut self, file: &Path, text: &str) {
@@ -272,7 +278,9 @@ impl Builder {
             ("v1", "Node") => self.typed::<core::Node>(file, document, value),
             ("v1", "ServiceAccount") => self.typed::<core::ServiceAccount>(file, document, value),
             ("networking.k8s.io/v1", "NetworkPolicy") => self.typed::<networking::NetworkPolicy>(file, document, value),
-            (CALICO_V3 | CALICO_CRD, "NetworkPolicy") => self.calico_policy(file, document, CalicoPolicyKind::NetworkPolicy, value),
+            (CALICO_V3 | CALICO_CRD, "NetworkPolicy") => {
+                self.calico_policy(file, document, CalicoPolicyKind::NetworkPolicy, value)
+            }
             (CALICO_V3 | CALICO_CRD, "GlobalNetworkPolicy") => {
                 self.calico_policy(file, document, CalicoPolicyKind::GlobalNetworkPolicy, value);
             }
@@ -314,14 +322,30 @@ impl Builder {
             self.error(file, document, "metadata.name", "required");
             return None;
         };
-        let namespace = if namespaced { meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()) } else { String::new() };
+        let namespace = if namespaced {
+            meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into())
+        } else {
+            String::new()
+        };
         self.claim(file, document, kind, &namespace, &name, &name, namespaced).then_some((namespace, name))
     }
 
     /// Records that `file`/`document` defines `kind` `namespace`/`key`, reporting a duplicate on
     /// `metadata.name` (as `shown`). False for a duplicate.
-    #[expect(clippy::too_many_arguments, reason = "a private helper; the arguments are all plain facts of one document")]
-    fn claim(&mut self, file: &Path, document: usize, kind: &str, namespace: &str, key: &str, shown: &str, namespaced: bool) -> bool {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a private helper; the arguments are all plain facts of one document"
+    )]
+    fn claim(
+        &mut self,
+        file: &Path,
+        document: usize,
+        kind: &str,
+        namespace: &str,
+        key: &str,
+        shown: &str,
+        namespaced: bool,
+    ) -> bool {
         let id = (kind.to_owned(), namespace.to_owned(), key.to_owned());
         if let Some((first_file, first_doc)) = self.seen.get(&id) {
             let reason = format!(
@@ -355,7 +379,13 @@ impl Builder {
 
     /// `spec.stagedAction`: `Some` (default `Set`) for staged kinds, `None` for others, which
     /// must not have one.
-    fn staged_action(&mut self, file: &Path, document: usize, staged: bool, value: &Value) -> Result<Option<calico::StagedAction>, ()> {
+    fn staged_action(
+        &mut self,
+        file: &Path,
+        document: usize,
+        staged: bool,
+        value: &Value,
+    ) -> Result<Option<calico::StagedAction>, ()> {
         let field = match typed::<StagedDoc>(value.clone()) {
             Ok(doc) => doc.spec.staged_action,
             Err((field, reason)) => {
@@ -394,7 +424,15 @@ impl Builder {
         // `p` in tier `t` and `t.p` are one policy to Calico (it prefixes tiered names).
         let key = if name.starts_with(&format!("{tier}.")) { name.clone() } else { format!("{tier}.{name}") };
         let kind_key = format!("{}.projectcalico.org", kind.as_str());
-        if !self.claim(file, document, &kind_key, namespace.as_deref().unwrap_or_default(), &key, &name, namespace.is_some()) {
+        if !self.claim(
+            file,
+            document,
+            &kind_key,
+            namespace.as_deref().unwrap_or_default(),
+            &key,
+            &name,
+            namespace.is_some(),
+        ) {
             return;
         }
         self.state.calico_policies.push(CalicoPolicy { kind, namespace, name, spec, staged_action });
@@ -404,7 +442,9 @@ impl Builder {
         let staged_action = self.staged_action(file, document, true, &value);
         let Some(doc) = self.doc::<networking::NetworkPolicySpec>(file, document, value) else { return };
         let Ok(staged_action) = staged_action else { return };
-        let Some((namespace, name)) = self.name(file, document, "StagedKubernetesNetworkPolicy.projectcalico.org", &doc.metadata, true) else {
+        let Some((namespace, name)) =
+            self.name(file, document, "StagedKubernetesNetworkPolicy.projectcalico.org", &doc.metadata, true)
+        else {
             return;
         };
         self.state.staged_kube_policies.push(StagedKubeNetworkPolicy {
@@ -438,7 +478,9 @@ impl Builder {
 
     fn host_endpoint(&mut self, file: &Path, document: usize, value: Value) {
         let Some(doc) = self.doc::<HostEndpointSpec>(file, document, value) else { return };
-        let Some((_, name)) = self.name(file, document, "HostEndpoint.projectcalico.org", &doc.metadata, false) else { return };
+        let Some((_, name)) = self.name(file, document, "HostEndpoint.projectcalico.org", &doc.metadata, false) else {
+            return;
+        };
         match doc.spec.unwrap_or_default().check(name, labels(&doc.metadata)) {
             Ok(hep) => self.state.host_endpoints.push(hep),
             Err(errors) => self.field_errors(file, document, errors),
@@ -452,7 +494,9 @@ impl Builder {
             Ok(spec) => spec,
             Err(errors) => return self.field_errors(file, document, errors),
         };
-        let Some((_, name)) = self.name(file, document, "AdminNetworkPolicy.policy.networking.k8s.io", &doc.metadata, false) else {
+        let Some((_, name)) =
+            self.name(file, document, "AdminNetworkPolicy.policy.networking.k8s.io", &doc.metadata, false)
+        else {
             return;
         };
         // `check` kept the priority within 0-1000.
@@ -473,11 +517,18 @@ impl Builder {
                 None
             }
         };
-        let Some((_, name)) = self.name(file, document, "BaselineAdminNetworkPolicy.policy.networking.k8s.io", &doc.metadata, false) else {
+        let Some((_, name)) =
+            self.name(file, document, "BaselineAdminNetworkPolicy.policy.networking.k8s.io", &doc.metadata, false)
+        else {
             return;
         };
         if name != admin::BASELINE_NAME {
-            return self.error(file, document, "metadata.name", format!("{name:?}: a BaselineAdminNetworkPolicy must be named {:?}", admin::BASELINE_NAME));
+            return self.error(
+                file,
+                document,
+                "metadata.name",
+                format!("{name:?}: a BaselineAdminNetworkPolicy must be named {:?}", admin::BASELINE_NAME),
+            );
         }
         if let Some(spec) = spec {
             self.state.baseline_admin_policy = Some(BaselineAdminPolicy { name, spec });
@@ -502,7 +553,8 @@ impl Builder {
     /// Whether `tier` is built in or defined by a Tier document (one with a broken spec counts:
     /// its own problem is reported, not one more on each of its policies).
     fn tier_defined(&self, tier: &str) -> bool {
-        calico::BUILT_IN_TIERS.contains(&tier) || self.seen.contains_key(&(TIER_KIND.to_owned(), String::new(), tier.to_owned()))
+        calico::BUILT_IN_TIERS.contains(&tier)
+            || self.seen.contains_key(&(TIER_KIND.to_owned(), String::new(), tier.to_owned()))
     }
 
     /// Reports the policies' tiers that no Tier document defines (each may come after its
@@ -511,7 +563,10 @@ impl Builder {
         let refs = std::mem::take(&mut self.tier_refs);
         for (tier, file, document) in refs {
             if !self.tier_defined(&tier) {
-                let reason = format!("tier {tier:?} is not defined by a Tier document (built in: {})", calico::BUILT_IN_TIERS.join(", "));
+                let reason = format!(
+                    "tier {tier:?} is not defined by a Tier document (built in: {})",
+                    calico::BUILT_IN_TIERS.join(", ")
+                );
                 self.error(&file, document, "spec.tier", reason);
             }
         }

@@ -320,14 +320,23 @@ impl ClusterState {
             ("NetworkPolicy.projectcalico.org/v3", self.calico_count(CalicoPolicyKind::NetworkPolicy)),
             ("GlobalNetworkPolicy.projectcalico.org/v3", self.calico_count(CalicoPolicyKind::GlobalNetworkPolicy)),
             ("StagedNetworkPolicy.projectcalico.org/v3", self.calico_count(CalicoPolicyKind::StagedNetworkPolicy)),
-            ("StagedGlobalNetworkPolicy.projectcalico.org/v3", self.calico_count(CalicoPolicyKind::StagedGlobalNetworkPolicy)),
+            (
+                "StagedGlobalNetworkPolicy.projectcalico.org/v3",
+                self.calico_count(CalicoPolicyKind::StagedGlobalNetworkPolicy),
+            ),
             ("StagedKubernetesNetworkPolicy.projectcalico.org/v3", self.staged_kube_policies.len()),
             ("Tier.projectcalico.org/v3", self.tiers.len()),
             ("NetworkSet.projectcalico.org/v3", self.network_sets.iter().filter(|s| s.namespace.is_some()).count()),
-            ("GlobalNetworkSet.projectcalico.org/v3", self.network_sets.iter().filter(|s| s.namespace.is_none()).count()),
+            (
+                "GlobalNetworkSet.projectcalico.org/v3",
+                self.network_sets.iter().filter(|s| s.namespace.is_none()).count(),
+            ),
             ("HostEndpoint.projectcalico.org/v3", self.host_endpoints.len()),
             ("AdminNetworkPolicy.policy.networking.k8s.io/v1alpha1", self.admin_policies.len()),
-            ("BaselineAdminNetworkPolicy.policy.networking.k8s.io/v1alpha1", usize::from(self.baseline_admin_policy.is_some())),
+            (
+                "BaselineAdminNetworkPolicy.policy.networking.k8s.io/v1alpha1",
+                usize::from(self.baseline_admin_policy.is_some()),
+            ),
         ]
     }
 
@@ -378,7 +387,9 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
 pub(crate) fn cidrs(list: &[String], at: &str, errors: &mut Vec<FieldError>) -> Vec<IpNet> {
     list.iter()
         .enumerate()
-        .filter_map(|(i, text)| parse_cidr(text).map_err(|e| errors.push(FieldError::new(format!("{at}[{i}]"), e))).ok())
+        .filter_map(|(i, text)| {
+            parse_cidr(text).map_err(|e| errors.push(FieldError::new(format!("{at}[{i}]"), e))).ok()
+        })
         .collect()
 }
 

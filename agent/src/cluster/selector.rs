@@ -93,12 +93,7 @@ impl<S: BuildHasher> Labels for HashMap<String, String, S> {
 impl Selector {
     /// Parses selector text; `""` and whitespace-only text parse to [`Selector::all`].
     pub fn parse(text: &str) -> Result<Selector, SelectorError> {
-        let mut parser = Parser {
-            text,
-            bytes: text.as_bytes(),
-            pos: 0,
-            depth: 0,
-        };
+        let mut parser = Parser { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
         parser.skip_ws();
         if parser.at_end() {
             return Ok(Selector::all());
@@ -108,16 +103,12 @@ impl Selector {
         if !parser.at_end() {
             return Err(parser.after_expression_error(None));
         }
-        Ok(Selector {
-            root: Arc::new(root),
-        })
+        Ok(Selector { root: Arc::new(root) })
     }
 
     /// The selector that matches every endpoint, `all()`.
     pub fn all() -> Selector {
-        Selector {
-            root: Arc::new(Node::All),
-        }
+        Selector { root: Arc::new(Node::All) }
     }
 
     /// Whether an endpoint with these labels is selected. `global()` anywhere counts as true
@@ -216,11 +207,7 @@ impl Node {
                     CompareOp::EndsWith => actual.ends_with(&**value),
                 },
             },
-            Node::InSet {
-                key,
-                negated,
-                values,
-            } => match labels.label(key) {
+            Node::InSet { key, negated, values } => match labels.label(key) {
                 None => *negated,
                 Some(actual) => values.binary_search_by(|v| (**v).cmp(actual)).is_ok() != *negated,
             },
@@ -250,11 +237,7 @@ impl fmt::Display for Node {
                 write!(f, "{key} {} ", op.symbol())?;
                 write_quoted(f, value)
             }
-            Node::InSet {
-                key,
-                negated,
-                values,
-            } => {
+            Node::InSet { key, negated, values } => {
                 write!(f, "{key} {} {{", if *negated { "not in" } else { "in" })?;
                 for (i, value) in values.iter().enumerate() {
                     if i > 0 {
@@ -330,10 +313,7 @@ impl<'a> Parser<'a> {
     }
 
     fn error(&self, position: usize, reason: impl Into<String>) -> SelectorError {
-        SelectorError {
-            position,
-            reason: reason.into(),
-        }
+        SelectorError { position, reason: reason.into() }
     }
 
     /// Names what is at `at` for an error message: a word, a two-character operator, a
@@ -346,10 +326,7 @@ impl<'a> Parser<'a> {
         let run = rest.bytes().take_while(|&b| is_key_byte(b)).count();
         if run > 0 {
             format!("`{}`", &rest[..run])
-        } else if ["&&", "||", "==", "!="]
-            .iter()
-            .any(|op| rest.starts_with(op))
-        {
+        } else if ["&&", "||", "==", "!="].iter().any(|op| rest.starts_with(op)) {
             format!("`{}`", &rest[..2])
         } else if c.is_control() || c.is_whitespace() {
             format!("{c:?}")
@@ -368,15 +345,11 @@ impl<'a> Parser<'a> {
             ([b'&', ..], _) => "expected `&&`; a single `&` is not an operator".to_owned(),
             ([b'|', ..], _) => "expected `||`; a single `|` is not an operator".to_owned(),
             (_, Some(_)) => {
-                format!(
-                    "expected `&&`, `||` or `)` after an expression, found {}",
-                    self.found(at)
-                )
+                format!("expected `&&`, `||` or `)` after an expression, found {}", self.found(at))
             }
-            (_, None) => format!(
-                "expected `&&`, `||` or the end of the selector after an expression, found {}",
-                self.found(at)
-            ),
+            (_, None) => {
+                format!("expected `&&`, `||` or the end of the selector after an expression, found {}", self.found(at))
+            }
         };
         self.error(at, reason)
     }
@@ -440,16 +413,11 @@ impl<'a> Parser<'a> {
     fn parse_primary(&mut self, after: Option<&str>) -> Result<Node, SelectorError> {
         self.skip_ws();
         let start = self.pos;
-        let after = after
-            .map(|token| format!(" after {token}"))
-            .unwrap_or_default();
+        let after = after.map(|token| format!(" after {token}")).unwrap_or_default();
         match self.peek() {
             Some(b'(') => {
                 if self.depth >= MAX_NESTING {
-                    return Err(self.error(
-                        start,
-                        format!("parentheses nested deeper than {MAX_NESTING} levels"),
-                    ));
+                    return Err(self.error(start, format!("parentheses nested deeper than {MAX_NESTING} levels")));
                 }
                 self.pos += 1;
                 self.depth += 1;
@@ -472,13 +440,9 @@ impl<'a> Parser<'a> {
                     self.parse_operation(word)
                 }
             }
-            Some(b) if is_key_byte(b) => Err(self.error(
-                start,
-                format!(
-                    "a label key must start with a letter or digit, found `{}`",
-                    b as char
-                ),
-            )),
+            Some(b) if is_key_byte(b) => {
+                Err(self.error(start, format!("a label key must start with a letter or digit, found `{}`", b as char)))
+            }
             Some(b'\'' | b'"') => Err(self.error(
                 start,
                 format!(
@@ -486,10 +450,7 @@ impl<'a> Parser<'a> {
                      (a value must follow a label key and an operator)"
                 ),
             )),
-            _ => Err(self.error(
-                start,
-                format!("expected an expression{after}, found {}", self.found(start)),
-            )),
+            _ => Err(self.error(start, format!("expected an expression{after}, found {}", self.found(start)))),
         }
     }
 
@@ -504,26 +465,17 @@ impl<'a> Parser<'a> {
             "all" => Node::All,
             "global" => Node::Global,
             _ => {
-                return Err(self.error(
-                    start,
-                    format!(
-                        "unknown function `{name}`; expected `has(key)`, `all()` or `global()`"
-                    ),
-                ));
+                return Err(
+                    self.error(start, format!("unknown function `{name}`; expected `has(key)`, `all()` or `global()`"))
+                );
             }
         };
         self.skip_ws();
         if self.peek() != Some(b')') {
             let reason = if name == "has" {
-                format!(
-                    "expected `)` to close `has(`, found {}",
-                    self.found(self.pos)
-                )
+                format!("expected `)` to close `has(`, found {}", self.found(self.pos))
             } else {
-                format!(
-                    "`{name}()` takes no arguments; expected `)`, found {}",
-                    self.found(self.pos)
-                )
+                format!("`{name}()` takes no arguments; expected `)`, found {}", self.found(self.pos))
             };
             return Err(self.error(self.pos, reason));
         }
@@ -535,20 +487,11 @@ impl<'a> Parser<'a> {
     fn key(&mut self, context: &str) -> Result<&'a str, SelectorError> {
         match self.peek() {
             Some(b) if b.is_ascii_alphanumeric() => Ok(self.word()),
-            Some(b) if is_key_byte(b) => Err(self.error(
-                self.pos,
-                format!(
-                    "a label key must start with a letter or digit, found `{}`",
-                    b as char
-                ),
-            )),
-            _ => Err(self.error(
-                self.pos,
-                format!(
-                    "expected a label key {context}, found {}",
-                    self.found(self.pos)
-                ),
-            )),
+            Some(b) if is_key_byte(b) => {
+                Err(self
+                    .error(self.pos, format!("a label key must start with a letter or digit, found `{}`", b as char)))
+            }
+            _ => Err(self.error(self.pos, format!("expected a label key {context}, found {}", self.found(self.pos)))),
         }
     }
 
@@ -587,28 +530,19 @@ impl<'a> Parser<'a> {
                 other => {
                     return Err(self.error(
                         op_start,
-                        format!(
-                            "unknown operator `{other}` after label key `{key}`; expected {OPERATORS}"
-                        ),
+                        format!("unknown operator `{other}` after label key `{key}`; expected {OPERATORS}"),
                     ));
                 }
             }
         } else {
             return Err(self.error(
                 op_start,
-                format!(
-                    "expected an operator after label key `{key}` ({OPERATORS}), found {}",
-                    self.found(op_start)
-                ),
+                format!("expected an operator after label key `{key}` ({OPERATORS}), found {}", self.found(op_start)),
             ));
         };
         self.skip_ws();
         let value = self.quoted(op.symbol())?;
-        Ok(Node::Compare {
-            key: key.into(),
-            op,
-            value: value.into(),
-        })
+        Ok(Node::Compare { key: key.into(), op, value: value.into() })
     }
 
     /// The second word of a two-word operator (`not in`, `starts with`, `ends with`).
@@ -618,13 +552,7 @@ impl<'a> Parser<'a> {
         if self.word() == second {
             Ok(())
         } else {
-            Err(self.error(
-                at,
-                format!(
-                    "expected `{second}` after `{first}`, found {}",
-                    self.found(at)
-                ),
-            ))
+            Err(self.error(at, format!("expected `{second}` after `{first}`, found {}", self.found(at))))
         }
     }
 
@@ -632,23 +560,13 @@ impl<'a> Parser<'a> {
     fn quoted(&mut self, op: &str) -> Result<&'a str, SelectorError> {
         let start = self.pos;
         let Some(quote @ (b'\'' | b'"')) = self.peek() else {
-            return Err(self.error(
-                start,
-                format!(
-                    "expected a quoted value after `{op}`, found {}",
-                    self.found(start)
-                ),
-            ));
+            return Err(self.error(start, format!("expected a quoted value after `{op}`, found {}", self.found(start))));
         };
         let body = start + 1;
         let Some(len) = self.bytes[body..].iter().position(|&b| b == quote) else {
-            return Err(self.error(
-                start,
-                format!(
-                    "unterminated string: no closing `{}` for this quote",
-                    quote as char
-                ),
-            ));
+            return Err(
+                self.error(start, format!("unterminated string: no closing `{}` for this quote", quote as char))
+            );
         };
         self.pos = body + len + 1;
         // Both ends sit next to an ASCII quote, so they are char boundaries.
@@ -663,10 +581,7 @@ impl<'a> Parser<'a> {
         if self.peek() != Some(b'{') {
             return Err(self.error(
                 open,
-                format!(
-                    "expected `{{` to start a set of quoted values after `{op}`, found {}",
-                    self.found(open)
-                ),
+                format!("expected `{{` to start a set of quoted values after `{op}`, found {}", self.found(open)),
             ));
         }
         self.pos += 1;
@@ -694,18 +609,14 @@ impl<'a> Parser<'a> {
                     }
                 }
                 None => {
-                    return Err(self.error(
-                        self.pos,
-                        format!("unterminated set: expected `}}` to close the `{{` at {open}"),
-                    ));
+                    return Err(
+                        self.error(self.pos, format!("unterminated set: expected `}}` to close the `{{` at {open}"))
+                    );
                 }
                 Some(_) => {
                     return Err(self.error(
                         self.pos,
-                        format!(
-                            "expected a quoted value or `}}` in the set, found {}",
-                            self.found(self.pos)
-                        ),
+                        format!("expected a quoted value or `}}` in the set, found {}", self.found(self.pos)),
                     ));
                 }
             }
@@ -713,11 +624,7 @@ impl<'a> Parser<'a> {
         self.pos += 1; // the `}`
         values.sort_unstable();
         values.dedup();
-        Ok(Node::InSet {
-            key: key.into(),
-            negated,
-            values: values.into_boxed_slice(),
-        })
+        Ok(Node::InSet { key: key.into(), negated, values: values.into_boxed_slice() })
     }
 }
 
@@ -726,10 +633,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// (selector, labels as key/value pairs, expected match).
@@ -793,28 +697,12 @@ mod tests {
         // precedence: && binds tighter than ||
         ("a == 'x' || b == 'y' && c == 'z'", &[("a", "x")], true),
         ("a == 'x' || b == 'y' && c == 'z'", &[("b", "y")], false),
-        (
-            "a == 'x' || b == 'y' && c == 'z'",
-            &[("b", "y"), ("c", "z")],
-            true,
-        ),
+        ("a == 'x' || b == 'y' && c == 'z'", &[("b", "y"), ("c", "z")], true),
         ("b == 'y' && c == 'z' || a == 'x'", &[("a", "x")], true),
         ("(a == 'x' || b == 'y') && c == 'z'", &[("a", "x")], false),
-        (
-            "(a == 'x' || b == 'y') && c == 'z'",
-            &[("a", "x"), ("c", "z")],
-            true,
-        ),
-        (
-            "a == 'x' && b == 'y' && c == 'z'",
-            &[("a", "x"), ("b", "y"), ("c", "z")],
-            true,
-        ),
-        (
-            "a == 'x' && b == 'y' && c == 'z'",
-            &[("a", "x"), ("b", "y")],
-            false,
-        ),
+        ("(a == 'x' || b == 'y') && c == 'z'", &[("a", "x"), ("c", "z")], true),
+        ("a == 'x' && b == 'y' && c == 'z'", &[("a", "x"), ("b", "y"), ("c", "z")], true),
+        ("a == 'x' && b == 'y' && c == 'z'", &[("a", "x"), ("b", "y")], false),
         ("((has(a)))", &[("a", "x")], true),
         // negation, including of absent keys
         ("!a == 'x'", &[], true),
@@ -829,11 +717,7 @@ mod tests {
         // quotes of both kinds, values holding the other kind
         ("msg == \"it's\"", &[("msg", "it's")], true),
         ("msg == 'say \"hi\"'", &[("msg", "say \"hi\"")], true),
-        (
-            "msg in {\"it's\", 'say \"hi\"'}",
-            &[("msg", "say \"hi\"")],
-            true,
-        ),
+        ("msg in {\"it's\", 'say \"hi\"'}", &[("msg", "say \"hi\"")], true),
         ("tier == 'front end'", &[("tier", "front end")], true),
         ("city == 'Zürich'", &[("city", "Zürich")], true),
         ("op == '&& || ( ) !'", &[("op", "&& || ( ) !")], true),
@@ -843,33 +727,13 @@ mod tests {
         ("\tapp\n==\r\n'web'\n", &[("app", "web")], true),
         ("(has(a)||has(b))&&!has(c)", &[("b", "y")], true),
         // prefixed and Calico implicit-label keys
-        (
-            "app.kubernetes.io/name == 'api'",
-            &[("app.kubernetes.io/name", "api")],
-            true,
-        ),
+        ("app.kubernetes.io/name == 'api'", &[("app.kubernetes.io/name", "api")], true),
         ("app.kubernetes.io/name == 'api'", &[("name", "api")], false),
-        (
-            "projectcalico.org/namespace == 'prod'",
-            &[("projectcalico.org/namespace", "prod")],
-            true,
-        ),
-        (
-            "projectcalico.org/namespace == 'prod'",
-            &[("projectcalico.org/namespace", "dev")],
-            false,
-        ),
-        (
-            "has(projectcalico.org/orchestrator)",
-            &[("projectcalico.org/orchestrator", "k8s")],
-            true,
-        ),
+        ("projectcalico.org/namespace == 'prod'", &[("projectcalico.org/namespace", "prod")], true),
+        ("projectcalico.org/namespace == 'prod'", &[("projectcalico.org/namespace", "dev")], false),
+        ("has(projectcalico.org/orchestrator)", &[("projectcalico.org/orchestrator", "k8s")], true),
         ("pcns.team == 'red'", &[("pcns.team", "red")], true),
-        (
-            "pcsa.role in {'admin', 'ops'}",
-            &[("pcsa.role", "ops")],
-            true,
-        ),
+        ("pcsa.role in {'admin', 'ops'}", &[("pcsa.role", "ops")], true),
         ("my_key-2.x == '1'", &[("my_key-2.x", "1")], true),
         // words that are only functions or operators in their place are ordinary keys
         ("all == 'x'", &[("all", "x")], true),
@@ -881,26 +745,13 @@ mod tests {
     #[test]
     fn matches_table() {
         for &(text, pairs, expected) in MATCH_CASES {
-            let selector =
-                Selector::parse(text).unwrap_or_else(|e| panic!("{text:?} should parse, got {e}"));
+            let selector = Selector::parse(text).unwrap_or_else(|e| panic!("{text:?} should parse, got {e}"));
             let map = labels(pairs);
-            assert_eq!(
-                selector.matches(&map),
-                expected,
-                "{text:?} against {pairs:?}"
-            );
+            assert_eq!(selector.matches(&map), expected, "{text:?} against {pairs:?}");
             let hash_map: HashMap<String, String> = map.into_iter().collect();
-            assert_eq!(
-                selector.matches(&hash_map),
-                expected,
-                "{text:?} against a HashMap"
-            );
+            assert_eq!(selector.matches(&hash_map), expected, "{text:?} against a HashMap");
             let dynamic: &dyn Labels = &hash_map;
-            assert_eq!(
-                selector.matches(dynamic),
-                expected,
-                "{text:?} through &dyn Labels"
-            );
+            assert_eq!(selector.matches(dynamic), expected, "{text:?} through &dyn Labels");
         }
     }
 
@@ -912,11 +763,7 @@ mod tests {
             let again = Selector::parse(&shown)
                 .unwrap_or_else(|e| panic!("display of {text:?} = {shown:?} fails to parse: {e}"));
             assert_eq!(again, selector, "{text:?} -> {shown:?}");
-            assert_eq!(
-                again.to_string(),
-                shown,
-                "display is not a fixed point for {text:?}"
-            );
+            assert_eq!(again.to_string(), shown, "display is not a fixed point for {text:?}");
         }
     }
 
@@ -929,14 +776,8 @@ mod tests {
             ("a=='x'", "a == \"x\""),
             ("a == 'say \"hi\"'", "a == 'say \"hi\"'"),
             ("a != \"it's\"", "a != \"it's\""),
-            (
-                "a == 'x' || b == 'y' && c == 'z'",
-                "(a == \"x\" || (b == \"y\" && c == \"z\"))",
-            ),
-            (
-                "(a == 'x' || b == 'y') && c == 'z'",
-                "((a == \"x\" || b == \"y\") && c == \"z\")",
-            ),
+            ("a == 'x' || b == 'y' && c == 'z'", "(a == \"x\" || (b == \"y\" && c == \"z\"))"),
+            ("(a == 'x' || b == 'y') && c == 'z'", "((a == \"x\" || b == \"y\") && c == \"z\")"),
             ("a in {'b', 'a', 'b'}", "a in {\"a\", \"b\"}"),
             ("a notin {}", "a not in {}"),
             ("a startswith 'x'", "a starts with \"x\""),
@@ -946,11 +787,7 @@ mod tests {
             ("!(has(a) && b == 'c')", "!(has(a) && b == \"c\")"),
         ];
         for (text, expected) in cases {
-            assert_eq!(
-                Selector::parse(text).unwrap().to_string(),
-                expected,
-                "{text:?}"
-            );
+            assert_eq!(Selector::parse(text).unwrap().to_string(), expected, "{text:?}");
         }
     }
 
@@ -975,12 +812,7 @@ mod tests {
             let s = Selector::parse(text).unwrap();
             assert!(s.is_global() && !s.is_all(), "{text:?}");
         }
-        for text in [
-            "global() && has(a)",
-            "global() || all()",
-            "!all()",
-            "has(a)",
-        ] {
+        for text in ["global() && has(a)", "global() || all()", "!all()", "has(a)"] {
             let s = Selector::parse(text).unwrap();
             assert!(!s.is_global() && !s.is_all(), "{text:?}");
         }
@@ -996,38 +828,22 @@ mod tests {
         ("has(a))", 6, "unexpected `)` with no matching `(`"),
         (")", 0, "expected an expression, found `)`"),
         ("()", 1, "expected an expression after `(`, found `)`"),
-        (
-            "(has(a) has(b))",
-            8,
-            "expected `&&`, `||` or `)` after an expression, found `has`",
-        ),
+        ("(has(a) has(b))", 8, "expected `&&`, `||` or `)` after an expression, found `has`"),
         // unterminated strings
         ("a == 'x", 5, "unterminated string: no closing `'`"),
         ("a == \"x'", 5, "unterminated string: no closing `\"`"),
         ("a in {'x', \"y}", 11, "unterminated string"),
         // missing operands
-        (
-            "has(a) &&",
-            9,
-            "expected an expression after `&&`, found the end of the selector",
-        ),
+        ("has(a) &&", 9, "expected an expression after `&&`, found the end of the selector"),
         ("has(a) || ", 10, "expected an expression after `||`"),
         ("|| has(a)", 0, "expected an expression, found `||`"),
         ("has(a) && || has(b)", 10, "after `&&`, found `||`"),
         ("!", 1, "expected an expression after `!`"),
         ("a", 1, "expected an operator after label key `a`"),
-        (
-            "a ==",
-            4,
-            "expected a quoted value after `==`, found the end",
-        ),
+        ("a ==", 4, "expected a quoted value after `==`, found the end"),
         ("a == x", 5, "expected a quoted value after `==`, found `x`"),
         ("a contains", 10, "expected a quoted value after `contains`"),
-        (
-            "a starts with x",
-            14,
-            "expected a quoted value after `starts with`",
-        ),
+        ("a starts with x", 14, "expected a quoted value after `starts with`"),
         ("has()", 4, "expected a label key inside `has(`, found `)`"),
         ("has(a", 5, "expected `)` to close `has(`"),
         ("has(a b)", 6, "expected `)` to close `has(`, found `b`"),
@@ -1042,20 +858,12 @@ mod tests {
         ("a starts 'x'", 9, "expected `with` after `starts`"),
         ("a ! 'x'", 2, "expected an operator after label key `a`"),
         ("a in 'x'", 5, "expected `{` to start a set"),
-        (
-            "a in {'x'",
-            9,
-            "unterminated set: expected `}` to close the `{` at 5",
-        ),
+        ("a in {'x'", 9, "unterminated set: expected `}` to close the `{` at 5"),
         ("a in {'x' 'y'}", 10, "expected `,` or `}` after a value"),
         ("a in {,}", 6, "expected a quoted value or `}`"),
         ("a in {'x',,}", 10, "expected a quoted value or `}`"),
         // trailing garbage
-        (
-            "has(a) has(b)",
-            7,
-            "expected `&&`, `||` or the end of the selector",
-        ),
+        ("has(a) has(b)", 7, "expected `&&`, `||` or the end of the selector"),
         ("a == 'x' == 'y'", 9, "found `==`"),
         ("has(a) & has(b)", 7, "single `&`"),
         ("has(a) | has(b)", 7, "single `|`"),
@@ -1075,17 +883,11 @@ mod tests {
         for &(text, position, reason) in ERROR_CASES {
             let err = Selector::parse(text).expect_err(text);
             assert_eq!(err.position, position, "{text:?}: {err}");
-            assert!(
-                err.reason.contains(reason),
-                "{text:?}: {err:?} lacks {reason:?}"
-            );
+            assert!(err.reason.contains(reason), "{text:?}: {err:?} lacks {reason:?}");
             assert!(text.is_char_boundary(err.position), "{text:?}: {err}");
         }
         let err = Selector::parse("a == x").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "at 5: expected a quoted value after `==`, found `x`"
-        );
+        assert_eq!(err.to_string(), "at 5: expected a quoted value after `==`, found `x`");
     }
 
     #[test]
@@ -1093,23 +895,12 @@ mod tests {
         let deep = format!("{}has(a){}", "(".repeat(100_000), ")".repeat(100_000));
         let err = Selector::parse(&deep).unwrap_err();
         assert_eq!(err.position, MAX_NESTING);
-        let ok = format!(
-            "{}has(a){}",
-            "(".repeat(MAX_NESTING),
-            ")".repeat(MAX_NESTING)
-        );
+        let ok = format!("{}has(a){}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
         assert!(Selector::parse(&ok).unwrap().matches(&labels(&[("a", "")])));
         let nots = format!("{}has(a)", "!".repeat(100_001));
-        assert_eq!(
-            Selector::parse(&nots).unwrap(),
-            Selector::parse("!has(a)").unwrap()
-        );
+        assert_eq!(Selector::parse(&nots).unwrap(), Selector::parse("!has(a)").unwrap());
         let long = vec!["has(a)"; 10_000].join(" && ");
-        assert!(
-            Selector::parse(&long)
-                .unwrap()
-                .matches(&labels(&[("a", "")]))
-        );
+        assert!(Selector::parse(&long).unwrap().matches(&labels(&[("a", "")])));
     }
 
     /// Parse must return (not panic) on any input; successes round-trip through Display and
@@ -1117,10 +908,7 @@ mod tests {
     #[test]
     fn no_panic_on_odd_inputs() {
         let mut inputs: Vec<String> = Vec::new();
-        let seeds = MATCH_CASES
-            .iter()
-            .map(|c| c.0)
-            .chain(ERROR_CASES.iter().map(|c| c.0));
+        let seeds = MATCH_CASES.iter().map(|c| c.0).chain(ERROR_CASES.iter().map(|c| c.0));
         for seed in seeds {
             for (i, _) in seed.char_indices().skip(1) {
                 inputs.push(seed[..i].to_owned()); // every prefix
@@ -1132,15 +920,13 @@ mod tests {
         }
         // Random token soup from a fixed-seed LCG.
         let pieces = [
-            "has(", "all()", "global()", "a", "x.y/z", "(", ")", "'", "\"", "'v'", "\"v\"", "==",
-            "!=", "=", "!", "&&", "||", "&", "|", " ", "\n", "in", "not", "{", "}", ",",
-            "contains", "starts", "with", "ends", "é", "\u{0}", "_",
+            "has(", "all()", "global()", "a", "x.y/z", "(", ")", "'", "\"", "'v'", "\"v\"", "==", "!=", "=", "!", "&&",
+            "||", "&", "|", " ", "\n", "in", "not", "{", "}", ",", "contains", "starts", "with", "ends", "é", "\u{0}",
+            "_",
         ];
         let mut state: u64 = 0x5eed;
         let mut next = |bound: usize| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((state >> 33) as usize) % bound
         };
         for _ in 0..2_000 {

@@ -75,10 +75,7 @@ mod tests {
     fn pod_uids_of_both_cgroup_drivers() {
         let uid = "0b8a7e2c-1f7d-4c56-9c1e-2f3d4e5f6a7b";
         assert_eq!(pod_uid(&format!("pod{uid}")), Some(uid.to_owned()));
-        assert_eq!(
-            pod_uid(&format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"))),
-            Some(uid.to_owned())
-        );
+        assert_eq!(pod_uid(&format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"))), Some(uid.to_owned()));
         assert_eq!(pod_uid("kubepods-besteffort.slice"), None);
         assert_eq!(pod_uid("podman"), None);
     }
@@ -87,10 +84,10 @@ mod tests {
     fn finds_pod_directories_and_everything_below() {
         let root = tempfile::tempdir().unwrap();
         let uid = "0b8a7e2c-1f7d-4c56-9c1e-2f3d4e5f6a7b";
-        let systemd = root.path().join("kubepods.slice/kubepods-burstable.slice").join(format!(
-            "kubepods-burstable-pod{}.slice",
-            uid.replace('-', "_")
-        ));
+        let systemd = root
+            .path()
+            .join("kubepods.slice/kubepods-burstable.slice")
+            .join(format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")));
         std::fs::create_dir_all(systemd.join("cri-containerd-abc.scope")).unwrap();
         let other = root.path().join("kubepods/besteffort/pod11111111-2222-3333-4444-555555555555");
         std::fs::create_dir_all(&other).unwrap();

@@ -15,12 +15,7 @@
 mod cgroups;
 
 use hashbrown::HashMap;
-use std::{
-    net::IpAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use flowaudit_common::proto;
 
@@ -143,7 +138,11 @@ impl Index {
         for set in &state.network_sets {
             let endpoint = Arc::new(Endpoint {
                 kind: EndpointKind::Ns,
-                record_names: (set.name.as_str().into(), set.name.as_str().into(), set.namespace.as_deref().unwrap_or("-").into()),
+                record_names: (
+                    set.name.as_str().into(),
+                    set.name.as_str().into(),
+                    set.namespace.as_deref().unwrap_or("-").into(),
+                ),
                 name: Some(set.name.clone()),
                 name_aggr: set.name.clone(),
                 namespace: set.namespace.clone(),
@@ -182,7 +181,12 @@ impl Index {
 
 impl Index {
     /// Maps every pod's cgroup (and the cgroups below it) to the pod.
-    fn scan_cgroups(&mut self, state: &ClusterState, cgroup_root: &std::path::Path, kubepods: &std::collections::HashMap<String, std::path::PathBuf>) {
+    fn scan_cgroups(
+        &mut self,
+        state: &ClusterState,
+        cgroup_root: &std::path::Path,
+        kubepods: &std::collections::HashMap<String, std::path::PathBuf>,
+    ) {
         self.by_cgroup.clear();
         for pod in &state.pods {
             let Some((endpoint, _)) = self.by_pod.get(&(pod.namespace.clone(), pod.name.clone())) else { continue };
@@ -310,8 +314,12 @@ impl Enricher {
     pub fn enrich(&mut self, records: &mut [FlowRecord], now_ns: u64) {
         self.gone_ips.retain(|_, (_, until)| *until > now_ns);
         self.gone_cgroups.retain(|_, (_, until)| *until > now_ns);
-        let unknown = |id: &Option<u64>| id.is_some_and(|id| !self.current.by_cgroup.contains_key(&id) && !self.gone_cgroups.contains_key(&id));
-        if now_ns.saturating_sub(self.scanned_ns) >= RESCAN_NS && records.iter().any(|r| unknown(&r.source_cgroup_id) || unknown(&r.context.dest_cgroup_id)) {
+        let unknown = |id: &Option<u64>| {
+            id.is_some_and(|id| !self.current.by_cgroup.contains_key(&id) && !self.gone_cgroups.contains_key(&id))
+        };
+        if now_ns.saturating_sub(self.scanned_ns) >= RESCAN_NS
+            && records.iter().any(|r| unknown(&r.source_cgroup_id) || unknown(&r.context.dest_cgroup_id))
+        {
             let kubepods = cgroups::kubepods_dirs(&self.cfg.cgroup_root);
             let state = self.state.clone();
             self.current.scan_cgroups(&state, &self.cfg.cgroup_root, &kubepods);
@@ -322,17 +330,35 @@ impl Enricher {
             let mut dest = self.endpoint(r.context.dest_cgroup_id, r.dest_ip, now_ns);
             // Addresses nothing else names may be in a network set, chosen relative to the other end.
             if source.is_none() {
-                source = r.source_ip.and_then(|ip| self.current.network_set(ip, dest.as_ref().and_then(|d| d.namespace.as_deref())));
+                source = r
+                    .source_ip
+                    .and_then(|ip| self.current.network_set(ip, dest.as_ref().and_then(|d| d.namespace.as_deref())));
             }
             if dest.is_none() && r.dest_ip.is_some_and(|ip| self.current.service(ip, None, 0).is_none()) {
-                dest = r.dest_ip.and_then(|ip| self.current.network_set(ip, source.as_ref().and_then(|s| s.namespace.as_deref())));
+                dest = r
+                    .dest_ip
+                    .and_then(|ip| self.current.network_set(ip, source.as_ref().and_then(|s| s.namespace.as_deref())));
             }
             if let Some(ep) = &source {
-                fill(ep, &mut r.source_name, &mut r.source_name_aggr, &mut r.source_namespace, &mut r.source_type, &mut r.source_labels);
+                fill(
+                    ep,
+                    &mut r.source_name,
+                    &mut r.source_name_aggr,
+                    &mut r.source_namespace,
+                    &mut r.source_type,
+                    &mut r.source_labels,
+                );
                 r.host_network |= ep.host_network;
             }
             if let Some(ep) = &dest {
-                fill(ep, &mut r.dest_name, &mut r.dest_name_aggr, &mut r.dest_namespace, &mut r.dest_type, &mut r.dest_labels);
+                fill(
+                    ep,
+                    &mut r.dest_name,
+                    &mut r.dest_name_aggr,
+                    &mut r.dest_namespace,
+                    &mut r.dest_type,
+                    &mut r.dest_labels,
+                );
                 r.host_network |= ep.host_network;
             }
             if dest.is_none()
@@ -349,7 +375,14 @@ impl Enricher {
     }
 }
 
-fn fill(ep: &Endpoint, name: &mut Text, aggr: &mut Text, namespace: &mut Text, kind: &mut Text, labels: &mut RecordLabels) {
+fn fill(
+    ep: &Endpoint,
+    name: &mut Text,
+    aggr: &mut Text,
+    namespace: &mut Text,
+    kind: &mut Text,
+    labels: &mut RecordLabels,
+) {
     thread_local! {
         static KINDS: [Text; 4] = [Text::from("wep"), Text::from("hep"), Text::from("ns"), Text::from("net")];
     }

@@ -108,10 +108,18 @@ fn names_a_socket_by_its_cgroup_even_without_a_pod_address() {
 fn service_cluster_ips_name_the_service_and_stay_net() {
     let (root, ..) = cgroup_root();
     let mut e = enricher(root.path());
-    let mut r = vec![FlowRecord::sample("10.0.1.5", 40000, "10.96.0.10", 80), FlowRecord::sample("10.0.1.5", 40001, "10.96.0.10", 81)];
+    let mut r = vec![
+        FlowRecord::sample("10.0.1.5", 40000, "10.96.0.10", 80),
+        FlowRecord::sample("10.0.1.5", 40001, "10.96.0.10", 81),
+    ];
     e.enrich(&mut r, SEC);
     assert_eq!(
-        (r[0].dest_type.as_ref(), r[0].dest_service_name.as_ref(), r[0].dest_service_namespace.as_ref(), r[0].dest_service_port.as_ref()),
+        (
+            r[0].dest_type.as_ref(),
+            r[0].dest_service_name.as_ref(),
+            r[0].dest_service_namespace.as_ref(),
+            r[0].dest_service_port.as_ref()
+        ),
         ("net", "web", "shop", "http")
     );
     assert_eq!(&*r[1].dest_service_port, "-", "a port the Service does not expose");
@@ -124,7 +132,10 @@ fn unknown_addresses_are_net() {
     let mut r = vec![FlowRecord::sample("8.8.8.8", 53, "10.0.1.5", 40000)];
     r[0].source_name_aggr = "pub".into();
     e.enrich(&mut r, SEC);
-    assert_eq!((r[0].source_type.as_ref(), r[0].source_name.as_ref(), r[0].source_name_aggr.as_ref()), ("net", "-", "pub"));
+    assert_eq!(
+        (r[0].source_type.as_ref(), r[0].source_name.as_ref(), r[0].source_name_aggr.as_ref()),
+        ("net", "-", "pub")
+    );
     assert_eq!(r[0].source_labels, RecordLabels::Unknown);
     assert!(r[0].context.source.is_none());
 }
@@ -133,7 +144,8 @@ fn unknown_addresses_are_net() {
 fn a_deleted_pod_keeps_its_name_for_the_grace_period() {
     let (root, db_container, _) = cgroup_root();
     let mut e = enricher(root.path());
-    let without_db = CLUSTER.replace("name: db,", "name: db-gone,").replace("10.0.1.6", "10.0.1.7").replace("pods/db", "pods/none");
+    let without_db =
+        CLUSTER.replace("name: db,", "name: db-gone,").replace("10.0.1.6", "10.0.1.7").replace("pods/db", "pods/none");
     e.update(&state(&without_db), 10 * SEC);
     let probe = |e: &mut Enricher, at: u64| {
         let mut r = FlowRecord::sample("10.0.1.5", 40000, "10.0.1.6", 5432);
@@ -183,10 +195,18 @@ spec: {nets: [198.51.100.128/25]}
     ];
     e.enrich(&mut r, SEC);
     assert_eq!(
-        (r[0].source_type.as_ref(), r[0].source_name.as_ref(), r[0].source_name_aggr.as_ref(), r[0].source_namespace.as_ref()),
+        (
+            r[0].source_type.as_ref(),
+            r[0].source_name.as_ref(),
+            r[0].source_name_aggr.as_ref(),
+            r[0].source_namespace.as_ref()
+        ),
         ("hep", "node-a-eth0", "node-a", "-")
     );
-    assert_eq!((r[1].dest_type.as_ref(), r[1].dest_name.as_ref(), r[1].dest_namespace.as_ref()), ("ns", "partner", "shop"));
+    assert_eq!(
+        (r[1].dest_type.as_ref(), r[1].dest_name.as_ref(), r[1].dest_namespace.as_ref()),
+        ("ns", "partner", "shop")
+    );
     assert_eq!((r[2].dest_type.as_ref(), r[2].dest_name.as_ref(), r[2].dest_namespace.as_ref()), ("ns", "corp", "-"));
 }
 

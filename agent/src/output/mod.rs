@@ -153,17 +153,14 @@ mod tests {
     }
 
     fn lines(path: &Path) -> Vec<serde_json::Value> {
-        fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     #[test]
     fn writes_one_json_object_per_line_with_contract_fields() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = FlowLogWriter::open(FileConfig { dir: dir.path().into(), max_file_size: 1 << 20, max_files: 2 }).unwrap();
+        let mut w =
+            FlowLogWriter::open(FileConfig { dir: dir.path().into(), max_file_size: 1 << 20, max_files: 2 }).unwrap();
         w.write(&[record(1), record(2)]).unwrap();
         let got = lines(&dir.path().join("flows.log"));
         assert_eq!(got.len(), 2);
@@ -181,7 +178,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one = serde_json::to_vec(&record(1)).unwrap().len() as u64 + 1;
         // Room for two records per file, three files kept.
-        let mut w = FlowLogWriter::open(FileConfig { dir: dir.path().into(), max_file_size: 2 * one + 1, max_files: 3 }).unwrap();
+        let mut w =
+            FlowLogWriter::open(FileConfig { dir: dir.path().into(), max_file_size: 2 * one + 1, max_files: 3 })
+                .unwrap();
         for n in 1..=9 {
             w.write(&[record(n)]).unwrap();
         }

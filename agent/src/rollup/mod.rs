@@ -68,7 +68,9 @@ fn key(r: &FlowRecord) -> String {
 fn shared_labels(a: &RecordLabels, b: &RecordLabels) -> RecordLabels {
     match (a, b) {
         _ if a == b => a.clone(),
-        (RecordLabels::List(x), RecordLabels::List(y)) => RecordLabels::List(x.iter().filter(|l| y.contains(l)).cloned().collect()),
+        (RecordLabels::List(x), RecordLabels::List(y)) => {
+            RecordLabels::List(x.iter().filter(|l| y.contains(l)).cloned().collect())
+        }
         _ => RecordLabels::Unknown,
     }
 }
@@ -172,11 +174,19 @@ mod tests {
         denied.num_violations = 1;
         let mut denied2 = pod_record("web-5", 40005, 23, &["app=web"]);
         denied2.action = Action::Deny;
-        let records = vec![pod_record("web-1", 40001, 5432, &["app=web"]), pod_record("web-2", 40002, 5433, &["app=web"]), denied, denied2];
+        let records = vec![
+            pod_record("web-1", 40001, 5432, &["app=web"]),
+            pod_record("web-2", 40002, 5433, &["app=web"]),
+            denied,
+            denied2,
+        ];
         let out = rollup(records, &cfg(AggregationLevel::NoDestPorts, AggregationLevel::NoDestPorts));
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].action, out[0].dest_port, out[0].num_flows), (Action::Allow, None, 2));
-        assert_eq!((out[1].action, out[1].num_flows, out[1].enforcement, out[1].num_violations), (Action::Deny, 2, Enforcement::Violation, 1));
+        assert_eq!(
+            (out[1].action, out[1].num_flows, out[1].enforcement, out[1].num_violations),
+            (Action::Deny, 2, Enforcement::Violation, 1)
+        );
         assert_ne!(out[0].id, out[1].id);
     }
 

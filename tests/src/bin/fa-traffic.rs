@@ -20,9 +20,7 @@ use std::{
 use socket2::{Domain, Protocol, Socket, Type};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
-    args.get(i)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("argument {i} ({what}) missing or invalid"))
+    args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("argument {i} ({what}) missing or invalid"))
 }
 
 fn socket(addr: &SocketAddr, ty: Type, proto: Protocol) -> Socket {
@@ -33,10 +31,8 @@ fn socket(addr: &SocketAddr, ty: Type, proto: Protocol) -> Socket {
 
 fn bound(ip: IpAddr, sport: u16, target: &SocketAddr, ty: Type, proto: Protocol) -> Socket {
     let s = socket(target, ty, proto);
-    let local = SocketAddr::new(
-        if ip.is_ipv4() { "0.0.0.0".parse().expect("ip") } else { "::".parse().expect("ip") },
-        sport,
-    );
+    let local =
+        SocketAddr::new(if ip.is_ipv4() { "0.0.0.0".parse().expect("ip") } else { "::".parse().expect("ip") }, sport);
     s.bind(&local.into()).expect("bind source port");
     s
 }

@@ -1,8 +1,8 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::cluster::{NamedPort, ServicePort};
 use crate::cluster::{CalicoPolicyKind, HostEndpoint, IpNet, NetworkSet, Tier};
+use crate::cluster::{NamedPort, ServicePort};
 
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -94,7 +94,14 @@ fn reads_every_kind_with_its_fields() {
     let counts = s.counts();
     assert_eq!(
         counts[..6],
-        [("Namespace", 1), ("Pod", 1), ("Service", 1), ("Node", 1), ("ServiceAccount", 1), ("NetworkPolicy.networking.k8s.io/v1", 1)]
+        [
+            ("Namespace", 1),
+            ("Pod", 1),
+            ("Service", 1),
+            ("Node", 1),
+            ("ServiceAccount", 1),
+            ("NetworkPolicy.networking.k8s.io/v1", 1)
+        ]
     );
     assert!(counts[6..].iter().all(|(_, n)| *n == 0), "{counts:?}");
 }
@@ -181,7 +188,11 @@ metadata: {name: a, namespace: shop}
     .collect();
     assert_eq!(got, want);
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert!(text[0].ends_with("bad.yaml: document 1: status.podIPs[0].ip: \"10.0.0.300\" is not an IP address"), "{}", text[0]);
+    assert!(
+        text[0].ends_with("bad.yaml: document 1: status.podIPs[0].ip: \"10.0.0.300\" is not an IP address"),
+        "{}",
+        text[0]
+    );
     assert!(text[2].contains("invalid type"), "{}", text[2]);
     assert!(text[6].contains("duplicate Pod shop/a, first defined in"), "{}", text[6]);
 }
@@ -197,7 +208,10 @@ async fn a_change_is_published_and_a_broken_edit_keeps_the_last_good_state() {
     assert_eq!(state.version, 1);
     assert_eq!(state.namespaces.keys().collect::<Vec<_>>(), ["one", "two"]);
     std::fs::write(dir.path().join("ns2.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {}\n").unwrap();
-    assert!(tokio::time::timeout(Duration::from_millis(400), rx.changed()).await.is_err(), "no broken state is published");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), rx.changed()).await.is_err(),
+        "no broken state is published"
+    );
     assert_eq!(rx.borrow().version, 1);
 }
 
@@ -358,7 +372,10 @@ fn net(s: &str) -> IpNet {
 #[test]
 fn reads_calico_and_admin_policy_kinds() {
     use crate::cluster::{
-        admin::{AdminAction, AdminPort, BaselineAction, EgressPeer, IngressPeer, PortNumber, PortProtocol, PortRange, Subject},
+        admin::{
+            AdminAction, AdminPort, BaselineAction, EgressPeer, IngressPeer, PortNumber, PortProtocol, PortRange,
+            Subject,
+        },
         calico::{Action, PolicyType, PortSpec, Protocol, StagedAction},
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -389,7 +406,13 @@ fn reads_calico_and_admin_policy_kinds() {
             (CalicoPolicyKind::NetworkPolicy, Some("shop"), "allow-web", "platform", None),
             (CalicoPolicyKind::GlobalNetworkPolicy, None, "security.allow-dns", "security", None),
             (CalicoPolicyKind::StagedNetworkPolicy, Some("shop"), "tighten", "default", Some(StagedAction::Set)),
-            (CalicoPolicyKind::StagedGlobalNetworkPolicy, None, "security.drop-old", "security", Some(StagedAction::Delete)),
+            (
+                CalicoPolicyKind::StagedGlobalNetworkPolicy,
+                None,
+                "security.drop-old",
+                "security",
+                Some(StagedAction::Delete)
+            ),
         ]
     );
 
@@ -413,15 +436,24 @@ fn reads_calico_and_admin_policy_kinds() {
     assert_eq!(dns.namespace_selector.as_deref(), Some(r#"kubernetes.io/metadata.name != "kube-system""#));
     assert_eq!((dns.order, dns.types.as_deref()), (Some(10.0), Some(&[PolicyType::Egress][..])));
     assert_eq!((dns.egress[0].action, dns.egress[0].protocol), (Action::Allow, Some(Protocol::Udp)));
-    assert_eq!(dns.egress[0].destination.ports, vec![PortSpec::Number(53), PortSpec::Named("dns".into()), PortSpec::Range(5353, 5354)]);
-    assert_eq!(dns.egress[0].destination.namespace_selector.as_deref(), Some(r#"projectcalico.org/name == "kube-system""#));
+    assert_eq!(
+        dns.egress[0].destination.ports,
+        vec![PortSpec::Number(53), PortSpec::Named("dns".into()), PortSpec::Range(5353, 5354)]
+    );
+    assert_eq!(
+        dns.egress[0].destination.namespace_selector.as_deref(),
+        Some(r#"projectcalico.org/name == "kube-system""#)
+    );
     assert_eq!(dns.egress[1].action, Action::Pass);
     assert!(s.calico_policies[0].spec.ingress.is_empty(), "a null rule list is empty");
     assert_eq!(s.calico_policies[3].spec.ingress[0].action, Action::Deny);
 
     let staged = &s.staged_kube_policies[..];
     assert_eq!(staged.len(), 1);
-    assert_eq!((staged[0].namespace.as_str(), staged[0].name.as_str(), staged[0].staged_action), ("shop", "web-only", StagedAction::Set));
+    assert_eq!(
+        (staged[0].namespace.as_str(), staged[0].name.as_str(), staged[0].staged_action),
+        ("shop", "web-only", StagedAction::Set)
+    );
     let pod_selector = staged[0].spec.pod_selector.as_ref().and_then(|p| p.match_labels.as_ref()).unwrap();
     assert_eq!(pod_selector["app"], "web");
     assert_eq!(staged[0].spec.ingress.as_ref().map(Vec::len), Some(1));
@@ -468,7 +500,10 @@ fn reads_calico_and_admin_policy_kinds() {
     let [monitoring, db] = &anp.ingress[..] else { panic!("{:?}", anp.ingress) };
     assert_eq!((monitoring.name.as_deref(), monitoring.action), (Some("allow-monitoring"), AdminAction::Allow));
     let monitoring_labels = [("kubernetes.io/metadata.name".to_string(), "monitoring".to_string())].into();
-    assert_eq!(monitoring.from, vec![IngressPeer::Namespaces(LabelSelector { match_labels: Some(monitoring_labels), ..Default::default() })]);
+    assert_eq!(
+        monitoring.from,
+        vec![IngressPeer::Namespaces(LabelSelector { match_labels: Some(monitoring_labels), ..Default::default() })]
+    );
     assert_eq!(
         monitoring.ports,
         Some(vec![
@@ -489,7 +524,10 @@ fn reads_calico_and_admin_policy_kinds() {
     let banp = s.baseline_admin_policy.as_ref().unwrap();
     assert_eq!(banp.name, "default");
     assert_eq!(banp.spec.subject, Subject::Namespaces(LabelSelector::default()));
-    assert_eq!((banp.spec.ingress[0].name.as_deref(), banp.spec.ingress[0].action), (Some("default-deny"), BaselineAction::Deny));
+    assert_eq!(
+        (banp.spec.ingress[0].name.as_deref(), banp.spec.ingress[0].action),
+        (Some("default-deny"), BaselineAction::Deny)
+    );
     assert_eq!(banp.spec.egress[0].action, BaselineAction::Allow);
     assert_eq!(banp.spec.egress[0].to, vec![EgressPeer::Networks(vec![net("0.0.0.0/0")])]);
 
@@ -513,7 +551,10 @@ fn reads_calico_and_admin_policy_kinds() {
 }
 
 fn problems(errors: &[ManifestError]) -> Vec<(String, usize, String)> {
-    errors.iter().map(|e| (e.file.file_name().unwrap().to_string_lossy().into_owned(), e.document, e.field.clone())).collect()
+    errors
+        .iter()
+        .map(|e| (e.file.file_name().unwrap().to_string_lossy().into_owned(), e.document, e.field.clone()))
+        .collect()
 }
 
 fn expect(list: &[(&str, usize, &str)]) -> Vec<(String, usize, String)> {
@@ -579,11 +620,25 @@ metadata: {name: late}
         ])
     );
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert!(text[0].ends_with(r#"spec.ingress[0].source.nets[1]: "10.0.0.0/33" is not a CIDR: the prefix length must be 0-32"#), "{}", text[0]);
+    assert!(
+        text[0].ends_with(
+            r#"spec.ingress[0].source.nets[1]: "10.0.0.0/33" is not a CIDR: the prefix length must be 0-32"#
+        ),
+        "{}",
+        text[0]
+    );
     assert!(text[1].ends_with(r#"port range "90:80" starts after it ends"#), "{}", text[1]);
-    assert!(text[2].contains("unknown variant `Allowed`, expected one of `Allow`, `Deny`, `Log`, `Pass`"), "{}", text[2]);
+    assert!(
+        text[2].contains("unknown variant `Allowed`, expected one of `Allow`, `Deny`, `Log`, `Pass`"),
+        "{}",
+        text[2]
+    );
     assert!(text[3].ends_with("spec.priority: 2000 is not a priority (0-1000)"), "{}", text[3]);
-    assert!(text[4].ends_with(r#"metadata.name: "baseline": a BaselineAdminNetworkPolicy must be named "default""#), "{}", text[4]);
+    assert!(
+        text[4].ends_with(r#"metadata.name: "baseline": a BaselineAdminNetworkPolicy must be named "default""#),
+        "{}",
+        text[4]
+    );
     assert!(text[5].contains(r#"tier "missing" is not defined by a Tier document"#), "{}", text[5]);
 }
 
@@ -724,7 +779,10 @@ spec:
     assert_eq!(reasons[14], "Allow is not a tier default action (Deny or Pass)");
     assert_eq!(reasons[16], r#""10.0.0.1/32" is not an IP address"#);
     assert!(reasons[20].contains("expected map with a single key"), "{}", reasons[20]);
-    assert_eq!(reasons[25], "a named port cannot go with networks, nodes or domainNames peers (they have no named ports)");
+    assert_eq!(
+        reasons[25],
+        "a named port cannot go with networks, nodes or domainNames peers (they have no named ports)"
+    );
     assert!(reasons[26].contains("unknown variant `Pass`, expected `Allow` or `Deny`"), "{}", reasons[26]);
     assert_eq!(reasons[27], "only an AdminNetworkPolicy has domainNames peers");
 }
@@ -754,7 +812,11 @@ spec: {tier: t1}
     let dir = dir_with(&[("tiers.yaml", docs)]);
     let errors = load_dir(dir.path()).unwrap_err();
     assert_eq!(problems(&errors), expect(&[("tiers.yaml", 3, "metadata.name")]));
-    assert!(errors[0].reason.starts_with("duplicate NetworkPolicy.projectcalico.org shop/p, first defined in"), "{}", errors[0].reason);
+    assert!(
+        errors[0].reason.starts_with("duplicate NetworkPolicy.projectcalico.org shop/p, first defined in"),
+        "{}",
+        errors[0].reason
+    );
 }
 
 #[test]
@@ -766,7 +828,10 @@ fn values_parse_as_calico_and_kubernetes_write_them() {
     assert_eq!(parse_cidr("10.1.2.3/8"), Ok(net("10.0.0.0/8")));
     assert_eq!(parse_cidr("10.1.2.3"), Ok(net("10.1.2.3/32")));
     assert_eq!(parse_cidr("fd00::1"), Ok(net("fd00::1/128")));
-    assert_eq!(parse_cidr("fd00::1/129").unwrap_err(), r#""fd00::1/129" is not a CIDR: the prefix length must be 0-128"#);
+    assert_eq!(
+        parse_cidr("fd00::1/129").unwrap_err(),
+        r#""fd00::1/129" is not a CIDR: the prefix length must be 0-128"#
+    );
     for bad in ["", "10.0.0.0/", "10.0.0.0/+8", "10.0.0/8", "x", "10.0.0.0/8/8", " 10.0.0.0/8"] {
         assert!(parse_cidr(bad).is_err(), "{bad:?}");
     }
@@ -776,7 +841,8 @@ fn values_parse_as_calico_and_kubernetes_write_them() {
     assert_eq!(port("0:1023"), Ok(PortSpec::Range(0, 1023)));
     assert_eq!(port("80:80"), Ok(PortSpec::Range(80, 80)));
     assert_eq!(port("http-2"), Ok(PortSpec::Named("http-2".into())));
-    for bad in ["0", "65536", "80:65536", "1:0", "a:b", "80:", "-http", "http-", "123-456", "Http", "abcdefghijklmnop"] {
+    for bad in ["0", "65536", "80:65536", "1:0", "a:b", "80:", "-http", "http-", "123-456", "Http", "abcdefghijklmnop"]
+    {
         assert!(port(bad).is_err(), "{bad:?}");
     }
     assert!(PortSpec::parse(&IntOrString::Int(-1)).is_err());
