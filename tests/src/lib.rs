@@ -320,6 +320,11 @@ impl Lab {
             script.push_str(&format!("    {matcher} counter name \"{name}\"\n"));
         }
         script.push_str("  }\n}\n");
+        self.nft_script(&script)
+    }
+
+    /// Loads an nftables script (`nft -f -`) in the node.
+    fn nft_script(&self, script: &str) -> Result<()> {
         let mut child = self
             .node_command("nft")?
             .args(["-f", "-"])
@@ -348,22 +353,7 @@ impl Lab {
             script.push_str(&format!("    {m} drop\n"));
         }
         script.push_str("  }\n}\n");
-        let mut child = self
-            .node_command("nft")?
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io("running nft"))?;
-        child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(io("writing to nft"))?;
-        let out = child.wait_with_output().map_err(io("waiting for nft"))?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                cmd: format!("nft -f - <<{script}"),
-                stderr: String::from_utf8_lossy(&out.stderr).into(),
-            });
-        }
-        Ok(())
+        self.nft_script(&script)
     }
 
     /// A cgroup of its own under the lab's (for a "host-network pod": a process in the node's

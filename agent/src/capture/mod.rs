@@ -623,8 +623,9 @@ fn current_table(ebpf: &Ebpf, dir: &Path, metrics: &CaptureMetrics) -> Option<Fl
             return FlowTable::try_from(aya::maps::Map::HashMap(data)).ok();
         }
     }
-    // An older layout, or a crash mid-swap: what the installed table counted since the previous
-    // agent's last drain cannot be opened without CAP_SYS_ADMIN.
+    // A pin layout from an older version (a crash mid-swap leaves one of the two pins right):
+    // what the installed table counted since the last drain cannot be opened without
+    // CAP_SYS_ADMIN.
     metrics.drain_errors.inc();
     tracing::warn!(
         message = "The table in the pinned FLOW_TABLES is not pinned; starting a fresh one (its counts since the last drain are lost).",
@@ -658,12 +659,8 @@ fn installed_table_id(ebpf: &Ebpf) -> std::io::Result<u32> {
         value: &mut id as *mut u32 as u64,
         flags: 0,
     };
-    // SAFETY: `attr` points at `key` and `id`, both live for the call; the size is the struct's.
-    let rc =
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr as *const ElemAttr, size_of::<ElemAttr>()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: attr is the bpf_attr layout of BPF_MAP_LOOKUP_ELEM; `key` and `id` outlive the call.
+    unsafe { sys_bpf(BPF_MAP_LOOKUP_ELEM, &attr) }?;
     Ok(id)
 }
 
@@ -706,6 +703,16 @@ fn tc_pin_name(iface: &str, attach: TcAttachType) -> String {
     format!("tc-{iface}-{dir}")
 }
 
+/// `bpf(cmd, attr)`, for the commands aya does not offer here; the result (an fd for some).
+///
+/// # Safety
+/// `attr` must be the `union bpf_attr` layout of `cmd`, and every pointer in it live for the call.
+unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's contract.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const A, size_of::<A>() as u32) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
+}
+
 /// `BPF_OBJ_GET`: an fd for the object pinned at `path`.
 fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt as _;
@@ -718,11 +725,8 @@ fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let attr = Attr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
-    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET (7); c outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, &attr as *const Attr, size_of::<Attr>() as u32) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: attr is the bpf_attr layout of BPF_OBJ_GET (7); c outlives the call.
+    let fd = unsafe { sys_bpf(7, &attr) }?;
     // SAFETY: the kernel returned a new fd we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -739,12 +743,8 @@ fn link_update(pin: &Path, prog: BorrowedFd<'_>) -> std::io::Result<()> {
     let link = obj_get(pin)?;
     let attr =
         Attr { link_fd: link.as_raw_fd() as u32, new_prog_fd: prog.as_raw_fd() as u32, flags: 0, old_prog_fd: 0 };
-    // SAFETY: attr is a valid bpf_attr prefix for BPF_LINK_UPDATE (29).
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, 29, &attr as *const Attr, size_of::<Attr>() as u32) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: attr is the bpf_attr layout of BPF_LINK_UPDATE (29), with no pointers.
+    unsafe { sys_bpf(29, &attr) }.map(drop)
 }
 
 /// Attaches a TC program through a pinned TCX link: swaps it into the existing pin, or attaches
