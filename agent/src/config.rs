@@ -15,6 +15,7 @@ use std::{
 use serde::Deserialize;
 
 pub use crate::model::AggregationLevel;
+use crate::output::export::config::{self as export_config, DEFAULT_SPOOL_ROOT, ExporterConfig, RawExporter};
 
 /// A configuration problem: which source, which key, what is wrong. Exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,7 @@ struct FileConfig {
     flow_log_max_files: Option<u32>,
     pin: Option<bool>,
     pin_path: Option<PathBuf>,
+    exporters: Option<Vec<RawExporter>>,
 }
 
 /// Everything the agent runs with, resolved and validated.
@@ -126,6 +128,8 @@ pub struct Settings {
     pub pin: bool,
     /// bpffs directory of the pins.
     pub pin_path: PathBuf,
+    /// Where records go (default: one `file` exporter, `flows.log` and `audit.log`).
+    pub exporters: Vec<ExporterConfig>,
 }
 
 /// Where the cluster state comes from.
@@ -259,11 +263,22 @@ impl Settings {
             return Err(ConfigError::new(fname, "flow_log_max_file_size", "must be at least 4KiB"));
         }
         let flow_log_max_files = file.flow_log_max_files.unwrap_or(DEFAULT_MAX_FILES);
+        let flow_log_dir = pick(&flags.flow_log_dir, &file.flow_log_dir, &file_name)
+            .map(|(v, _)| v)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FLOW_LOG_DIR));
+        let exporters = export_config::resolve(
+            file.exporters.as_deref(),
+            &export_config::Defaults {
+                flow_log_dir: flow_log_dir.clone(),
+                max_file_size: flow_log_max_file_size,
+                max_files: flow_log_max_files,
+                spool_root: PathBuf::from(DEFAULT_SPOOL_ROOT),
+            },
+        )
+        .map_err(|p| ConfigError::new(fname, &p.field, p.reason))?;
 
         Ok(Settings {
-            flow_log_dir: pick(&flags.flow_log_dir, &file.flow_log_dir, &file_name)
-                .map(|(v, _)| v)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_FLOW_LOG_DIR)),
+            flow_log_dir,
             flush_interval,
             interfaces,
             cgroup,
@@ -283,6 +298,7 @@ impl Settings {
             pin_path: pick(&flags.pin_path, &file.pin_path, &file_name)
                 .map(|(v, _)| v)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
+            exporters,
         })
     }
 }

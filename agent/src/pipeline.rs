@@ -18,10 +18,13 @@ use crate::{
     config::{ClusterSource, Settings},
     enrich::{EnrichConfig, Enricher},
     model::{CaptureBatch, Reporter},
-    output::{FileConfig, FlowLogWriter, OutputError},
+    output::{OutputError, Outputs},
     rollup::{self, RollupConfig},
     telemetry,
 };
+
+/// How long exporters keep delivering after a stop signal; what is left waits in their spools.
+const EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +65,14 @@ struct OutputMetrics {
 impl OutputMetrics {
     fn new(registry: &Registry) -> Self {
         let records = IntCounterVec::new(
-            Opts::new("flowaudit_records_written_total", "Flow-log records written, per reporter."),
+            Opts::new("flowaudit_records_written_total", "Flow records handed to the exporters, per reporter."),
             &["reporter"],
         )
         .expect("valid");
-        let bytes = IntCounter::new("flowaudit_flow_log_bytes_total", "Bytes appended to flows.log.").expect("valid");
+        let bytes =
+            IntCounter::new("flowaudit_flow_log_bytes_total", "Bytes appended to local log files.").expect("valid");
         let dropped = IntCounterVec::new(
-            Opts::new("flowaudit_records_dropped_total", "Flow-log records that could not be written."),
+            Opts::new("flowaudit_records_dropped_total", "Flow records a local file exporter could not write."),
             &["reason"],
         )
         .expect("valid");
@@ -94,7 +98,7 @@ struct Stages {
     enricher: Enricher,
     attributor: Attributor,
     levels: RollupConfig,
-    writer: FlowLogWriter,
+    outputs: Outputs,
     metrics: OutputMetrics,
 }
 
@@ -113,22 +117,19 @@ impl Stages {
         self.attributor.attribute(&mut records);
         let records = rollup::rollup(records, &self.levels);
         self.metrics.connections.set(self.aggregator.tracked() as i64);
-        match self.writer.write(&records) {
-            Ok(bytes) => {
-                self.metrics.bytes.inc_by(bytes);
-                for r in &records {
-                    let reporter = match r.reporter {
-                        Reporter::Src => "src",
-                        Reporter::Dst => "dst",
-                        Reporter::Fwd => "fwd",
-                    };
-                    self.metrics.records.with_label_values(&[reporter]).inc();
-                }
-            }
-            Err(error) => {
-                self.metrics.dropped.with_label_values(&["write_error"]).inc_by(records.len() as u64);
-                tracing::error!(message = "Writing flow records failed.", records = records.len(), %error);
-            }
+        let written = self.outputs.write_flows(&records);
+        self.metrics.bytes.inc_by(written.file_bytes);
+        for r in &records {
+            let reporter = match r.reporter {
+                Reporter::Src => "src",
+                Reporter::Dst => "dst",
+                Reporter::Fwd => "fwd",
+            };
+            self.metrics.records.with_label_values(&[reporter]).inc();
+        }
+        for (exporter, error) in written.file_errors {
+            self.metrics.dropped.with_label_values(&["write_error"]).inc_by(records.len() as u64);
+            tracing::error!(message = "Writing flow records failed.", exporter, records = records.len(), %error);
         }
     }
 }
@@ -161,11 +162,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let writer = FlowLogWriter::open(FileConfig {
-        dir: settings.flow_log_dir.clone(),
-        max_file_size: settings.flow_log_max_file_size,
-        max_files: settings.flow_log_max_files,
-    })?;
+    let outputs = Outputs::start(settings.exporters.clone(), &settings.node, &registry)?;
     let mut states = cluster_states(&settings).await?;
     let listener = telemetry::bind(settings.metrics_addr)
         .await
@@ -196,7 +193,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         }),
         attributor: Attributor::new(),
         levels: RollupConfig { allowed: settings.aggregation_allowed, denied: settings.aggregation_denied },
-        writer,
+        outputs,
         metrics,
     };
     if let Some(rx) = &mut states {
@@ -249,6 +246,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         }
     }
     capture_task.await??;
+    stages.outputs.close(EXPORT_GRACE).await;
     let _ = server.await?;
     Ok(())
 }

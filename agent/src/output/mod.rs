@@ -1,14 +1,27 @@
 //! output: flow records and audit events → local logs and SIEM exporters.
 //!
-//! Takes: batches of flow records and audit events. Gives: the rotated `flows.log` / `audit.log`
-//! ([`file`]) and each configured exporter's delivery. Must never: reorder records within a sink,
-//! or drop one without a counter saying so.
+//! Takes: batches of flow records and audit events. Gives: for each configured exporter, the
+//! records of its log types in its encoding: `file` exporters write rotated local logs
+//! ([`file`]) synchronously; network exporters ([`export`]) queue, spool and deliver in the
+//! background. Must never: reorder records within a sink, block the pipeline on a network sink,
+//! or drop a record without a counter saying so.
 
-use std::{io, path::PathBuf};
+use std::{io, path::PathBuf, time::Duration};
 
+use prometheus::Registry;
+
+pub mod encode;
+pub mod export;
 pub mod file;
 
 pub use file::{DIR_MODE, FILE_MODE, FLOW_LOG, FileConfig, FlowLogWriter, RotatingLog};
+
+use crate::model::FlowRecord;
+use encode::{EncodeContext, Encoding};
+use export::{ExportError, ExportMetrics, Exporter, Item, LogType, config::ExporterConfig};
+
+/// Name of the live audit log.
+pub const AUDIT_LOG: &str = "audit.log";
 
 /// A flow-log write failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,4 +45,167 @@ pub enum OutputError {
     /// A record could not be encoded.
     #[error("encoding a flow record: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A network exporter could not start.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+}
+
+/// A `file` exporter: `flows.log` and/or `audit.log` in one directory.
+struct FileExporter {
+    name: String,
+    encoding: Encoding,
+    flows: Option<RotatingLog>,
+    audit: Option<RotatingLog>,
+}
+
+/// What one write did, for the caller's counters.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Bytes appended to local files.
+    pub file_bytes: u64,
+    /// Local writes that failed: exporter name and the error (the records are lost for it).
+    pub file_errors: Vec<(String, OutputError)>,
+    /// Records that could not be encoded, per exporter.
+    pub encode_errors: u64,
+}
+
+/// Every exporter of the configuration.
+pub struct Outputs {
+    ctx: EncodeContext,
+    files: Vec<FileExporter>,
+    exporters: Vec<Exporter>,
+    metrics: ExportMetrics,
+    line: Vec<u8>,
+}
+
+impl Outputs {
+    /// Opens the local files and starts the network exporters (each takes over its spool).
+    pub fn start(configs: Vec<ExporterConfig>, node: &str, registry: &Registry) -> Result<Self, OutputError> {
+        let metrics = ExportMetrics::new(registry);
+        let mut files = Vec::new();
+        let mut exporters = Vec::new();
+        for cfg in configs {
+            match &cfg.sink {
+                export::config::SinkConfig::File { dir, max_file_size, max_files } => {
+                    let fc = FileConfig { dir: dir.clone(), max_file_size: *max_file_size, max_files: *max_files };
+                    let open = |wanted: LogType, name: &str| -> Result<Option<RotatingLog>, OutputError> {
+                        cfg.log_types.contains(&wanted).then(|| RotatingLog::open(fc.clone(), name)).transpose()
+                    };
+                    files.push(FileExporter {
+                        name: cfg.name.clone(),
+                        encoding: cfg.encoding,
+                        flows: open(LogType::Flows, FLOW_LOG)?,
+                        audit: open(LogType::Audit, AUDIT_LOG)?,
+                    });
+                }
+                _ => exporters.push(Exporter::start(cfg, node, metrics.clone())?),
+            }
+        }
+        let ctx = EncodeContext { node: node.to_owned(), agent_version: env!("CARGO_PKG_VERSION") };
+        Ok(Self { ctx, files, exporters, metrics, line: Vec::with_capacity(1024) })
+    }
+
+    /// Writes flow records to every exporter that takes flows.
+    pub fn write_flows(&mut self, records: &[FlowRecord]) -> Written {
+        let keys: Vec<String> = records.iter().map(|r| flow_key(&self.ctx.node, r)).collect();
+        self.write(LogType::Flows, records.len(), &keys, |ctx, enc, i, out| {
+            encode::encode_flow(&records[i], enc, ctx, out).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Writes audit events (`audit.k8s.io/v1` Event JSON) to every exporter that takes audit.
+    pub fn write_audit(&mut self, events: &[serde_json::Value]) -> Written {
+        let keys: Vec<String> = events.iter().map(|e| audit_key(&self.ctx.node, e)).collect();
+        self.write(LogType::Audit, events.len(), &keys, |ctx, enc, i, out| {
+            encode::encode_audit(&events[i], enc, ctx, out).map_err(|e| e.to_string())
+        })
+    }
+
+    fn write(
+        &mut self,
+        log_type: LogType,
+        n: usize,
+        keys: &[String],
+        encode: impl Fn(&EncodeContext, Encoding, usize, &mut Vec<u8>) -> Result<(), String>,
+    ) -> Written {
+        let mut written = Written::default();
+        if n == 0 {
+            return written;
+        }
+        for f in &mut self.files {
+            let log = match log_type {
+                LogType::Flows => f.flows.as_mut(),
+                LogType::Audit => f.audit.as_mut(),
+            };
+            let Some(log) = log else { continue };
+            let mut result = Ok(());
+            for i in 0..n {
+                self.line.clear();
+                if let Err(error) = encode(&self.ctx, f.encoding, i, &mut self.line) {
+                    tracing::error!(message = "A record could not be encoded.", exporter = %f.name, %error);
+                    self.metrics.drop(&f.name, "encode_error", 1);
+                    written.encode_errors += 1;
+                    continue;
+                }
+                match log.append_line(&self.line) {
+                    Ok(b) => written.file_bytes += b,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = result.and_then(|()| log.flush()) {
+                written.file_errors.push((f.name.clone(), e));
+            }
+        }
+        for e in &self.exporters {
+            if !e.log_types.contains(&log_type) {
+                continue;
+            }
+            let mut items = Vec::with_capacity(n);
+            for (i, key) in keys.iter().enumerate() {
+                let mut line = Vec::with_capacity(512);
+                match encode(&self.ctx, e.encoding, i, &mut line) {
+                    Ok(()) => items.push(Item { key: key.clone(), line }),
+                    Err(error) => {
+                        tracing::error!(message = "A record could not be encoded.", exporter = %e.name, %error);
+                        self.metrics.drop(&e.name, "encode_error", 1);
+                        written.encode_errors += 1;
+                    }
+                }
+            }
+            e.submit(log_type, items);
+        }
+        written
+    }
+
+    /// Seals every queue into its spool and delivers for up to `grace` in all; the rest waits in
+    /// the spools for the next start.
+    pub async fn close(self, grace: Duration) {
+        let closes = self.exporters.into_iter().map(|e| e.close(grace));
+        futures::future::join_all(closes).await;
+    }
+}
+
+/// Kafka key of a flow: node and flow key (no tab, no newline).
+fn flow_key(node: &str, r: &FlowRecord) -> String {
+    let ip = |ip: Option<std::net::IpAddr>| ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
+    let port = |p: Option<u16>| p.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let key = format!(
+        "{node}/{}/{}:{}/{}:{}",
+        r.proto,
+        ip(r.source_ip),
+        port(r.source_port),
+        ip(r.dest_ip),
+        port(r.dest_port)
+    );
+    key.replace(['\t', '\n'], " ")
+}
+
+/// Kafka key of an audit event: node and object.
+fn audit_key(node: &str, e: &serde_json::Value) -> String {
+    let o = &e["objectRef"];
+    let s = |k: &str| o.get(k).and_then(serde_json::Value::as_str).unwrap_or("-").to_owned();
+    format!("{node}/{}/{}/{}", s("resource"), s("namespace"), s("name")).replace(['\t', '\n'], " ")
 }
