@@ -12,6 +12,7 @@
 //! carries.
 
 pub mod apiserver;
+pub mod sinks;
 
 use std::{
     collections::HashMap,
