@@ -18,7 +18,7 @@ use crate::{
     config::{ClusterSource, Settings},
     enrich::{EnrichConfig, Enricher},
     model::{CaptureBatch, Reporter},
-    output::{FileConfig, FlowLogWriter, OutputError},
+    output::{Evidence, EvidenceMetrics, FileConfig, FlowLogWriter, OutputError},
     rollup::{self, RollupConfig},
     telemetry,
 };
@@ -96,6 +96,7 @@ struct Stages {
     levels: RollupConfig,
     writer: FlowLogWriter,
     metrics: OutputMetrics,
+    evidence: EvidenceMetrics,
 }
 
 impl Stages {
@@ -113,7 +114,9 @@ impl Stages {
         self.attributor.attribute(&mut records);
         let records = rollup::rollup(records, &self.levels);
         self.metrics.connections.set(self.aggregator.tracked() as i64);
-        match self.writer.write(&records) {
+        let written = self.writer.write(&records);
+        self.evidence.observe("flows", self.writer.take_events());
+        match written {
             Ok(bytes) => {
                 self.metrics.bytes.inc_by(bytes);
                 for r in &records {
@@ -161,11 +164,14 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let writer = FlowLogWriter::open(FileConfig {
-        dir: settings.flow_log_dir.clone(),
-        max_file_size: settings.flow_log_max_file_size,
-        max_files: settings.flow_log_max_files,
-    })?;
+    let writer = FlowLogWriter::open_with(
+        FileConfig {
+            dir: settings.flow_log_dir.clone(),
+            max_file_size: settings.flow_log_max_file_size,
+            max_files: settings.flow_log_max_files,
+        },
+        Evidence { retention: settings.retention_flows, hmac_key: settings.hmac_key.clone() },
+    )?;
     let mut states = cluster_states(&settings).await?;
     let listener = telemetry::bind(settings.metrics_addr)
         .await
@@ -198,6 +204,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         levels: RollupConfig { allowed: settings.aggregation_allowed, denied: settings.aggregation_denied },
         writer,
         metrics,
+        evidence: EvidenceMetrics::new(&registry),
     };
     if let Some(rx) = &mut states {
         let state = rx.borrow_and_update().clone();

@@ -6,9 +6,13 @@
 
 use std::{io, path::PathBuf};
 
+pub mod chain;
 pub mod file;
+pub mod verify;
 
+pub use chain::HmacKey;
 pub use file::{DIR_MODE, FILE_MODE, FLOW_LOG, FileConfig, FlowLogWriter, RotatingLog};
+pub use file::{Evidence, EvidenceEvents, EvidenceMetrics, Retention};
 
 /// A flow-log write failed.
 #[derive(Debug, thiserror::Error)]
