@@ -179,11 +179,9 @@ impl RotatingLog {
         fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&cfg.dir).map_err(dir_error)?;
         fs::set_permissions(&cfg.dir, fs::Permissions::from_mode(DIR_MODE)).map_err(dir_error)?;
         let chain_dir = cfg.dir.join(CHAIN_DIR);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(&chain_dir)
-            .map_err(|source| OutputError::Open { path: chain_dir.clone(), source })?;
+        let chain_dir_error = |source| OutputError::Open { path: chain_dir.clone(), source };
+        fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&chain_dir).map_err(chain_dir_error)?;
+        fs::set_permissions(&chain_dir, fs::Permissions::from_mode(DIR_MODE)).map_err(chain_dir_error)?;
         repair_interrupted_rotation(&cfg.dir, name, cfg.max_files)?;
         let path = cfg.dir.join(name);
         let (file, size) = open_append(&path)?;
@@ -200,7 +198,7 @@ impl RotatingLog {
             housekeeping: Instant::now(),
         };
         log.reconcile(found)?;
-        log.enforce_retention()?;
+        log.retention_or_warn();
         Ok(log)
     }
 
@@ -239,8 +237,10 @@ impl RotatingLog {
         self.seal()?;
         if self.housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             self.housekeeping = Instant::now();
-            self.enforce_retention()?;
-            self.checkpoint()?;
+            self.retention_or_warn();
+            if let Err(error) = self.checkpoint() {
+                tracing::warn!(message = "Publishing the log's chain head failed.", file = %self.path.display(), %error);
+            }
         }
         Ok(())
     }
@@ -470,7 +470,25 @@ impl RotatingLog {
         self.chain.file = chain::open_append_raw(&self.chain.path)?;
         self.chain.first_seq = 0;
         self.chain.next_line = 1;
-        self.enforce_retention()
+        self.retention_or_warn();
+        Ok(())
+    }
+
+    /// Retention as part of another operation: a failure to delete must not fail a write.
+    fn retention_or_warn(&mut self) {
+        if let Err(error) = self.enforce_retention() {
+            tracing::warn!(message = "Enforcing log retention failed; retrying at the next check.", file = %self.path.display(), %error);
+        }
+    }
+}
+
+impl Drop for RotatingLog {
+    /// A clean stop chains what was buffered and publishes the live head (`checkpoint`), so the
+    /// newest blocks are anchored too. Errors are ignored here: the next open recovers.
+    fn drop(&mut self) {
+        if self.file.flush().is_ok() && self.seal().is_ok() {
+            let _ = self.checkpoint();
+        }
     }
 }
 
