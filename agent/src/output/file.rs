@@ -750,4 +750,41 @@ mod tests {
         assert_eq!(mode(&dir.join("flows.log")), 0o640);
         assert_eq!(mode(&dir.join("flows.log.1")), 0o640, "the rotated file keeps the mode");
     }
+
+    #[test]
+    fn evidence_metrics_count_per_log() {
+        let registry = Registry::new();
+        let metrics = EvidenceMetrics::new(&registry);
+        metrics.observe("flows", EvidenceEvents { removed_files: 2, removed_bytes: 300, ..Default::default() });
+        metrics.observe("audit", EvidenceEvents { chain_breaks: 1, recovered_blocks: 3, ..Default::default() });
+        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        for line in [
+            "flowaudit_retention_removed_files_total{log=\"flows\"} 2",
+            "flowaudit_retention_removed_bytes_total{log=\"flows\"} 300",
+            "flowaudit_chain_breaks_total{log=\"audit\"} 1",
+            "flowaudit_chain_recovered_blocks_total{log=\"audit\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn chain_lines_are_one_per_flush_and_sidecars_stay_out_of_the_log_glob() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w =
+            FlowLogWriter::open(FileConfig { dir: dir.path().into(), max_file_size: 1 << 20, max_files: 2 }).unwrap();
+        w.write(&[record(1), record(2), record(3)]).unwrap();
+        w.write(&[]).unwrap();
+        w.write(&[record(4)]).unwrap();
+        let chain = fs::read_to_string(dir.path().join("chain/flows.log.chain")).unwrap();
+        let lines: Vec<chain::ChainLine> = chain.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.iter().map(|l| (l.seq, l.first_line, l.lines)).collect::<Vec<_>>(), [(1, 1, 3), (2, 4, 1)]);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("flows.log"))
+            .collect();
+        assert_eq!(names, ["flows.log"]);
+    }
 }
