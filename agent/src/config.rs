@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 pub use crate::model::AggregationLevel;
 use crate::output::export::config::{self as export_config, DEFAULT_SPOOL_ROOT, ExporterConfig, RawExporter};
+use crate::output::{HmacKey, Retention};
 
 /// A configuration problem: which source, which key, what is wrong. Exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,31 @@ struct FileConfig {
     pin: Option<bool>,
     pin_path: Option<PathBuf>,
     exporters: Option<Vec<RawExporter>>,
+    retention: Option<RetentionFile>,
+    evidence: Option<EvidenceFile>,
+}
+
+/// `retention:` of the YAML file: one entry per log type.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    flows: Option<RetentionEntry>,
+    audit: Option<RetentionEntry>,
+}
+
+/// `retention.flows` / `retention.audit`. `0` (or `0s`) turns a limit off.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionEntry {
+    max_age: Option<String>,
+    max_total_size: Option<String>,
+}
+
+/// `evidence:` of the YAML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceFile {
+    hmac_key_file: Option<PathBuf>,
 }
 
 /// Everything the agent runs with, resolved and validated.
@@ -130,6 +156,14 @@ pub struct Settings {
     pub pin_path: PathBuf,
     /// Where records go (default: one `file` exporter, `flows.log` and `audit.log`).
     pub exporters: Vec<ExporterConfig>,
+    /// Retention of `flows.log*`.
+    pub retention_flows: Retention,
+    /// Retention of `audit.log*`.
+    pub retention_audit: Retention,
+    /// `evidence.hmac_key_file`: the file the key was read from.
+    pub hmac_key_file: Option<PathBuf>,
+    /// The key that signs `chain-heads.log` (its `Debug` prints no secret).
+    pub hmac_key: Option<HmacKey>,
 }
 
 /// Where the cluster state comes from.
@@ -155,6 +189,10 @@ const DEFAULT_TCP_IDLE_TIMEOUT: &str = "2h";
 const DEFAULT_MAX_FILE_SIZE: &str = "100MB";
 const DEFAULT_MAX_FILES: u32 = 5;
 const DEFAULT_POD_DELETION_GRACE: &str = "60s";
+/// Default `retention.flows.max_age`: Calico's flow-log retention (8 days).
+const DEFAULT_FLOWS_MAX_AGE: &str = "8d";
+/// Default `retention.audit.max_age`: Calico's audit retention (91 days).
+const DEFAULT_AUDIT_MAX_AGE: &str = "91d";
 const CLI: &str = "command line";
 
 impl Settings {
@@ -276,6 +314,15 @@ impl Settings {
             },
         )
         .map_err(|p| ConfigError::new(fname, &p.field, p.reason))?;
+        let retention_file = file.retention.unwrap_or_default();
+        let retention_flows = retention(fname, "flows", retention_file.flows, DEFAULT_FLOWS_MAX_AGE)?;
+        let retention_audit = retention(fname, "audit", retention_file.audit, DEFAULT_AUDIT_MAX_AGE)?;
+        let hmac_key_file = file.evidence.and_then(|e| e.hmac_key_file);
+        let hmac_key = hmac_key_file
+            .as_deref()
+            .map(HmacKey::from_file)
+            .transpose()
+            .map_err(|e| ConfigError::new(fname, "evidence.hmac_key_file", e.to_string()))?;
 
         Ok(Settings {
             flow_log_dir,
@@ -299,6 +346,10 @@ impl Settings {
                 .map(|(v, _)| v)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
             exporters,
+            retention_flows,
+            retention_audit,
+            hmac_key_file,
+            hmac_key,
         })
     }
 }
@@ -329,6 +380,30 @@ pub fn size(source: &str, field: &str, value: &str) -> Result<u64, ConfigError> 
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| ConfigError::new(source, field, format!("{value:?} is not a size such as 100MB ({e})")))
+}
+
+/// One log type's retention: the file's entry over the default age; `0` turns a limit off.
+fn retention(
+    source: &str,
+    log: &str,
+    entry: Option<RetentionEntry>,
+    default_age: &str,
+) -> Result<Retention, ConfigError> {
+    let entry = entry.unwrap_or_default();
+    let (age_src, age) = match &entry.max_age {
+        Some(v) => (source, v.as_str()),
+        None => (CLI, default_age),
+    };
+    let max_age = duration(age_src, &format!("retention.{log}.max_age"), age)?;
+    let max_total_size = entry
+        .max_total_size
+        .as_deref()
+        .map(|v| size(source, &format!("retention.{log}.max_total_size"), v))
+        .transpose()?;
+    Ok(Retention {
+        max_age: (!max_age.is_zero()).then_some(max_age),
+        max_total_size: max_total_size.filter(|&s| s > 0),
+    })
 }
 
 fn globs(source: &str, values: &[String]) -> Result<Vec<String>, ConfigError> {
@@ -387,6 +462,40 @@ mod tests {
         assert_eq!(s.pod_deletion_grace, Duration::from_secs(60));
         assert!(!s.pin);
         assert_eq!(s.pin_path, PathBuf::from("/sys/fs/bpf/flowaudit"));
+        let day = Duration::from_secs(86_400);
+        assert_eq!(s.retention_flows, Retention { max_age: Some(8 * day), max_total_size: None });
+        assert_eq!(s.retention_audit, Retention { max_age: Some(91 * day), max_total_size: None });
+        assert!(s.hmac_key.is_none());
+    }
+
+    #[test]
+    fn retention_and_evidence_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hmac.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let (_d, path) = write_config(&format!(
+            "retention:\n  flows: {{max_age: 2d, max_total_size: 10GiB}}\n  audit: {{max_age: 0s}}\nevidence:\n  hmac_key_file: {}\n",
+            key.display()
+        ));
+        let s = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap();
+        assert_eq!(
+            s.retention_flows,
+            Retention { max_age: Some(Duration::from_secs(2 * 86_400)), max_total_size: Some(10 << 30) }
+        );
+        assert_eq!(s.retention_audit, Retention::default(), "0s turns the age limit off");
+        assert!(s.hmac_key.is_some());
+        assert!(!format!("{s:?}").contains("0123456789abcdef"), "Debug must not print the key");
+
+        let (_d, path) = write_config("retention:\n  flows: {max_agee: 2d}\n");
+        let err = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "max_agee");
+        let (_d, path) = write_config("retention:\n  audit: {max_total_size: lots}\n");
+        let err = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "retention.audit.max_total_size");
+        let (_d, path) = write_config("evidence:\n  hmac_key_file: /no/such/key\n");
+        let err = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "evidence.hmac_key_file");
+        assert!(err.reason.contains("/no/such/key"), "{err}");
     }
 
     #[test]

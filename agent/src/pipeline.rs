@@ -18,7 +18,7 @@ use crate::{
     config::{ClusterSource, Settings},
     enrich::{EnrichConfig, Enricher},
     model::{CaptureBatch, Reporter},
-    output::{OutputError, Outputs},
+    output::{Evidence, LogEvidence, OutputError, Outputs},
     rollup::{self, RollupConfig},
     telemetry,
 };
@@ -162,7 +162,11 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let outputs = Outputs::start(settings.exporters.clone(), &settings.node, &registry)?;
+    let evidence = LogEvidence {
+        flows: Evidence { retention: settings.retention_flows, hmac_key: settings.hmac_key.clone() },
+        audit: Evidence { retention: settings.retention_audit, hmac_key: settings.hmac_key.clone() },
+    };
+    let outputs = Outputs::start(settings.exporters.clone(), &settings.node, &registry, evidence)?;
     let mut states = cluster_states(&settings).await?;
     let listener = telemetry::bind(settings.metrics_addr)
         .await

@@ -127,7 +127,7 @@ async fn syslog_over_udp_tcp_and_tls_delivers_every_record_as_rfc5424() {
         dir.path(),
     );
     let registry = Registry::new();
-    let mut out = Outputs::start(cfg, NODE, &registry).unwrap();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
     // Small batches so that UDP stays well inside the socket buffers.
     for chunk in records(0, 300).chunks(30) {
         out.write_flows(chunk);
@@ -199,7 +199,7 @@ async fn a_syslog_outage_in_the_middle_of_traffic_loses_nothing() {
         dir.path(),
     );
     let registry = Registry::new();
-    let mut out = Outputs::start(cfg, NODE, &registry).unwrap();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
     let start = Instant::now();
     let total = Duration::from_secs(outage + 10);
     let (mut next, mut stopped, mut restarted) = (0u32, false, false);
@@ -261,7 +261,7 @@ async fn the_spool_survives_a_restart_and_its_cap_drops_only_the_oldest_counted(
     };
     // 1. The sink is down: 200 records wait in the spool when the agent stops.
     let registry = Registry::new();
-    let mut out = Outputs::start(exporters(entries("10MiB"), dir.path()), NODE, &registry).unwrap();
+    let mut out = Outputs::start(exporters(entries("10MiB"), dir.path()), NODE, &registry, Default::default()).unwrap();
     out.write_flows(&records(0, 200));
     out.close(Duration::from_millis(500)).await;
     let spooled: Vec<_> =
@@ -284,7 +284,7 @@ async fn the_spool_survives_a_restart_and_its_cap_drops_only_the_oldest_counted(
         })
         .collect();
     let registry = Registry::new();
-    let out = Outputs::start(cfg.clone(), NODE, &registry).unwrap();
+    let out = Outputs::start(cfg.clone(), NODE, &registry, Default::default()).unwrap();
     let expected = flows_log(dir.path());
     wait_until("the spool delivered", Duration::from_secs(20), || rsyslog.messages().len() >= 200).await;
     out.close(Duration::from_secs(10)).await;
@@ -302,7 +302,7 @@ async fn the_spool_survives_a_restart_and_its_cap_drops_only_the_oldest_counted(
         c.delivery.spool_max_bytes = one_batch * 3 + one_batch / 2;
     }
     let registry = Registry::new();
-    let mut out = Outputs::start(cfg3.clone(), NODE, &registry).unwrap();
+    let mut out = Outputs::start(cfg3.clone(), NODE, &registry, Default::default()).unwrap();
     let before = flows_log(dir.path()).len();
     for i in 0..10 {
         out.write_flows(&records(1000 + i * 50, 50));
@@ -317,7 +317,7 @@ async fn the_spool_survives_a_restart_and_its_cap_drops_only_the_oldest_counted(
     assert_eq!(dropped + spool_records, 500.0, "every record is either kept or counted as dropped");
     rsyslog.restart().unwrap();
     let registry = Registry::new();
-    let out = Outputs::start(cfg3, NODE, &registry).unwrap();
+    let out = Outputs::start(cfg3, NODE, &registry, Default::default()).unwrap();
     wait_until("the kept batches delivered", Duration::from_secs(20), || {
         rsyslog.messages().len() >= 200 + spool_records as usize
     })
@@ -349,7 +349,7 @@ async fn elasticsearch_bulk_indexes_every_record_once() {
         dir.path(),
     );
     let registry = Registry::new();
-    let mut out = Outputs::start(cfg, NODE, &registry).unwrap();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
     out.write_flows(&records(0, 250));
     out.write_flows(&records(0, 50)); // the same 50 records again: same _id, no new documents
     out.close(Duration::from_secs(20)).await;
@@ -387,7 +387,7 @@ async fn kafka_gets_every_record_keyed_by_node_and_flow() {
         dir.path(),
     );
     let registry = Registry::new();
-    let mut out = Outputs::start(cfg, NODE, &registry).unwrap();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
     out.write_flows(&records(0, 200));
     out.close(Duration::from_secs(20)).await;
     assert_eq!(metric(&registry, "flowaudit_export_records_sent_total", &[("exporter", "bus")]), 200.0);
@@ -432,7 +432,7 @@ async fn otlp_logs_reach_a_collector_one_log_record_per_flow() {
         dir.path(),
     );
     let registry = Registry::new();
-    let mut out = Outputs::start(cfg, NODE, &registry).unwrap();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
     out.write_flows(&records(0, 120));
     out.close(Duration::from_secs(20)).await;
     let expected = flows_log(dir.path());
@@ -508,7 +508,7 @@ async fn splunk_hec_retries_while_busy_then_delivers_each_event_once() {
         dir.path(),
     );
     let registry = Registry::new();
-    let mut out = Outputs::start(cfg, NODE, &registry).unwrap();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
     out.write_flows(&records(0, 80));
     out.close(Duration::from_secs(20)).await;
     let events = events.lock().unwrap();

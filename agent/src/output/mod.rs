@@ -10,11 +10,15 @@ use std::{io, path::PathBuf, time::Duration};
 
 use prometheus::Registry;
 
+pub mod chain;
 pub mod encode;
 pub mod export;
 pub mod file;
+pub mod verify;
 
+pub use chain::HmacKey;
 pub use file::{DIR_MODE, FILE_MODE, FLOW_LOG, FileConfig, FlowLogWriter, RotatingLog};
+pub use file::{Evidence, EvidenceEvents, EvidenceMetrics, Retention};
 
 use crate::model::FlowRecord;
 use encode::{EncodeContext, Encoding};
@@ -50,6 +54,15 @@ pub enum OutputError {
     Export(#[from] ExportError),
 }
 
+/// Hash chain and retention of the local logs, per log type.
+#[derive(Clone, Debug, Default)]
+pub struct LogEvidence {
+    /// `flows.log*`.
+    pub flows: Evidence,
+    /// `audit.log*`.
+    pub audit: Evidence,
+}
+
 /// A `file` exporter: `flows.log` and/or `audit.log` in one directory.
 struct FileExporter {
     name: String,
@@ -75,12 +88,18 @@ pub struct Outputs {
     files: Vec<FileExporter>,
     exporters: Vec<Exporter>,
     metrics: ExportMetrics,
+    evidence: EvidenceMetrics,
     line: Vec<u8>,
 }
 
 impl Outputs {
     /// Opens the local files and starts the network exporters (each takes over its spool).
-    pub fn start(configs: Vec<ExporterConfig>, node: &str, registry: &Registry) -> Result<Self, OutputError> {
+    pub fn start(
+        configs: Vec<ExporterConfig>,
+        node: &str,
+        registry: &Registry,
+        evidence: LogEvidence,
+    ) -> Result<Self, OutputError> {
         let metrics = ExportMetrics::new(registry);
         let mut files = Vec::new();
         let mut exporters = Vec::new();
@@ -88,21 +107,32 @@ impl Outputs {
             match &cfg.sink {
                 export::config::SinkConfig::File { dir, max_file_size, max_files } => {
                     let fc = FileConfig { dir: dir.clone(), max_file_size: *max_file_size, max_files: *max_files };
-                    let open = |wanted: LogType, name: &str| -> Result<Option<RotatingLog>, OutputError> {
-                        cfg.log_types.contains(&wanted).then(|| RotatingLog::open(fc.clone(), name)).transpose()
-                    };
+                    let open =
+                        |wanted: LogType, name: &str, ev: &Evidence| -> Result<Option<RotatingLog>, OutputError> {
+                            cfg.log_types
+                                .contains(&wanted)
+                                .then(|| RotatingLog::open_with(fc.clone(), name, ev.clone()))
+                                .transpose()
+                        };
                     files.push(FileExporter {
                         name: cfg.name.clone(),
                         encoding: cfg.encoding,
-                        flows: open(LogType::Flows, FLOW_LOG)?,
-                        audit: open(LogType::Audit, AUDIT_LOG)?,
+                        flows: open(LogType::Flows, FLOW_LOG, &evidence.flows)?,
+                        audit: open(LogType::Audit, AUDIT_LOG, &evidence.audit)?,
                     });
                 }
                 _ => exporters.push(Exporter::start(cfg, node, metrics.clone())?),
             }
         }
         let ctx = EncodeContext { node: node.to_owned(), agent_version: env!("CARGO_PKG_VERSION") };
-        Ok(Self { ctx, files, exporters, metrics, line: Vec::with_capacity(1024) })
+        Ok(Self {
+            ctx,
+            files,
+            exporters,
+            metrics,
+            evidence: EvidenceMetrics::new(registry),
+            line: Vec::with_capacity(1024),
+        })
     }
 
     /// Writes flow records to every exporter that takes flows.
@@ -158,6 +188,7 @@ impl Outputs {
             if let Err(e) = result.and_then(|()| log.flush()) {
                 written.file_errors.push((f.name.clone(), e));
             }
+            self.evidence.observe(log_type.name(), log.take_events());
         }
         for e in &self.exporters {
             if !e.log_types.contains(&log_type) {
