@@ -61,6 +61,10 @@ pub struct RunFlags {
     pub pin: Option<bool>,
     /// `--pin-path DIR`.
     pub pin_path: Option<PathBuf>,
+    /// `--state-dir DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// `--kube-audit-log FILE`.
+    pub kube_audit_log: Option<PathBuf>,
 }
 
 /// The YAML file. Every field optional; unknown keys are an error.
@@ -85,6 +89,8 @@ struct FileConfig {
     flow_log_max_files: Option<u32>,
     pin: Option<bool>,
     pin_path: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    kube_audit_log: Option<PathBuf>,
 }
 
 /// Everything the agent runs with, resolved and validated.
@@ -126,6 +132,11 @@ pub struct Settings {
     pub pin: bool,
     /// bpffs directory of the pins.
     pub pin_path: PathBuf,
+    /// Directory of the agent's restart state (the audit log's last seen objects, the position in
+    /// the kube-apiserver audit log).
+    pub state_dir: PathBuf,
+    /// A kube-apiserver audit log to follow into `audit.log` (`None`: none).
+    pub kube_audit_log: Option<PathBuf>,
 }
 
 /// Where the cluster state comes from.
@@ -139,6 +150,9 @@ pub enum ClusterSource {
 
 /// Default `pin_path`.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/flowaudit";
+
+/// Default `state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/flowaudit";
 
 /// Default `--flow-log-dir`.
 pub const DEFAULT_FLOW_LOG_DIR: &str = "/var/log/flowaudit";
@@ -259,6 +273,19 @@ impl Settings {
             return Err(ConfigError::new(fname, "flow_log_max_file_size", "must be at least 4KiB"));
         }
         let flow_log_max_files = file.flow_log_max_files.unwrap_or(DEFAULT_MAX_FILES);
+        let state_dir = match pick(&flags.state_dir, &file.state_dir, &file_name) {
+            Some((v, src)) if v.as_os_str().is_empty() => {
+                return Err(ConfigError::new(src, "state_dir", "must not be empty"));
+            }
+            Some((v, _)) => v,
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        let kube_audit_log = match pick(&flags.kube_audit_log, &file.kube_audit_log, &file_name) {
+            Some((v, src)) if v.as_os_str().is_empty() || v.is_dir() => {
+                return Err(ConfigError::new(src, "kube_audit_log", format!("{v:?} is not a file path")));
+            }
+            other => other.map(|(v, _)| v),
+        };
 
         Ok(Settings {
             flow_log_dir: pick(&flags.flow_log_dir, &file.flow_log_dir, &file_name)
@@ -283,6 +310,8 @@ impl Settings {
             pin_path: pick(&flags.pin_path, &file.pin_path, &file_name)
                 .map(|(v, _)| v)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
+            state_dir,
+            kube_audit_log,
         })
     }
 }
@@ -371,6 +400,20 @@ mod tests {
         assert_eq!(s.pod_deletion_grace, Duration::from_secs(60));
         assert!(!s.pin);
         assert_eq!(s.pin_path, PathBuf::from("/sys/fs/bpf/flowaudit"));
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/flowaudit"));
+        assert_eq!(s.kube_audit_log, None);
+    }
+
+    #[test]
+    fn state_dir_and_kube_audit_log_from_file_and_flag() {
+        let (_d, path) = write_config("state_dir: /tmp/st\nkube_audit_log: /var/log/kube/audit.log\n");
+        let s = resolve(RunFlags { config: Some(path.clone()), ..Default::default() }).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/tmp/st"));
+        assert_eq!(s.kube_audit_log, Some(PathBuf::from("/var/log/kube/audit.log")));
+        let s = resolve(RunFlags { config: Some(path), state_dir: Some("/x".into()), ..Default::default() }).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/x"));
+        let err = resolve(RunFlags { kube_audit_log: Some("/".into()), ..Default::default() }).unwrap_err();
+        assert_eq!((err.field.as_str(), err.source_name.as_str()), ("kube_audit_log", "command line"));
     }
 
     #[test]
@@ -494,6 +537,7 @@ mod tests {
                 "interfaces",
                 "pod_deletion_grace",
                 "ring_buffer_size",
+                "state_dir",
                 "tcp_idle_timeout",
             ]
         );

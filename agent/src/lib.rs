@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod attribute;
+pub mod audit;
 pub mod capture;
 pub mod cluster;
 pub mod config;

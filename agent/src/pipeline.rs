@@ -13,12 +13,13 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     aggregate::{self, AggregateConfig, Aggregator},
     attribute::Attributor,
+    audit::{self, AuditError, AuditEvent, AuditMetrics, Auditor, Follower, FollowerConfig},
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
     cluster::{ClusterState, kube, manifests},
     config::{ClusterSource, Settings},
     enrich::{EnrichConfig, Enricher},
     model::{CaptureBatch, Reporter},
-    output::{FileConfig, FlowLogWriter, OutputError},
+    output::{FileConfig, FlowLogWriter, OutputError, RotatingLog},
     rollup::{self, RollupConfig},
     telemetry,
 };
@@ -46,6 +47,9 @@ pub enum PipelineError {
     /// The Kubernetes API source failed to start (configuration, or its caches never filled).
     #[error("--cluster kube: {0}")]
     Kube(kube::KubeError),
+    /// The audit log's state directory is unusable.
+    #[error("state_dir: {0}")]
+    Audit(#[from] AuditError),
     /// A stage task panicked.
     #[error("a pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -161,12 +165,42 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let writer = FlowLogWriter::open(FileConfig {
+    let log_config = FileConfig {
         dir: settings.flow_log_dir.clone(),
         max_file_size: settings.flow_log_max_file_size,
         max_files: settings.flow_log_max_files,
-    })?;
+    };
+    let writer = FlowLogWriter::open(log_config.clone())?;
     let mut states = cluster_states(&settings).await?;
+    let audit_metrics = AuditMetrics::new(&registry);
+    let (audit_tx, audit_rx) = mpsc::channel(AUDIT_QUEUE);
+    let audit_writer = tokio::spawn(write_audit_log(
+        audit_rx,
+        RotatingLog::open(log_config, audit::AUDIT_LOG)?,
+        audit_metrics.clone(),
+    ));
+    let mut audit_tasks = Vec::new();
+    if let (Some(rx), Some(source)) = (&states, &settings.cluster) {
+        let (id, live) = match source {
+            ClusterSource::Kube => ("kube".to_owned(), audit::Source::Watch),
+            ClusterSource::Dir(dir) => {
+                let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+                (format!("manifests:{}", dir.display()), audit::Source::Manifests)
+            }
+        };
+        let auditor = Auditor::open(&settings.state_dir, &id, live)?;
+        audit_tasks.push(tokio::spawn(audit_states(auditor, rx.clone(), audit_tx.clone(), shutdown_rx.clone())));
+    }
+    if let Some(path) = &settings.kube_audit_log {
+        let config = FollowerConfig {
+            path: path.clone(),
+            state_dir: settings.state_dir.clone(),
+            poll: std::time::Duration::from_millis(500),
+        };
+        let follower = Follower::open(&config, audit_metrics.clone())?;
+        audit_tasks.push(tokio::spawn(follower.run(audit_tx.clone(), config.poll, shutdown_rx.clone())));
+    }
+    drop(audit_tx);
     let listener = telemetry::bind(settings.metrics_addr)
         .await
         .map_err(|source| PipelineError::Metrics { addr: settings.metrics_addr, source })?;
@@ -249,8 +283,71 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         }
     }
     capture_task.await??;
+    // The audit tasks end on the shutdown signal; the writer then drains what they sent.
+    for task in audit_tasks {
+        task.await?;
+    }
+    audit_writer.await?;
     let _ = server.await?;
     Ok(())
+}
+
+/// Audit events waiting to be written.
+const AUDIT_QUEUE: usize = 4096;
+
+/// Diffs every new cluster state version into audit events (the first against the state stored
+/// before a restart), until shutdown; a version published before the shutdown is still diffed.
+async fn audit_states(
+    mut auditor: Auditor,
+    mut states: watch::Receiver<Arc<ClusterState>>,
+    tx: mpsc::Sender<AuditEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let state = states.borrow_and_update().clone();
+        match auditor.observe(&state.objects, std::time::SystemTime::now()) {
+            Ok(events) => {
+                for event in events {
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => tracing::error!(message = "Storing the audit state failed.", %error),
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Writes every audit event to `audit.log` (one JSON object per line), counting them per source,
+/// until every sender is gone. The one consumer of the audit stream (SIEM exporters go here too).
+async fn write_audit_log(mut rx: mpsc::Receiver<AuditEvent>, mut log: RotatingLog, metrics: AuditMetrics) {
+    let mut line = Vec::with_capacity(4096);
+    while let Some(event) = rx.recv().await {
+        let mut batch = vec![event];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        for event in &batch {
+            line.clear();
+            let written = serde_json::to_writer(&mut line, event)
+                .map_err(OutputError::from)
+                .and_then(|()| log.append_line(&line));
+            match written {
+                Ok(_) => metrics.count(event),
+                Err(error) => tracing::error!(message = "Writing an audit event failed.", audit_id = %event.audit_id, %error),
+            }
+        }
+        if let Err(error) = log.flush() {
+            tracing::error!(message = "Flushing audit.log failed.", %error);
+        }
+    }
 }
 
 /// The cgroup v2 mount (pods' cgroup paths are relative to it), whatever subtree capture uses.

@@ -126,6 +126,7 @@ pub async fn watch_with(
         service_accounts: Cache::typed(&client, &changed, &mut tasks),
         network_policies: Cache::typed(&client, &changed, &mut tasks),
         dynamic: Vec::new(),
+        raw: Mutex::default(),
     };
     // The core kinds are listed while discovery runs.
     let discovered = discover_until(&client, deadline).await;
@@ -253,8 +254,7 @@ fn label(resource: &ApiResource) -> String {
     format!("{}.{}", resource.kind, resource.api_version)
 }
 
-/// The annotation `kubectl apply` keeps a whole copy of the object in.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+use super::LAST_APPLIED;
 
 /// Drops from a dynamic object what no conversion reads (managed fields, the last-applied copy,
 /// `status`) and sets its `apiVersion` and `kind` (list items need not carry them).
@@ -388,6 +388,38 @@ where
     }
 }
 
+impl<K> Cache<K>
+where
+    K: Resource + Clone + serde::Serialize + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    /// Adds every cached object to `objects` as JSON, reusing `raw`'s value of an object whose
+    /// resourceVersion has not changed; `seen` collects the memo keys in use.
+    fn raw_into(
+        &self,
+        objects: &mut super::Objects,
+        raw: &mut HashMap<(String, String), (String, Arc<serde_json::Value>)>,
+        seen: &mut HashSet<(String, String)>,
+    ) {
+        for object in self.store.state() {
+            let memo = (self.kind.clone(), object_name(&*object));
+            let rv = object.resource_version().unwrap_or_default();
+            let value = match raw.get(&memo) {
+                Some((at, value)) if *at == rv && !rv.is_empty() => value.clone(),
+                _ => {
+                    let value = Arc::new(super::strip(serde_json::to_value(&*object).unwrap_or_default()));
+                    raw.insert(memo.clone(), (rv, value.clone()));
+                    value
+                }
+            };
+            if let Some(key) = super::ObjectKey::of(&value) {
+                objects.0.entry(key).or_insert(value);
+            }
+            seen.insert(memo);
+        }
+    }
+}
+
 impl Cache<DynamicObject> {
     /// The reflector of a discovered kind over all namespaces.
     fn dynamic(client: &Client, resource: &ApiResource, changed: &Arc<Notify>, tasks: &mut Tasks) -> Self {
@@ -428,6 +460,9 @@ struct Caches {
     network_policies: Cache<networking::NetworkPolicy>,
     /// The discovered Calico and admin policy kinds, in [`manifests::API_KINDS`] order.
     dynamic: Vec<Cache<DynamicObject>>,
+    /// The audited core objects as JSON by (kind, namespace/name), with the resourceVersion they
+    /// were serialised at: an unchanged object is not serialised again on the next build.
+    raw: Mutex<HashMap<(String, String), (String, Arc<serde_json::Value>)>>,
 }
 
 impl Caches {
@@ -460,6 +495,13 @@ impl Caches {
         self.service_accounts.convert_into(&mut state, logged, &mut failing);
         self.network_policies.convert_into(&mut state, logged, &mut failing);
         convert::sort(&mut state);
+        let objects = Arc::make_mut(&mut state.objects);
+        let mut raw = self.raw.lock().expect("not poisoned");
+        let mut seen = HashSet::new();
+        self.namespaces.raw_into(objects, &mut raw, &mut seen);
+        self.pods.raw_into(objects, &mut raw, &mut seen);
+        self.network_policies.raw_into(objects, &mut raw, &mut seen);
+        raw.retain(|k, _| seen.contains(k));
         *logged = failing;
         state
     }
@@ -591,6 +633,7 @@ mod tests {
             service_accounts: cache(&[]),
             network_policies: cache(&[]),
             dynamic: Vec::new(),
+            raw: Mutex::default(),
         }
     }
 
@@ -637,6 +680,7 @@ mod tests {
             service_accounts: cache(&[]),
             network_policies: cache(&[]),
             dynamic: Vec::new(),
+            raw: Mutex::default(),
         };
         let mut logged = HashSet::new();
         let state = caches.build(&mut logged);
@@ -689,7 +733,12 @@ mod tests {
             documents.iter().map(|(a, k, d)| format!("apiVersion: {a}\nkind: {k}\n{d}\n")).collect();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("all.yaml"), text.join("---\n")).unwrap();
-        assert_eq!(state, manifests::load_dir(dir.path()).unwrap().state);
+        // The same model; the audit log's objects also hold the two that do not convert.
+        let mut from_files = manifests::load_dir(dir.path()).unwrap().state;
+        let objects = |s: &ClusterState| s.objects.0.keys().map(|k| k.name.clone()).collect::<Vec<_>>();
+        assert_eq!(objects(&state), ["shop", "a", "broken", "security.deny-db", "allow-web", "orphan", "security"]);
+        from_files.objects = state.objects.clone();
+        assert_eq!(state, from_files);
         assert_eq!(state.calico_policies.len(), 2);
         assert_eq!(state.tiers.len(), 1);
         assert_eq!(state.admin_policies[0].priority, 5);
