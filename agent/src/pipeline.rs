@@ -341,7 +341,9 @@ async fn write_audit_log(mut rx: mpsc::Receiver<AuditEvent>, mut log: RotatingLo
                 .and_then(|()| log.append_line(&line));
             match written {
                 Ok(_) => metrics.count(event),
-                Err(error) => tracing::error!(message = "Writing an audit event failed.", audit_id = %event.audit_id, %error),
+                Err(error) => {
+                    tracing::error!(message = "Writing an audit event failed.", audit_id = %event.audit_id, %error)
+                }
             }
         }
         if let Err(error) = log.flush() {

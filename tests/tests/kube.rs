@@ -802,8 +802,9 @@ async fn policy_changes_are_written_to_audit_log_once() {
     assert_eq!(audit_events(&logs), Vec::<serde_json::Value>::new(), "nothing on the first start");
 
     server.kubectl_stdin(&["apply", "-f", "-"], AUDITED_POLICY).unwrap();
-    let created_rv =
-        server.kubectl(&["-n", "shop", "get", "networkpolicy", "db-ingress", "-o", "jsonpath={.metadata.resourceVersion}"]).unwrap();
+    let created_rv = server
+        .kubectl(&["-n", "shop", "get", "networkpolicy", "db-ingress", "-o", "jsonpath={.metadata.resourceVersion}"])
+        .unwrap();
     wait_events(&logs, 1, "the create").await;
     server
         .kubectl(&[
@@ -863,7 +864,10 @@ async fn policy_changes_are_written_to_audit_log_once() {
     let events = wait_events(&logs, 4, "the change made while down").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(audit_events(&logs).len(), 4, "{:#?}", audit_events(&logs));
-    assert_eq!((events[3]["verb"].as_str(), events[3]["objectRef"]["name"].as_str()), (Some("create"), Some("while-down")));
+    assert_eq!(
+        (events[3]["verb"].as_str(), events[3]["objectRef"]["name"].as_str()),
+        (Some("create"), Some("while-down"))
+    );
     assert_eq!(events[3]["annotations"]["flowaudit.io/source"], "restart-diff");
     assert_eq!(agent.stop().code(), Some(0));
 }

@@ -175,7 +175,10 @@ impl Auditor {
             }
             (None, Some(stored)) => {
                 let events = diff(&stored, objects, Source::RestartDiff, at);
-                tracing::info!(message = "Compared the cluster state with the one stored before the restart.", changes = events.len());
+                tracing::info!(
+                    message = "Compared the cluster state with the one stored before the restart.",
+                    changes = events.len()
+                );
                 events
             }
             (None, None) => {
@@ -227,7 +230,11 @@ mod tests {
                     Some(ns) => format!("{ns}/{}", r.name.as_deref().unwrap()),
                     None => r.name.clone().unwrap(),
                 };
-                (e.verb.clone(), format!("{}.{}", r.resource.as_deref().unwrap(), r.api_group.as_deref().unwrap()), name)
+                (
+                    e.verb.clone(),
+                    format!("{}.{}", r.resource.as_deref().unwrap(), r.api_group.as_deref().unwrap()),
+                    name,
+                )
             })
             .collect()
     }
@@ -347,7 +354,10 @@ spec: {subject: {namespaces: {}}, ingress: [{name: d, action: Deny, from: [{name
         assert_eq!(line["stage"], "ResponseComplete");
         assert_eq!(line["user"], json!({"username": "system:flowaudit:observed"}));
         assert_eq!(line["responseStatus"], json!({"metadata": {}, "code": 201}));
-        assert_eq!(line["objectRef"], json!({"resource": "networkpolicies", "namespace": "shop", "name": "knp", "apiGroup": "networking.k8s.io", "apiVersion": "v1"}));
+        assert_eq!(
+            line["objectRef"],
+            json!({"resource": "networkpolicies", "namespace": "shop", "name": "knp", "apiGroup": "networking.k8s.io", "apiVersion": "v1"})
+        );
         assert_eq!(line["responseObject"]["spec"]["policyTypes"], json!(["Ingress"]));
         assert!(line.get("previousObject").is_none());
         assert_eq!(line["requestReceivedTimestamp"], "1970-01-01T00:00:00.000000Z");
@@ -386,11 +396,15 @@ spec: {subject: {namespaces: {}}, ingress: [{name: d, action: Deny, from: [{name
     #[test]
     fn pods_and_namespaces_count_only_label_changes() {
         let before = objects(ALL);
-        let status_only = objects(&ALL.replace("podIP: 10.0.0.1", "podIP: 10.0.0.9").replace("resourceVersion: \"5\"", "resourceVersion: \"6\""));
+        let status_only = objects(
+            &ALL.replace("podIP: 10.0.0.1", "podIP: 10.0.0.9")
+                .replace("resourceVersion: \"5\"", "resourceVersion: \"6\""),
+        );
         assert_eq!(*status_only, *before, "equal for an audit");
         assert!(diff(&before, &status_only, Source::Watch, AT).is_empty());
 
-        let relabelled = objects(&ALL.replace("labels: {app: web}", "labels: {app: api}").replace("team: web", "team: shop"));
+        let relabelled =
+            objects(&ALL.replace("labels: {app: web}", "labels: {app: api}").replace("team: web", "team: shop"));
         let events = diff(&before, &relabelled, Source::Watch, AT);
         assert_eq!(summary(&events), [s("update", "namespaces.", "shop"), s("update", "pods.", "shop/web-1")]);
         assert_eq!(events[1].previous_object.as_ref().unwrap()["metadata"]["labels"], json!({"app": "web"}));
@@ -426,10 +440,10 @@ spec: {subject: {namespaces: {}}, ingress: [{name: d, action: Deny, from: [{name
         drop(auditor);
 
         // Restarted after a delete, a label change and a new policy.
-        let down = ALL.replace("order: 100", "order: 7").replace("labels: {app: web}", "labels: {app: db}").replace(
-            "kind: HostEndpoint\nmetadata: {name: hep}",
-            "kind: HostEndpoint\nmetadata: {name: hep2}",
-        );
+        let down = ALL
+            .replace("order: 100", "order: 7")
+            .replace("labels: {app: web}", "labels: {app: db}")
+            .replace("kind: HostEndpoint\nmetadata: {name: hep}", "kind: HostEndpoint\nmetadata: {name: hep2}");
         let mut auditor = Auditor::open(&state, "kube", Source::Watch).unwrap();
         let events = auditor.observe(&objects(&down), AT).unwrap();
         assert_eq!(

@@ -291,7 +291,8 @@ impl Follower {
     /// the labels (as far as the event shows: a patch of `metadata.labels`, or a response object
     /// whose labels differ from the last this log showed, or were not seen yet).
     pub fn keep(&mut self, mut event: AuditEvent) -> Option<AuditEvent> {
-        if event.stage != "ResponseComplete" || !["create", "update", "patch", "delete"].contains(&event.verb.as_str()) {
+        if event.stage != "ResponseComplete" || !["create", "update", "patch", "delete"].contains(&event.verb.as_str())
+        {
             return None;
         }
         let r = event.object_ref.as_ref()?;
@@ -316,7 +317,8 @@ impl Follower {
         if key.labels_only() {
             let id = (key.resource.clone(), key.namespace.clone(), key.name.clone());
             let labels = |v: &Option<Value>| v.as_ref().and_then(|o| o.pointer("/metadata/labels")).cloned();
-            let after = labels(&event.response_object).map(|l| if l.is_null() { Value::Object(Default::default()) } else { l });
+            let after =
+                labels(&event.response_object).map(|l| if l.is_null() { Value::Object(Default::default()) } else { l });
             match event.verb.as_str() {
                 "delete" => {
                     self.labels.remove(&id);
@@ -457,7 +459,10 @@ mod tests {
     }
 
     fn names(events: &[AuditEvent]) -> Vec<String> {
-        events.iter().map(|e| format!("{} {}", e.verb, e.object_ref.as_ref().unwrap().name.as_deref().unwrap())).collect()
+        events
+            .iter()
+            .map(|e| format!("{} {}", e.verb, e.object_ref.as_ref().unwrap().name.as_deref().unwrap()))
+            .collect()
     }
 
     fn poll(f: &mut Follower) -> Vec<String> {
@@ -477,7 +482,12 @@ mod tests {
         assert_eq!(poll(&mut f), Vec::<String>::new(), "what was there before the first start is not read");
         fx.append(&np("create", "a"));
         fx.append(&np("get", "a"));
-        fx.append(&line("create", "services", "svc", json!({"objectRef": {"resource": "services", "namespace": "shop", "name": "svc", "apiVersion": "v1"}})));
+        fx.append(&line(
+            "create",
+            "services",
+            "svc",
+            json!({"objectRef": {"resource": "services", "namespace": "shop", "name": "svc", "apiVersion": "v1"}}),
+        ));
         fx.append(&line("update", "networkpolicies", "b", json!({"stage": "RequestReceived"})));
         fx.append(&line("update", "networkpolicies", "c", json!({"responseStatus": {"metadata": {}, "code": 409}})));
         fx.append(&line("patch", "globalnetworkpolicies", "d", json!({"objectRef": {"resource": "globalnetworkpolicies", "name": "d", "apiGroup": "crd.projectcalico.org", "apiVersion": "v1"}})));
@@ -590,6 +600,62 @@ mod tests {
         drop(f);
         let mut f = fx.follower();
         assert_eq!(poll(&mut f), Vec::<String>::new(), "nothing twice");
+    }
+
+    /// Random bytes (newlines among them) appended in random chunks: no panic, and the stored
+    /// offset is always just after the last newline written (a cheap stand-in for a fuzz target).
+    #[test]
+    fn random_input_never_panics_and_the_offset_tracks_newlines() {
+        let fx = Fixture::new();
+        fx.append("");
+        let mut f = fx.follower();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid = np("create", "a");
+        let mut written = Vec::new();
+        for _ in 0..300 {
+            let chunk: Vec<u8> = match next() % 4 {
+                // A valid line, possibly cut anywhere.
+                0 => valid.as_bytes()[..(next() as usize % (valid.len() + 1))].to_vec(),
+                1 => valid.as_bytes().to_vec(),
+                // Valid JSON of the wrong shape, or a flipped byte in a valid line.
+                2 => {
+                    let mut v = valid.as_bytes().to_vec();
+                    let i = next() as usize % v.len();
+                    v[i] ^= 1 << (next() % 8);
+                    v
+                }
+                _ => (0..next() % 64).map(|_| [b'\n', b'{', b'"', 0xff, b'a'][next() as usize % 5]).collect(),
+            };
+            // Raw bytes: invalid UTF-8 too.
+            fs::OpenOptions::new().append(true).open(&fx.config.path).unwrap().write_all(&chunk).unwrap();
+            written.extend_from_slice(&chunk);
+            f.poll();
+            f.commit().unwrap();
+            let expected = written.iter().rposition(|b| *b == b'\n').map_or(0, |i| i as u64 + 1);
+            assert_eq!(f.reader.as_ref().unwrap().offset, expected);
+        }
+        assert!(fx.rejected("malformed") > 0);
+    }
+
+    /// A line longer than [`MAX_LINE`] is skipped and counted; the next line is read.
+    #[test]
+    fn an_overlong_line_is_skipped() {
+        let fx = Fixture::new();
+        fx.append("");
+        let mut f = fx.follower();
+        fx.append(&"x".repeat(MAX_LINE + 10));
+        assert_eq!(poll(&mut f), Vec::<String>::new());
+        fx.append("yy\n");
+        fx.append(&np("create", "a"));
+        assert_eq!(poll(&mut f), ["create a"]);
+        assert_eq!(fx.rejected("too_long"), 1);
+        assert_eq!(fx.rejected("malformed"), 0);
     }
 
     /// A file that does not exist yet is waited for and read from its start.

@@ -244,7 +244,10 @@ impl AuditMetrics {
         )
         .expect("valid");
         let rejected = IntCounterVec::new(
-            Opts::new("flowaudit_audit_lines_rejected_total", "Lines of the kube-apiserver audit log not read, per reason."),
+            Opts::new(
+                "flowaudit_audit_lines_rejected_total",
+                "Lines of the kube-apiserver audit log not read, per reason.",
+            ),
             &["reason"],
         )
         .expect("valid");
@@ -287,6 +290,9 @@ mod tests {
         assert_eq!(id.matches('-').count(), 4);
         assert_eq!(id, derived_id("x"));
         assert_ne!(id, derived_id("y"));
-        assert_eq!(timestamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_001)), "1970-01-01T00:00:01.500001Z");
+        assert_eq!(
+            timestamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_001)),
+            "1970-01-01T00:00:01.500001Z"
+        );
     }
 }

@@ -6,7 +6,8 @@
 //! - the core kinds (v1 Namespace, Pod, Service, Node, ServiceAccount; networking.k8s.io/v1
 //!   NetworkPolicy) as typed objects, each trimmed on arrival to the fields the model reads
 //!   ([`Convert::trim`]: managed fields, `last-applied-configuration`, container details and
-//!   conditions are dropped before caching) and converted by [`super::convert`];
+//!   conditions are dropped before caching; a NetworkPolicy is kept whole but for managed fields
+//!   and the last-applied copy, for the audit log) and converted by [`super::convert`];
 //! - the Calico and admin policy kinds ([`manifests::API_KINDS`]) as `DynamicObject`s, each kind
 //!   at the API version discovery finds at start: `projectcalico.org/v3` when the Calico API
 //!   server serves it, else `crd.projectcalico.org/v1`; `policy.networking.k8s.io/v1alpha1`. A
@@ -17,7 +18,10 @@
 //!   the same objects give the same state from either source.
 //!
 //! Whenever a cache changes, a task waits a short debounce (200 ms), converts every cache and
-//! publishes the result as the next version, unless it equals the current one. The first state is
+//! publishes the result as the next version, unless it equals the current one. The state's
+//! [`super::Objects`] (for the audit log) are the cached Namespaces, Pods, NetworkPolicies and
+//! dynamic objects as JSON, each serialised again only when its resourceVersion changed; they
+//! take part in the comparison as the audit sees them (a pod's status update publishes nothing). The first state is
 //! published once discovery has answered and every cache has been filled (a clear error after a
 //! timeout otherwise).
 //!
@@ -395,12 +399,7 @@ where
 {
     /// Adds every cached object to `objects` as JSON, reusing `raw`'s value of an object whose
     /// resourceVersion has not changed; `seen` collects the memo keys in use.
-    fn raw_into(
-        &self,
-        objects: &mut super::Objects,
-        raw: &mut HashMap<(String, String), (String, Arc<serde_json::Value>)>,
-        seen: &mut HashSet<(String, String)>,
-    ) {
+    fn raw_into(&self, objects: &mut super::Objects, raw: &mut RawMemo, seen: &mut HashSet<(String, String)>) {
         for object in self.store.state() {
             let memo = (self.kind.clone(), object_name(&*object));
             let rv = object.resource_version().unwrap_or_default();
@@ -462,8 +461,11 @@ struct Caches {
     dynamic: Vec<Cache<DynamicObject>>,
     /// The audited core objects as JSON by (kind, namespace/name), with the resourceVersion they
     /// were serialised at: an unchanged object is not serialised again on the next build.
-    raw: Mutex<HashMap<(String, String), (String, Arc<serde_json::Value>)>>,
+    raw: Mutex<RawMemo>,
 }
+
+/// (kind, namespace/name) → (resourceVersion, the object as JSON).
+type RawMemo = HashMap<(String, String), (String, Arc<serde_json::Value>)>;
 
 impl Caches {
     /// The kinds not listed by `deadline`, each with its watcher's last error.

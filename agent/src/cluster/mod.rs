@@ -459,9 +459,11 @@ pub fn strip(mut object: Value) -> Value {
 impl PartialEq for Objects {
     fn eq(&self, other: &Self) -> bool {
         self.0.len() == other.0.len()
-            && self.0.iter().zip(&other.0).all(|((ka, a), (kb, b))| {
-                ka == kb && (Arc::ptr_eq(a, b) || !Objects::differ(ka, a, b))
-            })
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((ka, a), (kb, b))| ka == kb && (Arc::ptr_eq(a, b) || !Objects::differ(ka, a, b)))
     }
 }
 
