@@ -1,5 +1,7 @@
 //! The one place where stages are wired: capture → aggregate → enrich → attribute → rollup →
-//! output, with the cluster state as a side input, plus telemetry and signals.
+//! output, with the cluster state as a side input, plus telemetry and signals. Beside the flow
+//! path: audit (cluster state versions and the kube-apiserver audit log → [`AuditEvent`]s on one
+//! channel → `audit.log`, written by `write_audit_log`).
 //!
 //! Takes: validated [`Settings`]. Gives: a running agent until SIGINT/SIGTERM, then a last drain
 //! of every open flow written to the flow log, everything detached, and `Ok`. Must never: hold
@@ -305,15 +307,10 @@ async fn audit_states(
 ) {
     loop {
         let state = states.borrow_and_update().clone();
-        match auditor.observe(&state.objects, std::time::SystemTime::now()) {
-            Ok(events) => {
-                for event in events {
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
+        for event in auditor.observe(&state.objects, std::time::SystemTime::now()) {
+            if tx.send(event).await.is_err() {
+                return;
             }
-            Err(error) => tracing::error!(message = "Storing the audit state failed.", %error),
         }
         if *shutdown.borrow() {
             return;

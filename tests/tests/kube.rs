@@ -706,7 +706,7 @@ struct RunningAgent {
 }
 
 impl RunningAgent {
-    fn start(server: &ApiServer, logs: &Path, state: &Path) -> RunningAgent {
+    fn start(server: &ApiServer, logs: &Path, state: &Path, extra: &[&str]) -> RunningAgent {
         let mut lab = flowaudit_lab::Lab::new(0).expect("a lab cgroup");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = std::process::Command::new(flowaudit_lab::workspace_bin("flowaudit"));
@@ -720,6 +720,7 @@ impl RunningAgent {
             .arg("--state-dir")
             .arg(state)
             .args(["--flush-interval", "1s", "--node", "audit-node", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("KUBECONFIG", server.kubeconfig())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         let pid = lab.spawn(cmd).expect("the agent starts");
@@ -796,7 +797,7 @@ async fn policy_changes_are_written_to_audit_log_once() {
     let dir = tempfile::tempdir().unwrap();
     let (logs, state) = (dir.path().join("logs"), dir.path().join("state"));
 
-    let agent = RunningAgent::start(&server, &logs, &state);
+    let agent = RunningAgent::start(&server, &logs, &state, &[]);
     // The first start ever records the objects there are, and writes nothing.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(audit_events(&logs), Vec::<serde_json::Value>::new(), "nothing on the first start");
@@ -853,14 +854,14 @@ async fn policy_changes_are_written_to_audit_log_once() {
     assert_eq!(agent.stop().code(), Some(0), "SIGTERM: exit 0");
 
     // Restarted with no change: nothing is replayed.
-    let agent = RunningAgent::start(&server, &logs, &state);
+    let agent = RunningAgent::start(&server, &logs, &state, &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(audit_events(&logs).len(), 3, "a restart replays nothing: {:#?}", audit_events(&logs));
     assert_eq!(agent.stop().code(), Some(0));
 
     // A policy created while the agent is down is reported once after its start.
     server.kubectl_stdin(&["apply", "-f", "-"], &AUDITED_POLICY.replace("db-ingress", "while-down")).unwrap();
-    let agent = RunningAgent::start(&server, &logs, &state);
+    let agent = RunningAgent::start(&server, &logs, &state, &[]);
     let events = wait_events(&logs, 4, "the change made while down").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(audit_events(&logs).len(), 4, "{:#?}", audit_events(&logs));
@@ -869,5 +870,124 @@ async fn policy_changes_are_written_to_audit_log_once() {
         (Some("create"), Some("while-down"))
     );
     assert_eq!(events[3]["annotations"]["flowaudit.io/source"], "restart-diff");
+    assert_eq!(agent.stop().code(), Some(0));
+}
+
+fn by_source<'a>(events: &'a [serde_json::Value], source: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["annotations"]["flowaudit.io/source"] == source).collect()
+}
+
+/// (i) With `--kube-audit-log`, the API server's own events of the policy changes are copied with
+/// their user (beside the observed ones); a restart resumes the file where it stopped: nothing
+/// twice, and what was logged while the agent was down is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_audit_log_events_keep_their_user_and_resume_after_restart() {
+    let Some(server) = server_or_skip("kube_audit_log_events_keep_their_user_and_resume_after_restart") else {
+        return;
+    };
+    if !flowaudit_lab::is_root() {
+        assert!(std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"), "needs root");
+        eprintln!("skipped: the agent needs root");
+        return;
+    }
+    server.kubectl(&["create", "namespace", "shop"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (logs, state) = (dir.path().join("logs"), dir.path().join("state"));
+    let kube_log = server.audit_log();
+    let follow = ["--kube-audit-log", kube_log.to_str().unwrap()];
+
+    let agent = RunningAgent::start(&server, &logs, &state, &follow);
+    server.kubectl_stdin(&["apply", "-f", "-"], AUDITED_POLICY).unwrap();
+    server
+        .kubectl(&[
+            "-n",
+            "shop",
+            "patch",
+            "networkpolicy",
+            "db-ingress",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"policyTypes":["Ingress","Egress"]}}"#,
+        ])
+        .unwrap();
+    // A pod's status update and a label change: only the label change is kept.
+    server
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\n\
+             spec: {nodeName: n1, containers: [{name: c, image: nginx}]}\n",
+        )
+        .unwrap();
+    let client = client(&server).await;
+    set_pod_ip(&client, "shop", "web", "10.244.0.9").await;
+    server.kubectl(&["-n", "shop", "label", "pod", "web", "app=api", "--overwrite"]).unwrap();
+    server.kubectl(&["-n", "shop", "delete", "networkpolicy", "db-ingress"]).unwrap();
+    // kube-audit-log: the five writes. The watch sees fewer: changes within its debounce
+    // (200 ms) arrive as one (here the create and patch of the policy may be one create).
+    let start = Instant::now();
+    let events = loop {
+        let events = audit_events(&logs);
+        let deleted = |source: &str| {
+            by_source(&events, source).iter().any(|e| e["verb"] == "delete" && e["objectRef"]["name"] == "db-ingress")
+        };
+        if deleted("watch") && deleted("kube-audit-log") {
+            break events;
+        }
+        assert!(start.elapsed() < WAIT, "the deletes not in audit.log within {WAIT:?}: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit_events(&logs), events, "nothing more comes");
+    let copied = by_source(&events, "kube-audit-log");
+    let summary: Vec<(&str, &str, &str)> = copied
+        .iter()
+        .map(|e| {
+            (
+                e["verb"].as_str().unwrap(),
+                e["objectRef"]["resource"].as_str().unwrap(),
+                e["user"]["username"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("create", "networkpolicies", "admin"),
+            ("patch", "networkpolicies", "admin"),
+            ("create", "pods", "admin"),
+            ("patch", "pods", "admin"),
+            ("delete", "networkpolicies", "admin"),
+        ],
+        "the pod's status update is not kept"
+    );
+    assert_eq!(copied[0]["responseObject"]["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(copied[1]["responseObject"]["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    assert!(copied.iter().all(|e| e["stage"] == "ResponseComplete" && e["level"] == "RequestResponse"));
+    let watched: Vec<(&str, &str)> = by_source(&events, "watch")
+        .iter()
+        .map(|e| (e["verb"].as_str().unwrap(), e["objectRef"]["resource"].as_str().unwrap()))
+        .collect();
+    assert!(watched.contains(&("create", "pods")) && watched.contains(&("delete", "networkpolicies")), "{watched:?}");
+    let total = events.len();
+    assert_eq!(agent.stop().code(), Some(0));
+
+    // Down while a policy is created: both sources report it once after the start, nothing twice.
+    server.kubectl_stdin(&["apply", "-f", "-"], &AUDITED_POLICY.replace("db-ingress", "while-down")).unwrap();
+    let agent = RunningAgent::start(&server, &logs, &state, &follow);
+    let events = wait_events(&logs, total + 2, "the change made while down, from both sources").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit_events(&logs).len(), total + 2, "nothing twice: {:#?}", audit_events(&logs));
+    let new: Vec<(&str, &str, &str)> = events[total..]
+        .iter()
+        .map(|e| {
+            (
+                e["annotations"]["flowaudit.io/source"].as_str().unwrap(),
+                e["verb"].as_str().unwrap(),
+                e["objectRef"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(new.contains(&("restart-diff", "create", "while-down")), "{new:?}");
+    assert!(new.contains(&("kube-audit-log", "create", "while-down")), "{new:?}");
     assert_eq!(agent.stop().code(), Some(0));
 }

@@ -164,12 +164,13 @@ impl Auditor {
     }
 
     /// The events between the last state and `objects` (see [`Auditor`] for the first), stamped
-    /// `at`; the new state is stored when anything changed.
-    pub fn observe(&mut self, objects: &Arc<Objects>, at: SystemTime) -> Result<Vec<AuditEvent>, AuditError> {
+    /// `at`. The new state is stored when anything changed; a failure to store it is logged (the
+    /// events are returned all the same, and the next change tries again).
+    pub fn observe(&mut self, objects: &Arc<Objects>, at: SystemTime) -> Vec<AuditEvent> {
         let events = match (&self.last, self.stored.take()) {
             (Some(last), _) => {
                 if Arc::ptr_eq(last, objects) {
-                    return Ok(Vec::new());
+                    return Vec::new();
                 }
                 diff(last, objects, self.live, at)
             }
@@ -186,17 +187,17 @@ impl Auditor {
                     message = "No stored audit state: recording the current objects without events (first start).",
                     objects = objects.0.len()
                 );
-                self.last = Some(objects.clone());
-                self.save()?;
-                return Ok(Vec::new());
+                Vec::new()
             }
         };
         let first = self.last.is_none();
         self.last = Some(objects.clone());
-        if first || !events.is_empty() {
-            self.save()?;
+        if (first || !events.is_empty())
+            && let Err(error) = self.save()
+        {
+            tracing::error!(message = "Storing the audit state failed; a restart may report these changes again.", %error);
         }
-        Ok(events)
+        events
     }
 
     fn save(&self) -> Result<(), AuditError> {
@@ -427,16 +428,16 @@ spec: {subject: {namespaces: {}}, ingress: [{name: d, action: Deny, from: [{name
         let v1 = objects(ALL);
 
         let mut auditor = Auditor::open(&state, "kube", Source::Watch).unwrap();
-        assert!(auditor.observe(&v1, AT).unwrap().is_empty(), "first start: nothing");
+        assert!(auditor.observe(&v1, AT).is_empty(), "first start: nothing");
         assert!(state.join(super::super::store::OBJECTS_FILE).is_file());
         let edited = objects(&ALL.replace("order: 100", "order: 7"));
-        let events = auditor.observe(&edited, AT).unwrap();
+        let events = auditor.observe(&edited, AT);
         assert_eq!(summary(&events), [s("update", "tiers.projectcalico.org", "security")]);
         drop(auditor);
 
         // Restarted with no change.
         let mut auditor = Auditor::open(&state, "kube", Source::Watch).unwrap();
-        assert!(auditor.observe(&objects(&ALL.replace("order: 100", "order: 7")), AT).unwrap().is_empty());
+        assert!(auditor.observe(&objects(&ALL.replace("order: 100", "order: 7")), AT).is_empty());
         drop(auditor);
 
         // Restarted after a delete, a label change and a new policy.
@@ -445,7 +446,7 @@ spec: {subject: {namespaces: {}}, ingress: [{name: d, action: Deny, from: [{name
             .replace("labels: {app: web}", "labels: {app: db}")
             .replace("kind: HostEndpoint\nmetadata: {name: hep}", "kind: HostEndpoint\nmetadata: {name: hep2}");
         let mut auditor = Auditor::open(&state, "kube", Source::Watch).unwrap();
-        let events = auditor.observe(&objects(&down), AT).unwrap();
+        let events = auditor.observe(&objects(&down), AT);
         assert_eq!(
             summary(&events),
             [
@@ -467,6 +468,6 @@ spec: {subject: {namespaces: {}}, ingress: [{name: d, action: Deny, from: [{name
 
         // A state of another source is not compared: nothing is reported, the new one is stored.
         let mut auditor = Auditor::open(&state, "manifests:/etc/x", Source::Manifests).unwrap();
-        assert!(auditor.observe(&v1, AT).unwrap().is_empty());
+        assert!(auditor.observe(&v1, AT).is_empty());
     }
 }
