@@ -63,6 +63,10 @@ pub struct RunFlags {
     pub pin: Option<bool>,
     /// `--pin-path DIR`.
     pub pin_path: Option<PathBuf>,
+    /// `--state-dir DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// `--kube-audit-log FILE`.
+    pub kube_audit_log: Option<PathBuf>,
 }
 
 /// The YAML file. Every field optional; unknown keys are an error.
@@ -88,6 +92,8 @@ struct FileConfig {
     pin: Option<bool>,
     pin_path: Option<PathBuf>,
     exporters: Option<Vec<RawExporter>>,
+    state_dir: Option<PathBuf>,
+    kube_audit_log: Option<PathBuf>,
     retention: Option<RetentionFile>,
     evidence: Option<EvidenceFile>,
 }
@@ -164,6 +170,11 @@ pub struct Settings {
     pub hmac_key_file: Option<PathBuf>,
     /// The key that signs `chain-heads.log` (its `Debug` prints no secret).
     pub hmac_key: Option<HmacKey>,
+    /// Directory of the agent's restart state (the audit log's last seen objects, the position in
+    /// the kube-apiserver audit log).
+    pub state_dir: PathBuf,
+    /// A kube-apiserver audit log to follow into `audit.log` (`None`: none).
+    pub kube_audit_log: Option<PathBuf>,
 }
 
 /// Where the cluster state comes from.
@@ -177,6 +188,9 @@ pub enum ClusterSource {
 
 /// Default `pin_path`.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/flowaudit";
+
+/// Default `state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/flowaudit";
 
 /// Default `--flow-log-dir`.
 pub const DEFAULT_FLOW_LOG_DIR: &str = "/var/log/flowaudit";
@@ -323,6 +337,19 @@ impl Settings {
             .map(HmacKey::from_file)
             .transpose()
             .map_err(|e| ConfigError::new(fname, "evidence.hmac_key_file", e.to_string()))?;
+        let state_dir = match pick(&flags.state_dir, &file.state_dir, &file_name) {
+            Some((v, src)) if v.as_os_str().is_empty() => {
+                return Err(ConfigError::new(src, "state_dir", "must not be empty"));
+            }
+            Some((v, _)) => v,
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        let kube_audit_log = match pick(&flags.kube_audit_log, &file.kube_audit_log, &file_name) {
+            Some((v, src)) if v.as_os_str().is_empty() || v.is_dir() => {
+                return Err(ConfigError::new(src, "kube_audit_log", format!("{v:?} is not a file path")));
+            }
+            other => other.map(|(v, _)| v),
+        };
 
         Ok(Settings {
             flow_log_dir,
@@ -350,6 +377,8 @@ impl Settings {
             retention_audit,
             hmac_key_file,
             hmac_key,
+            state_dir,
+            kube_audit_log,
         })
     }
 }
@@ -466,6 +495,8 @@ mod tests {
         assert_eq!(s.retention_flows, Retention { max_age: Some(8 * day), max_total_size: None });
         assert_eq!(s.retention_audit, Retention { max_age: Some(91 * day), max_total_size: None });
         assert!(s.hmac_key.is_none());
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/flowaudit"));
+        assert_eq!(s.kube_audit_log, None);
     }
 
     #[test]
@@ -496,6 +527,18 @@ mod tests {
         let err = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "evidence.hmac_key_file");
         assert!(err.reason.contains("/no/such/key"), "{err}");
+    }
+
+    #[test]
+    fn state_dir_and_kube_audit_log_from_file_and_flag() {
+        let (_d, path) = write_config("state_dir: /tmp/st\nkube_audit_log: /var/log/kube/audit.log\n");
+        let s = resolve(RunFlags { config: Some(path.clone()), ..Default::default() }).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/tmp/st"));
+        assert_eq!(s.kube_audit_log, Some(PathBuf::from("/var/log/kube/audit.log")));
+        let s = resolve(RunFlags { config: Some(path), state_dir: Some("/x".into()), ..Default::default() }).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/x"));
+        let err = resolve(RunFlags { kube_audit_log: Some("/".into()), ..Default::default() }).unwrap_err();
+        assert_eq!((err.field.as_str(), err.source_name.as_str()), ("kube_audit_log", "command line"));
     }
 
     #[test]
@@ -619,6 +662,7 @@ mod tests {
                 "interfaces",
                 "pod_deletion_grace",
                 "ring_buffer_size",
+                "state_dir",
                 "tcp_idle_timeout",
             ]
         );

@@ -3,9 +3,12 @@
 //! Pipeline (one way; wired only in [`pipeline`]):
 //! `capture` (kernel → observations) → `aggregate` (→ flow records) → `output` (→ `flows.log`).
 //! Stages share only the types in [`model`]; `config`, `telemetry` and `privilege` sit beside them.
+//! Beside the flow path, [`audit`] turns cluster state versions (and the kube-apiserver's audit
+//! log) into policy change events, which the pipeline writes to `audit.log`.
 
 pub mod aggregate;
 pub mod attribute;
+pub mod audit;
 pub mod capture;
 pub mod cluster;
 pub mod config;

@@ -107,6 +107,12 @@ struct RunArgs {
     /// bpffs directory of the pins [default: /sys/fs/bpf/flowaudit].
     #[arg(long, value_name = "DIR")]
     pin_path: Option<PathBuf>,
+    /// Directory of the restart state (audit log) [default: /var/lib/flowaudit].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// A kube-apiserver audit log (--audit-log-path) whose policy changes go to audit.log [default: none].
+    #[arg(long, value_name = "FILE")]
+    kube_audit_log: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -124,6 +130,8 @@ impl RunArgs {
             cluster: self.cluster,
             pin: self.pin.then_some(true),
             pin_path: self.pin_path,
+            state_dir: self.state_dir,
+            kube_audit_log: self.kube_audit_log,
         }
     }
 }

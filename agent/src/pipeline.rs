@@ -1,5 +1,7 @@
 //! The one place where stages are wired: capture → aggregate → enrich → attribute → rollup →
-//! output, with the cluster state as a side input, plus telemetry and signals.
+//! output, with the cluster state as a side input, plus telemetry and signals. Beside the flow
+//! path: audit (cluster state versions and the kube-apiserver audit log → [`AuditEvent`]s on one
+//! channel → `audit.log`, written by `write_audit_log`).
 //!
 //! Takes: validated [`Settings`]. Gives: a running agent until SIGINT/SIGTERM, then a last drain
 //! of every open flow written to the flow log, everything detached, and `Ok`. Must never: hold
@@ -13,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     aggregate::{self, AggregateConfig, Aggregator},
     attribute::Attributor,
+    audit::{self, AuditError, AuditEvent, AuditMetrics, Auditor, Follower, FollowerConfig},
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
     cluster::{ClusterState, kube, manifests},
     config::{ClusterSource, Settings},
@@ -49,6 +52,9 @@ pub enum PipelineError {
     /// The Kubernetes API source failed to start (configuration, or its caches never filled).
     #[error("--cluster kube: {0}")]
     Kube(kube::KubeError),
+    /// The audit log's state directory is unusable.
+    #[error("state_dir: {0}")]
+    Audit(#[from] AuditError),
     /// A stage task panicked.
     #[error("a pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -100,6 +106,7 @@ struct Stages {
     levels: RollupConfig,
     outputs: Outputs,
     metrics: OutputMetrics,
+    audit_metrics: AuditMetrics,
 }
 
 impl Stages {
@@ -130,6 +137,31 @@ impl Stages {
         for (exporter, error) in written.file_errors {
             self.metrics.dropped.with_label_values(&["write_error"]).inc_by(records.len() as u64);
             tracing::error!(message = "Writing flow records failed.", exporter, records = records.len(), %error);
+        }
+    }
+}
+
+impl Stages {
+    /// Writes `events` and whatever else waits on `rx` to the exporters that take audit events.
+    fn write_audit(&mut self, mut events: Vec<AuditEvent>, rx: &mut mpsc::Receiver<AuditEvent>) {
+        while let Ok(more) = rx.try_recv() {
+            events.push(more);
+        }
+        let mut values = Vec::with_capacity(events.len());
+        for event in &events {
+            match serde_json::to_value(event) {
+                Ok(v) => values.push(v),
+                Err(error) => {
+                    tracing::error!(message = "An audit event could not be encoded.", audit_id = %event.audit_id, %error)
+                }
+            }
+        }
+        let written = self.outputs.write_audit(&values);
+        for (exporter, error) in &written.file_errors {
+            tracing::error!(message = "Writing audit events failed.", exporter, events = values.len(), %error);
+        }
+        for event in &events {
+            self.audit_metrics.count(event);
         }
     }
 }
@@ -168,6 +200,30 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     };
     let outputs = Outputs::start(settings.exporters.clone(), &settings.node, &registry, evidence)?;
     let mut states = cluster_states(&settings).await?;
+    let audit_metrics = AuditMetrics::new(&registry);
+    let (audit_tx, mut audit_rx) = mpsc::channel(AUDIT_QUEUE);
+    let mut audit_tasks = Vec::new();
+    if let (Some(rx), Some(source)) = (&states, &settings.cluster) {
+        let (id, live) = match source {
+            ClusterSource::Kube => ("kube".to_owned(), audit::Source::Watch),
+            ClusterSource::Dir(dir) => {
+                let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+                (format!("manifests:{}", dir.display()), audit::Source::Manifests)
+            }
+        };
+        let auditor = Auditor::open(&settings.state_dir, &id, live)?;
+        audit_tasks.push(tokio::spawn(audit_states(auditor, rx.clone(), audit_tx.clone(), shutdown_rx.clone())));
+    }
+    if let Some(path) = &settings.kube_audit_log {
+        let config = FollowerConfig {
+            path: path.clone(),
+            state_dir: settings.state_dir.clone(),
+            poll: std::time::Duration::from_millis(500),
+        };
+        let follower = Follower::open(&config, audit_metrics.clone())?;
+        audit_tasks.push(tokio::spawn(follower.run(audit_tx.clone(), config.poll, shutdown_rx.clone())));
+    }
+    drop(audit_tx);
     let listener = telemetry::bind(settings.metrics_addr)
         .await
         .map_err(|source| PipelineError::Metrics { addr: settings.metrics_addr, source })?;
@@ -199,6 +255,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         levels: RollupConfig { allowed: settings.aggregation_allowed, denied: settings.aggregation_denied },
         outputs,
         metrics,
+        audit_metrics: audit_metrics.clone(),
     };
     if let Some(rx) = &mut states {
         let state = rx.borrow_and_update().clone();
@@ -241,6 +298,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
                     break;
                 }
             }
+            Some(event) = audit_rx.recv() => stages.write_audit(vec![event], &mut audit_rx),
             Some(()) = state_changed => {
                 let state = states.as_mut().expect("a source").borrow_and_update().clone();
                 request += 1;
@@ -250,9 +308,44 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         }
     }
     capture_task.await??;
+    // The audit tasks end on the shutdown signal; then what they sent is written.
+    for task in audit_tasks {
+        task.await?;
+    }
+    while let Some(event) = audit_rx.recv().await {
+        stages.write_audit(vec![event], &mut audit_rx);
+    }
     stages.outputs.close(EXPORT_GRACE).await;
     let _ = server.await?;
     Ok(())
+}
+
+/// Audit events waiting to be written.
+const AUDIT_QUEUE: usize = 4096;
+
+/// Diffs every new cluster state version into audit events (the first against the state stored
+/// before a restart), until shutdown; a version published before the shutdown is still diffed.
+async fn audit_states(
+    mut auditor: Auditor,
+    mut states: watch::Receiver<Arc<ClusterState>>,
+    tx: mpsc::Sender<AuditEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let state = states.borrow_and_update().clone();
+        for event in auditor.observe(&state.objects, std::time::SystemTime::now()) {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 /// The cgroup v2 mount (pods' cgroup paths are relative to it), whatever subtree capture uses.

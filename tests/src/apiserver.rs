@@ -27,6 +27,22 @@ type Result<T> = std::result::Result<T, LabError>;
 
 /// The bearer token of the `admin` user (group `system:masters`).
 pub const TOKEN: &str = "flowaudit-test-token";
+/// The audit policy of the test API server: the one `docs/audit-log.md` recommends, then nothing
+/// for everything else.
+pub const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: RequestResponse
+  verbs: [create, update, patch, delete]
+  resources:
+  - {group: \"\", resources: [pods, namespaces]}
+  - {group: networking.k8s.io, resources: [networkpolicies]}
+  - {group: projectcalico.org, resources: [networkpolicies, globalnetworkpolicies, stagednetworkpolicies, stagedglobalnetworkpolicies, stagedkubernetesnetworkpolicies, tiers, networksets, globalnetworksets, hostendpoints]}
+  - {group: crd.projectcalico.org}
+  - {group: policy.networking.k8s.io, resources: [adminnetworkpolicies, baselineadminnetworkpolicies]}
+- level: None
+";
 /// How long the API server may take to answer `/readyz` (8–12 s is usual on 2 busy cores).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -93,6 +109,7 @@ impl ApiServer {
         let d = server.dir.clone();
         crate::run("openssl", &["genrsa", "-out", &path(&d.join("sa.key")), "2048"])?;
         crate::run("openssl", &["rsa", "-in", &path(&d.join("sa.key")), "-pubout", "-out", &path(&d.join("sa.pub"))])?;
+        fs::write(d.join("audit-policy.yaml"), AUDIT_POLICY).map_err(io("writing audit-policy.yaml"))?;
         fs::write(d.join("tokens.csv"), format!("{TOKEN},admin,admin-uid,\"system:masters\"\n"))
             .map_err(io("writing tokens.csv"))?;
         let (peer, metrics) = (free_port()?, free_port()?);
@@ -120,6 +137,12 @@ impl ApiServer {
     /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The API server's audit log ([`AUDIT_POLICY`]: the policy-related writes at
+    /// RequestResponse, nothing else).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("kube-audit.log")
     }
 
     /// The kubeconfig (server, CA from the cert dir, bearer token).
@@ -169,7 +192,9 @@ impl ApiServer {
             .arg(format!("--service-account-key-file={}", path(&d.join("sa.pub"))))
             .arg(format!("--service-account-signing-key-file={}", path(&d.join("sa.key"))))
             .args(["--service-cluster-ip-range=10.96.0.0/24", "--disable-admission-plugins=ServiceAccount"])
-            .arg("--enable-priority-and-fairness=false");
+            .arg("--enable-priority-and-fairness=false")
+            .arg(format!("--audit-policy-file={}", path(&d.join("audit-policy.yaml"))))
+            .arg(format!("--audit-log-path={}", path(&self.audit_log())));
         self.apiserver = Some(spawn(cmd, &d.join("apiserver.log"))?);
         self.wait_ready()
     }

@@ -514,7 +514,8 @@ pub const AGENT_METRICS_PORT: u16 = 9464;
 
 impl Agent {
     /// Starts `flowaudit run` in the node namespace with the lab's cgroup, level 0 aggregation,
-    /// 1 s flushes unless `extra` sets `--flush-interval`, then `extra`, and waits until `/readyz` answers 200.
+    /// 1 s flushes unless `extra` sets `--flush-interval`, the state directory `<flow_log_dir>/state`
+    /// unless `extra` sets `--state-dir`, then `extra`, and waits until `/readyz` answers 200.
     pub fn start(lab: &mut Lab, flow_log_dir: &Path, extra: &[&str]) -> Result<Agent> {
         let bin = workspace_bin("flowaudit");
         let mut cmd = lab.node_command(&bin)?;
@@ -526,6 +527,12 @@ impl Agent {
             .args(if extra.contains(&"--flush-interval") { &[][..] } else { &["--flush-interval", "1s"][..] })
             .args(["--aggregation-allowed", "0", "--aggregation-denied", "0", "--node", "lab-node"])
             .args(["--metrics-addr", &format!("127.0.0.1:{AGENT_METRICS_PORT}")])
+            // The restart state stays with the test's files, never in the machine's /var/lib.
+            .args(if extra.contains(&"--state-dir") {
+                vec![]
+            } else {
+                vec![std::ffi::OsString::from("--state-dir"), flow_log_dir.join("state").into_os_string()]
+            })
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         let pid = lab.spawn(cmd)?;

@@ -696,3 +696,298 @@ async fn an_unavailable_calico_api_server_falls_back_to_the_crds() {
     let state = rx.borrow().clone();
     assert_eq!(state.tiers, vec![Tier { name: "in-crd".into(), order: Some(1.0), default_action: Action::Deny }]);
 }
+
+/// The agent binary (`flowaudit run --cluster kube`) against the test API server: in the root
+/// network namespace (the API server listens on its loopback), the cgroup hook on an empty lab
+/// cgroup (it counts nothing), its restart state in `state`.
+struct RunningAgent {
+    lab: flowaudit_lab::Lab,
+    pid: u32,
+}
+
+impl RunningAgent {
+    fn start(server: &ApiServer, logs: &Path, state: &Path, extra: &[&str]) -> RunningAgent {
+        let mut lab = flowaudit_lab::Lab::new(0).expect("a lab cgroup");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = std::process::Command::new(flowaudit_lab::workspace_bin("flowaudit"));
+        cmd.arg("run")
+            .arg("--cluster")
+            .arg("kube")
+            .arg("--cgroup")
+            .arg(&lab.cgroup)
+            .arg("--flow-log-dir")
+            .arg(logs)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--flush-interval", "1s", "--node", "audit-node", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("KUBECONFIG", server.kubeconfig())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let pid = lab.spawn(cmd).expect("the agent starts");
+        let deadline = Instant::now() + WAIT * 2;
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", port)).ok().and_then(|mut s| {
+                use std::io::{Read as _, Write as _};
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                write!(s, "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+                let mut text = String::new();
+                s.read_to_string(&mut text).ok()?;
+                Some(text.starts_with("HTTP/1.1 200"))
+            });
+            if ready == Some(true) {
+                return RunningAgent { lab, pid };
+            }
+            if let Some(status) = lab.wait(pid, Duration::from_millis(200)) {
+                panic!("the agent exited before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "the agent was not ready within {:?}", WAIT * 2);
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling the child this test started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        self.lab.wait(self.pid, Duration::from_secs(30)).expect("the agent stops within 30 s")
+    }
+}
+
+/// The events of `audit.log` (every line is JSON).
+fn audit_events(logs: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(logs.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit.log line {l:?}: {e}")))
+        .collect()
+}
+
+/// Waits until `audit.log` holds `n` events; fails after [`WAIT`] showing them.
+async fn wait_events(logs: &Path, n: usize, what: &str) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let events = audit_events(logs);
+        if events.len() >= n {
+            eprintln!("{what}: {} events after {:.1} s", events.len(), start.elapsed().as_secs_f64());
+            return events;
+        }
+        assert!(start.elapsed() < WAIT, "{what}: {n} events not in audit.log within {WAIT:?}: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const AUDITED_POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                              metadata: {name: db-ingress, namespace: shop}\n\
+                              spec: {podSelector: {matchLabels: {app: db}}, policyTypes: [Ingress]}\n";
+
+/// (h) The agent writes a NetworkPolicy's create, update and delete to audit.log, each with the
+/// objects before and after; a restart replays nothing, and reports once what changed while it
+/// was down (marked restart-diff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_are_written_to_audit_log_once() {
+    let Some(server) = server_or_skip("policy_changes_are_written_to_audit_log_once") else { return };
+    if !flowaudit_lab::is_root() {
+        assert!(
+            std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+            "the agent needs root and FLOWAUDIT_REQUIRE_ROOT_TESTS=1 forbids skipping"
+        );
+        eprintln!("skipped: the agent needs root");
+        return;
+    }
+    server.kubectl(&["create", "namespace", "shop"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (logs, state) = (dir.path().join("logs"), dir.path().join("state"));
+
+    let agent = RunningAgent::start(&server, &logs, &state, &[]);
+    // The first start ever records the objects there are, and writes nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit_events(&logs), Vec::<serde_json::Value>::new(), "nothing on the first start");
+
+    server.kubectl_stdin(&["apply", "-f", "-"], AUDITED_POLICY).unwrap();
+    let created_rv = server
+        .kubectl(&["-n", "shop", "get", "networkpolicy", "db-ingress", "-o", "jsonpath={.metadata.resourceVersion}"])
+        .unwrap();
+    wait_events(&logs, 1, "the create").await;
+    server
+        .kubectl(&[
+            "-n",
+            "shop",
+            "patch",
+            "networkpolicy",
+            "db-ingress",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"policyTypes":["Ingress","Egress"]}}"#,
+        ])
+        .unwrap();
+    wait_events(&logs, 2, "the update").await;
+    server.kubectl(&["-n", "shop", "delete", "networkpolicy", "db-ingress"]).unwrap();
+    let events = wait_events(&logs, 3, "the delete").await;
+    // Nothing else comes (a namespace's or pod's unrelated changes are not written).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit_events(&logs).len(), 3, "{:#?}", audit_events(&logs));
+
+    let verbs: Vec<&str> = events.iter().map(|e| e["verb"].as_str().unwrap()).collect();
+    assert_eq!(verbs, ["create", "update", "delete"]);
+    for e in &events {
+        assert_eq!((e["kind"].as_str(), e["apiVersion"].as_str()), (Some("Event"), Some("audit.k8s.io/v1")));
+        assert_eq!((e["level"].as_str(), e["stage"].as_str()), (Some("RequestResponse"), Some("ResponseComplete")));
+        assert_eq!(e["user"]["username"], "system:flowaudit:observed");
+        assert_eq!(e["annotations"]["flowaudit.io/source"], "watch");
+        assert_eq!(
+            (&e["objectRef"]["resource"], &e["objectRef"]["namespace"], &e["objectRef"]["name"]),
+            (&serde_json::json!("networkpolicies"), &serde_json::json!("shop"), &serde_json::json!("db-ingress"))
+        );
+        assert_eq!(e["objectRef"]["apiGroup"], "networking.k8s.io");
+        assert!(e["objectRef"]["uid"].as_str().is_some_and(|u| !u.is_empty()), "{e:#}");
+    }
+    let (create, update, delete) = (&events[0], &events[1], &events[2]);
+    assert_eq!(create["responseStatus"]["code"], 201);
+    assert!(create.get("previousObject").is_none());
+    assert_eq!(create["objectRef"]["resourceVersion"].as_str(), Some(created_rv.as_str()));
+    assert_eq!(create["responseObject"]["kind"], "NetworkPolicy");
+    assert_eq!(create["responseObject"]["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    assert!(create["responseObject"]["metadata"].get("managedFields").is_none());
+    assert_eq!(update["previousObject"], create["responseObject"]);
+    assert_eq!(update["responseObject"]["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    assert_eq!(delete["previousObject"], update["responseObject"]);
+    assert!(delete.get("responseObject").is_none());
+    assert_eq!(agent.stop().code(), Some(0), "SIGTERM: exit 0");
+
+    // Restarted with no change: nothing is replayed.
+    let agent = RunningAgent::start(&server, &logs, &state, &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(audit_events(&logs).len(), 3, "a restart replays nothing: {:#?}", audit_events(&logs));
+    assert_eq!(agent.stop().code(), Some(0));
+
+    // A policy created while the agent is down is reported once after its start.
+    server.kubectl_stdin(&["apply", "-f", "-"], &AUDITED_POLICY.replace("db-ingress", "while-down")).unwrap();
+    let agent = RunningAgent::start(&server, &logs, &state, &[]);
+    let events = wait_events(&logs, 4, "the change made while down").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit_events(&logs).len(), 4, "{:#?}", audit_events(&logs));
+    assert_eq!(
+        (events[3]["verb"].as_str(), events[3]["objectRef"]["name"].as_str()),
+        (Some("create"), Some("while-down"))
+    );
+    assert_eq!(events[3]["annotations"]["flowaudit.io/source"], "restart-diff");
+    assert_eq!(agent.stop().code(), Some(0));
+}
+
+fn by_source<'a>(events: &'a [serde_json::Value], source: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["annotations"]["flowaudit.io/source"] == source).collect()
+}
+
+/// (i) With `--kube-audit-log`, the API server's own events of the policy changes are copied with
+/// their user (beside the observed ones); a restart resumes the file where it stopped: nothing
+/// twice, and what was logged while the agent was down is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_audit_log_events_keep_their_user_and_resume_after_restart() {
+    let Some(server) = server_or_skip("kube_audit_log_events_keep_their_user_and_resume_after_restart") else {
+        return;
+    };
+    if !flowaudit_lab::is_root() {
+        assert!(std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"), "needs root");
+        eprintln!("skipped: the agent needs root");
+        return;
+    }
+    server.kubectl(&["create", "namespace", "shop"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (logs, state) = (dir.path().join("logs"), dir.path().join("state"));
+    let kube_log = server.audit_log();
+    let follow = ["--kube-audit-log", kube_log.to_str().unwrap()];
+
+    let agent = RunningAgent::start(&server, &logs, &state, &follow);
+    server.kubectl_stdin(&["apply", "-f", "-"], AUDITED_POLICY).unwrap();
+    server
+        .kubectl(&[
+            "-n",
+            "shop",
+            "patch",
+            "networkpolicy",
+            "db-ingress",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"policyTypes":["Ingress","Egress"]}}"#,
+        ])
+        .unwrap();
+    // A pod's status update and a label change: only the label change is kept.
+    server
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\n\
+             spec: {nodeName: n1, containers: [{name: c, image: nginx}]}\n",
+        )
+        .unwrap();
+    let client = client(&server).await;
+    set_pod_ip(&client, "shop", "web", "10.244.0.9").await;
+    server.kubectl(&["-n", "shop", "label", "pod", "web", "app=api", "--overwrite"]).unwrap();
+    server.kubectl(&["-n", "shop", "delete", "networkpolicy", "db-ingress"]).unwrap();
+    // kube-audit-log: the five writes. The watch sees fewer: changes within its debounce
+    // (200 ms) arrive as one (here the create and patch of the policy may be one create).
+    let start = Instant::now();
+    let events = loop {
+        let events = audit_events(&logs);
+        let deleted = |source: &str| {
+            by_source(&events, source).iter().any(|e| e["verb"] == "delete" && e["objectRef"]["name"] == "db-ingress")
+        };
+        if deleted("watch") && deleted("kube-audit-log") {
+            break events;
+        }
+        assert!(start.elapsed() < WAIT, "the deletes not in audit.log within {WAIT:?}: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit_events(&logs), events, "nothing more comes");
+    let copied = by_source(&events, "kube-audit-log");
+    let summary: Vec<(&str, &str, &str)> = copied
+        .iter()
+        .map(|e| {
+            (
+                e["verb"].as_str().unwrap(),
+                e["objectRef"]["resource"].as_str().unwrap(),
+                e["user"]["username"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("create", "networkpolicies", "admin"),
+            ("patch", "networkpolicies", "admin"),
+            ("create", "pods", "admin"),
+            ("patch", "pods", "admin"),
+            ("delete", "networkpolicies", "admin"),
+        ],
+        "the pod's status update is not kept"
+    );
+    assert_eq!(copied[0]["responseObject"]["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(copied[1]["responseObject"]["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    assert!(copied.iter().all(|e| e["stage"] == "ResponseComplete" && e["level"] == "RequestResponse"));
+    let watched: Vec<(&str, &str)> = by_source(&events, "watch")
+        .iter()
+        .map(|e| (e["verb"].as_str().unwrap(), e["objectRef"]["resource"].as_str().unwrap()))
+        .collect();
+    assert!(watched.contains(&("create", "pods")) && watched.contains(&("delete", "networkpolicies")), "{watched:?}");
+    let total = events.len();
+    assert_eq!(agent.stop().code(), Some(0));
+
+    // Down while a policy is created: both sources report it once after the start, nothing twice.
+    server.kubectl_stdin(&["apply", "-f", "-"], &AUDITED_POLICY.replace("db-ingress", "while-down")).unwrap();
+    let agent = RunningAgent::start(&server, &logs, &state, &follow);
+    let events = wait_events(&logs, total + 2, "the change made while down, from both sources").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit_events(&logs).len(), total + 2, "nothing twice: {:#?}", audit_events(&logs));
+    let new: Vec<(&str, &str, &str)> = events[total..]
+        .iter()
+        .map(|e| {
+            (
+                e["annotations"]["flowaudit.io/source"].as_str().unwrap(),
+                e["verb"].as_str().unwrap(),
+                e["objectRef"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(new.contains(&("restart-diff", "create", "while-down")), "{new:?}");
+    assert!(new.contains(&("kube-audit-log", "create", "while-down")), "{new:?}");
+    assert_eq!(agent.stop().code(), Some(0));
+}

@@ -358,8 +358,16 @@ impl Convert for networking::NetworkPolicy {
         Ok(KubeNetworkPolicy { namespace, name, spec: self.spec.clone().unwrap_or_default() })
     }
 
+    /// The whole policy stays (it is small, and the audit log shows it): only managed fields and
+    /// the last-applied copy go.
     fn trim(&mut self) {
-        trim_meta(&mut self.metadata);
+        self.metadata.managed_fields = None;
+        if let Some(annotations) = self.metadata.annotations.as_mut() {
+            annotations.remove(super::LAST_APPLIED);
+        }
+        if self.metadata.annotations.as_ref().is_some_and(BTreeMap::is_empty) {
+            self.metadata.annotations = None;
+        }
     }
 
     fn add(model: KubeNetworkPolicy, state: &mut ClusterState) {

@@ -6,7 +6,8 @@
 //! - the core kinds (v1 Namespace, Pod, Service, Node, ServiceAccount; networking.k8s.io/v1
 //!   NetworkPolicy) as typed objects, each trimmed on arrival to the fields the model reads
 //!   ([`Convert::trim`]: managed fields, `last-applied-configuration`, container details and
-//!   conditions are dropped before caching) and converted by [`super::convert`];
+//!   conditions are dropped before caching; a NetworkPolicy is kept whole but for managed fields
+//!   and the last-applied copy, for the audit log) and converted by [`super::convert`];
 //! - the Calico and admin policy kinds ([`manifests::API_KINDS`]) as `DynamicObject`s, each kind
 //!   at the API version discovery finds at start: `projectcalico.org/v3` when the Calico API
 //!   server serves it, else `crd.projectcalico.org/v1`; `policy.networking.k8s.io/v1alpha1`. A
@@ -17,7 +18,10 @@
 //!   the same objects give the same state from either source.
 //!
 //! Whenever a cache changes, a task waits a short debounce (200 ms), converts every cache and
-//! publishes the result as the next version, unless it equals the current one. The first state is
+//! publishes the result as the next version, unless it equals the current one. The state's
+//! [`super::Objects`] (for the audit log) are the cached Namespaces, Pods, NetworkPolicies and
+//! dynamic objects as JSON, each serialised again only when its resourceVersion changed; they
+//! take part in the comparison as the audit sees them (a pod's status update publishes nothing). The first state is
 //! published once discovery has answered and every cache has been filled (a clear error after a
 //! timeout otherwise).
 //!
@@ -126,6 +130,7 @@ pub async fn watch_with(
         service_accounts: Cache::typed(&client, &changed, &mut tasks),
         network_policies: Cache::typed(&client, &changed, &mut tasks),
         dynamic: Vec::new(),
+        raw: Mutex::default(),
     };
     // The core kinds are listed while discovery runs.
     let discovered = discover_until(&client, deadline).await;
@@ -253,8 +258,7 @@ fn label(resource: &ApiResource) -> String {
     format!("{}.{}", resource.kind, resource.api_version)
 }
 
-/// The annotation `kubectl apply` keeps a whole copy of the object in.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+use super::LAST_APPLIED;
 
 /// Drops from a dynamic object what no conversion reads (managed fields, the last-applied copy,
 /// `status`) and sets its `apiVersion` and `kind` (list items need not carry them).
@@ -388,6 +392,33 @@ where
     }
 }
 
+impl<K> Cache<K>
+where
+    K: Resource + Clone + serde::Serialize + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    /// Adds every cached object to `objects` as JSON, reusing `raw`'s value of an object whose
+    /// resourceVersion has not changed; `seen` collects the memo keys in use.
+    fn raw_into(&self, objects: &mut super::Objects, raw: &mut RawMemo, seen: &mut HashSet<(String, String)>) {
+        for object in self.store.state() {
+            let memo = (self.kind.clone(), object_name(&*object));
+            let rv = object.resource_version().unwrap_or_default();
+            let value = match raw.get(&memo) {
+                Some((at, value)) if *at == rv && !rv.is_empty() => value.clone(),
+                _ => {
+                    let value = Arc::new(super::strip(serde_json::to_value(&*object).unwrap_or_default()));
+                    raw.insert(memo.clone(), (rv, value.clone()));
+                    value
+                }
+            };
+            if let Some(key) = super::ObjectKey::of(&value) {
+                objects.0.entry(key).or_insert(value);
+            }
+            seen.insert(memo);
+        }
+    }
+}
+
 impl Cache<DynamicObject> {
     /// The reflector of a discovered kind over all namespaces.
     fn dynamic(client: &Client, resource: &ApiResource, changed: &Arc<Notify>, tasks: &mut Tasks) -> Self {
@@ -428,7 +459,13 @@ struct Caches {
     network_policies: Cache<networking::NetworkPolicy>,
     /// The discovered Calico and admin policy kinds, in [`manifests::API_KINDS`] order.
     dynamic: Vec<Cache<DynamicObject>>,
+    /// The audited core objects as JSON by (kind, namespace/name), with the resourceVersion they
+    /// were serialised at: an unchanged object is not serialised again on the next build.
+    raw: Mutex<RawMemo>,
 }
+
+/// (kind, namespace/name) → (resourceVersion, the object as JSON).
+type RawMemo = HashMap<(String, String), (String, Arc<serde_json::Value>)>;
 
 impl Caches {
     /// The kinds not listed by `deadline`, each with its watcher's last error.
@@ -460,6 +497,13 @@ impl Caches {
         self.service_accounts.convert_into(&mut state, logged, &mut failing);
         self.network_policies.convert_into(&mut state, logged, &mut failing);
         convert::sort(&mut state);
+        let objects = Arc::make_mut(&mut state.objects);
+        let mut raw = self.raw.lock().expect("not poisoned");
+        let mut seen = HashSet::new();
+        self.namespaces.raw_into(objects, &mut raw, &mut seen);
+        self.pods.raw_into(objects, &mut raw, &mut seen);
+        self.network_policies.raw_into(objects, &mut raw, &mut seen);
+        raw.retain(|k, _| seen.contains(k));
         *logged = failing;
         state
     }
@@ -591,6 +635,7 @@ mod tests {
             service_accounts: cache(&[]),
             network_policies: cache(&[]),
             dynamic: Vec::new(),
+            raw: Mutex::default(),
         }
     }
 
@@ -637,6 +682,7 @@ mod tests {
             service_accounts: cache(&[]),
             network_policies: cache(&[]),
             dynamic: Vec::new(),
+            raw: Mutex::default(),
         };
         let mut logged = HashSet::new();
         let state = caches.build(&mut logged);
@@ -689,7 +735,12 @@ mod tests {
             documents.iter().map(|(a, k, d)| format!("apiVersion: {a}\nkind: {k}\n{d}\n")).collect();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("all.yaml"), text.join("---\n")).unwrap();
-        assert_eq!(state, manifests::load_dir(dir.path()).unwrap().state);
+        // The same model; the audit log's objects also hold the two that do not convert.
+        let mut from_files = manifests::load_dir(dir.path()).unwrap().state;
+        let objects = |s: &ClusterState| s.objects.0.keys().map(|k| k.name.clone()).collect::<Vec<_>>();
+        assert_eq!(objects(&state), ["shop", "a", "broken", "security.deny-db", "allow-web", "orphan", "security"]);
+        from_files.objects = state.objects.clone();
+        assert_eq!(state, from_files);
         assert_eq!(state.calico_policies.len(), 2);
         assert_eq!(state.tiers.len(), 1);
         assert_eq!(state.admin_policies[0].priority, 5);

@@ -265,6 +265,9 @@ impl Builder {
             self.error(file, document, "kind", "required");
             return;
         }
+        // Every policy-related document is kept as read for the audit log, also one with problems
+        // (a broken policy created in a cluster is a change too).
+        std::sync::Arc::make_mut(&mut self.state.objects).insert_document(&value);
         match (api_version.as_str(), kind.as_str()) {
             ("v1", "List") => {
                 let items = map.get("items").and_then(Value::as_array).cloned().unwrap_or_default();

@@ -12,11 +12,12 @@ pub mod kube;
 pub mod manifests;
 pub mod selector;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 pub use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::NetworkPolicySpec;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 use self::{
     admin::{AdminNetworkPolicySpec, BaselineAdminNetworkPolicySpec},
@@ -305,6 +306,171 @@ pub struct ClusterState {
     pub admin_policies: Vec<AdminPolicy>,
     /// The BaselineAdminNetworkPolicy, if any.
     pub baseline_admin_policy: Option<BaselineAdminPolicy>,
+    /// The policy-related objects as the source read them (for the audit log): see [`Objects`].
+    pub objects: Arc<Objects>,
+}
+
+/// Names a policy-related object: API group (`crd.projectcalico.org` is read as
+/// `projectcalico.org`: the same objects), resource (the kind's plural, lowercase), namespace
+/// (empty for cluster-scoped kinds) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    /// `""` (core), `networking.k8s.io`, `projectcalico.org`, `policy.networking.k8s.io`.
+    pub api_group: String,
+    /// `networkpolicies`, `pods`, `tiers`, ...
+    pub resource: String,
+    /// Namespace; empty for cluster-scoped kinds.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// The policy-related kinds: `(API groups, kind, namespaced)`. Each is audited as a whole
+/// object, except Pods and Namespaces, whose changes count only when their labels change (what
+/// policies select on).
+pub const AUDITED_KINDS: &[(&[&str], &str, bool)] = &[
+    (&[""], "Namespace", false),
+    (&[""], "Pod", true),
+    (&["networking.k8s.io"], "NetworkPolicy", true),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "NetworkPolicy", true),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "GlobalNetworkPolicy", false),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "StagedNetworkPolicy", true),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "StagedGlobalNetworkPolicy", false),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "StagedKubernetesNetworkPolicy", true),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "Tier", false),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "NetworkSet", true),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "GlobalNetworkSet", false),
+    (&[CALICO_GROUP, CALICO_CRD_GROUP], "HostEndpoint", false),
+    (&["policy.networking.k8s.io"], "AdminNetworkPolicy", false),
+    (&["policy.networking.k8s.io"], "BaselineAdminNetworkPolicy", false),
+];
+
+/// Calico's API group.
+pub const CALICO_GROUP: &str = "projectcalico.org";
+/// The API group of Calico's CRDs (the same objects as [`CALICO_GROUP`]).
+pub const CALICO_CRD_GROUP: &str = "crd.projectcalico.org";
+
+/// The annotation `kubectl apply` keeps a whole copy of the object in (dropped from [`Objects`]).
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+impl ObjectKey {
+    /// The key of a document (`apiVersion`, `kind`, `metadata`), if its kind is policy-related
+    /// and it has a name. A namespaced object without a namespace is in `default`.
+    pub fn of(object: &Value) -> Option<ObjectKey> {
+        let api_version = object.get("apiVersion")?.as_str()?;
+        let kind = object.get("kind")?.as_str()?;
+        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        let (_, _, namespaced) = AUDITED_KINDS.iter().find(|(groups, k, _)| *k == kind && groups.contains(&group))?;
+        let meta = object.get("metadata")?;
+        let name = meta.get("name")?.as_str().filter(|n| !n.is_empty())?;
+        let namespace = if *namespaced {
+            meta.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("default")
+        } else {
+            ""
+        };
+        Some(ObjectKey {
+            api_group: Self::group(group).to_owned(),
+            resource: plural(kind),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The group objects are keyed by: `crd.projectcalico.org` is `projectcalico.org`.
+    pub fn group(api_group: &str) -> &str {
+        if api_group == CALICO_CRD_GROUP { CALICO_GROUP } else { api_group }
+    }
+
+    /// Whether only the labels of such an object matter to policy (Pods, Namespaces).
+    pub fn labels_only(&self) -> bool {
+        self.api_group.is_empty() && (self.resource == "pods" || self.resource == "namespaces")
+    }
+
+    /// Whether `resource` of `api_group` is one of the [`AUDITED_KINDS`].
+    pub fn is_audited(api_group: &str, resource: &str) -> bool {
+        AUDITED_KINDS.iter().any(|(groups, kind, _)| groups.contains(&api_group) && plural(kind) == resource)
+    }
+}
+
+/// The resource name of a kind: its plural, lowercase (`NetworkPolicy` → `networkpolicies`).
+pub fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{lower}s"),
+    }
+}
+
+/// The policy-related objects of a state ([`AUDITED_KINDS`]) as the source read them, by key:
+/// the documents of the manifests source, the API's objects for the `kube` source (Pods trimmed as
+/// the cache keeps them). `metadata.managedFields`, the last-applied annotation and `status`
+/// (except a Pod's) are dropped. Values are shared between versions.
+///
+/// Equality is what an audit sees: the whole object for the policy kinds, only the uid and the
+/// labels for Pods and Namespaces (a status update of a pod is not a policy change and makes no
+/// new state version).
+#[derive(Clone, Default)]
+pub struct Objects(pub BTreeMap<ObjectKey, Arc<Value>>);
+
+impl Objects {
+    /// Adds a document if its kind is policy-related (the first of two with the same key stays).
+    pub fn insert_document(&mut self, document: &Value) {
+        if let Some(key) = ObjectKey::of(document) {
+            self.0.entry(key).or_insert_with(|| Arc::new(strip(document.clone())));
+        }
+    }
+
+    /// Whether `a` and `b`, two versions of the object `key`, differ for an audit.
+    pub fn differ(key: &ObjectKey, a: &Value, b: &Value) -> bool {
+        if key.labels_only() {
+            let part = |v: &Value, f: &str| v.get("metadata").and_then(|m| m.get(f)).cloned().unwrap_or(Value::Null);
+            let labels = |v: &Value| match part(v, "labels") {
+                Value::Null => Value::Object(Default::default()),
+                l => l,
+            };
+            labels(a) != labels(b) || part(a, "uid") != part(b, "uid")
+        } else {
+            a != b
+        }
+    }
+}
+
+/// `object` without what no audit reader wants: managed fields, the last-applied copy, and the
+/// status of kinds other than Pod.
+pub fn strip(mut object: Value) -> Value {
+    let pod = object.get("kind").and_then(Value::as_str) == Some("Pod");
+    if let Some(map) = object.as_object_mut() {
+        if !pod {
+            map.remove("status");
+        }
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+            if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                annotations.remove(LAST_APPLIED);
+                if annotations.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
+        }
+    }
+    object
+}
+
+impl PartialEq for Objects {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((ka, a), (kb, b))| ka == kb && (Arc::ptr_eq(a, b) || !Objects::differ(ka, a, b)))
+    }
+}
+
+impl fmt::Debug for Objects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Objects({} objects)", self.0.len())
+    }
 }
 
 impl ClusterState {
