@@ -6,6 +6,7 @@
 
 use std::{io, path::PathBuf};
 
+pub mod encode;
 pub mod file;
 
 pub use file::{DIR_MODE, FILE_MODE, FLOW_LOG, FileConfig, FlowLogWriter, RotatingLog};
