@@ -123,6 +123,8 @@ async fn syslog_over_udp_tcp_and_tls_delivers_every_record_as_rfc5424() {
             {"name": "udp", "type": "syslog", "address": format!("udp://127.0.0.1:{}", rsyslog.udp), "log_types": ["flows"]},
             {"name": "tcp", "type": "syslog", "address": format!("tcp://127.0.0.1:{}", rsyslog.tcp), "app_name": "fa-tcp"},
             {"name": "tls", "type": "syslog", "address": format!("tls://127.0.0.1:{}", rsyslog.tls), "ca_file": ca, "app_name": "fa-tls"},
+            {"name": "cef", "type": "syslog", "address": format!("tcp://127.0.0.1:{}", rsyslog.tcp), "app_name": "fa-cef",
+             "encoding": "cef", "log_types": ["flows"]},
         ]),
         dir.path(),
     );
@@ -140,7 +142,7 @@ async fn syslog_over_udp_tcp_and_tls_delivers_every_record_as_rfc5424() {
     let expected = flows_log(dir.path());
     assert_eq!(expected.len(), 300);
     let start = Instant::now();
-    while rsyslog.messages().len() < 902 && start.elapsed() < Duration::from_secs(20) {
+    while rsyslog.messages().len() < 1202 && start.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let raw = std::fs::read_to_string(&rsyslog.out).unwrap();
@@ -167,6 +169,19 @@ async fn syslog_over_udp_tcp_and_tls_delivers_every_record_as_rfc5424() {
         assert!(first.starts_with("<134>1 "), "{first}");
         assert_eq!(first.split(' ').nth(2), Some(NODE));
     }
+    // CEF over syslog: one CEF line per record, addresses and ports as CEF keys.
+    let cef: Vec<&str> = raw
+        .lines()
+        .filter(|l| l.split(' ').nth(3) == Some("fa-cef"))
+        .map(|l| l.splitn(8, ' ').nth(7).unwrap())
+        .collect();
+    assert_eq!(cef.len(), 300);
+    assert!(cef.iter().all(|m| m.starts_with("CEF:0|flowaudit|flowaudit|")), "{}", cef[0]);
+    assert!(
+        cef[0].contains("src=10.1.0.1") && cef[0].contains("dst=10.2.0.2") && cef[0].contains("dpt=443"),
+        "{}",
+        cef[0]
+    );
     let audits: Vec<&str> = raw.lines().filter(|l| l.split(' ').nth(5) == Some("audit")).collect();
     assert_eq!(audits.len(), 2, "audit goes to tcp and tls, not to udp (log_types: [flows])");
     assert!(audits.iter().all(|l| l.starts_with("<133>1 ") && l.ends_with(&audit.to_string())));
