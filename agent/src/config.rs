@@ -15,7 +15,7 @@ use std::{
 use serde::Deserialize;
 
 pub use crate::model::AggregationLevel;
-use crate::output::export::config::{self as export_config, DEFAULT_SPOOL_ROOT, ExporterConfig, RawExporter};
+use crate::output::export::config::{self as export_config, ExporterConfig, RawExporter};
 use crate::output::{HmacKey, Retention};
 
 /// A configuration problem: which source, which key, what is wrong. Exit code 2.
@@ -318,16 +318,6 @@ impl Settings {
         let flow_log_dir = pick(&flags.flow_log_dir, &file.flow_log_dir, &file_name)
             .map(|(v, _)| v)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_FLOW_LOG_DIR));
-        let exporters = export_config::resolve(
-            file.exporters.as_deref(),
-            &export_config::Defaults {
-                flow_log_dir: flow_log_dir.clone(),
-                max_file_size: flow_log_max_file_size,
-                max_files: flow_log_max_files,
-                spool_root: PathBuf::from(DEFAULT_SPOOL_ROOT),
-            },
-        )
-        .map_err(|p| ConfigError::new(fname, &p.field, p.reason))?;
         let retention_file = file.retention.unwrap_or_default();
         let retention_flows = retention(fname, "flows", retention_file.flows, DEFAULT_FLOWS_MAX_AGE)?;
         let retention_audit = retention(fname, "audit", retention_file.audit, DEFAULT_AUDIT_MAX_AGE)?;
@@ -350,6 +340,16 @@ impl Settings {
             }
             other => other.map(|(v, _)| v),
         };
+        let exporters = export_config::resolve(
+            file.exporters.as_deref(),
+            &export_config::Defaults {
+                flow_log_dir: flow_log_dir.clone(),
+                max_file_size: flow_log_max_file_size,
+                max_files: flow_log_max_files,
+                spool_root: state_dir.join("spool"),
+            },
+        )
+        .map_err(|p| ConfigError::new(fname, &p.field, p.reason))?;
 
         Ok(Settings {
             flow_log_dir,

@@ -128,6 +128,8 @@ fn test() -> anyhow::Result<()> {
         kernel
             .args(["test", "--no-fail-fast", "-p", "flowaudit-lab", "--", "--test-threads", "2"])
             .env("FLOWAUDIT_REQUIRE_ROOT_TESTS", "1")
+            .env("FLOWAUDIT_REQUIRE_SINK_TESTS", "1")
+            .env("FLOWAUDIT_SINKS_VENV", setup::sinks_venv())
             .env("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"))
             .env("FLOWAUDIT_K8S_BIN", &k8s.bin)
             .env("FLOWAUDIT_ETCD", &k8s.etcd);

