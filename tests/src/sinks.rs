@@ -200,6 +200,7 @@ pub struct Rsyslog {
     /// The CA that signed the TLS port's certificate.
     pub ca: PathBuf,
     dir: PathBuf,
+    netns: Option<String>,
 }
 
 impl Rsyslog {
@@ -210,6 +211,12 @@ impl Rsyslog {
 
     /// Starts rsyslog in `dir` on fresh ports.
     pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_in(dir, None)
+    }
+
+    /// Starts rsyslog inside the network namespace `netns` (a lab's node, where the agent runs),
+    /// listening on that namespace's loopback.
+    pub fn start_in(dir: &Path, netns: Option<&str>) -> Result<Self> {
         let certs = certs(dir)?;
         let (udp, tcp, tls) = (free_port(), free_port(), free_port());
         let out = dir.join("received.log");
@@ -221,6 +228,7 @@ impl Rsyslog {
             out,
             ca: certs.ca,
             dir: dir.to_owned(),
+            netns: netns.map(str::to_owned),
         };
         r.restart()?;
         Ok(r)
@@ -249,12 +257,24 @@ action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
         fs::write(&conf_path, conf).map_err(|e| err(e.to_string()))?;
         let pid = d.join("rsyslogd.pid");
         let _ = fs::remove_file(&pid);
-        let mut cmd = Command::new("/usr/sbin/rsyslogd");
+        // `ip netns exec` execs rsyslogd: the child's PID is the daemon's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/sbin/rsyslogd"]);
+                c
+            }
+            None => Command::new("/usr/sbin/rsyslogd"),
+        };
         cmd.arg("-n").arg("-f").arg(&conf_path).arg("-i").arg(&pid);
         let log = d.join("rsyslogd.log");
         self.server = Server::spawn(cmd, log)?;
-        wait_port(self.tcp, Duration::from_secs(10))?;
-        wait_port(self.tls, Duration::from_secs(10))?;
+        for port in [self.tcp, self.tls] {
+            match &self.netns {
+                Some(ns) => crate::in_netns(ns, move || wait_port(port, Duration::from_secs(10)))??,
+                None => wait_port(port, Duration::from_secs(10))?,
+            }
+        }
         Ok(())
     }
 

@@ -775,3 +775,75 @@ fn pinned_programs_count_across_a_restart_with_no_gap() {
     }
     drop(lab);
 }
+
+/// Real traffic through the agent with two network exporters: syslog over TCP to an rsyslog in
+/// the node's namespace receives every record of flows.log; an Elasticsearch exporter pointed
+/// at a closed port keeps every record in its spool, counted, while `/readyz` stays 200 (a SIEM
+/// outage must not restart node agents).
+#[test]
+fn exporters_deliver_every_record_of_real_traffic_and_a_dead_sink_does_not_touch_readiness() {
+    use flowaudit_lab::sinks::{self, Rsyslog};
+    if !root_or_skip("exporters_deliver_every_record_of_real_traffic") {
+        return;
+    }
+    if !sinks::available("exporters with real traffic", &[("rsyslog + rsyslog-gnutls", Rsyslog::installed())]) {
+        return;
+    }
+    let mut lab = Lab::new(2).expect("lab");
+    let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
+    let srv = tempfile::tempdir().unwrap();
+    let rsyslog = Rsyslog::start_in(srv.path(), Some(&lab.node_netns)).expect("rsyslog in the node namespace");
+    let logs = tempfile::tempdir().unwrap();
+    let config = logs.path().join("flowaudit.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "exporters:\n\
+             - {{name: file, type: file}}\n\
+             - {{name: siem, type: syslog, address: 'tcp://127.0.0.1:{}', log_types: [flows], batch_timeout: 200ms}}\n\
+             - {{name: es, type: elasticsearch, url: 'http://127.0.0.1:1', log_types: [flows], retry_max: 1s}}\n",
+            rsyslog.tcp
+        ),
+    )
+    .unwrap();
+    let t = traffic();
+    let mut cmd = lab.pod_command("p2", &t).expect("pod command");
+    cmd.args(["udp-echo", &p2.ipv4.to_string(), "5353"]);
+    lab.spawn(cmd).expect("server");
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = Agent::start(&mut lab, logs.path(), &["--config", config.to_str().unwrap()]).expect("agent");
+    for sport in 41000..41020 {
+        let mut cmd = lab.pod_command("p1", &t).expect("pod command");
+        cmd.args(["udp-send", &p2.ipv4.to_string(), "5353", &sport.to_string(), "3", "100", "1"]);
+        lab.output(cmd).expect("udp-send");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.get("/readyz").unwrap().0, 200, "ready while the es sink is down");
+    assert!(agent.metric(r#"flowaudit_export_records_failed_total{exporter="es"}"#).unwrap() > 0.0);
+    assert!(agent.stop(&mut lab).expect("agent exits").success());
+
+    let lines: Vec<String> =
+        std::fs::read_to_string(logs.path().join("flows.log")).unwrap().lines().map(str::to_owned).collect();
+    assert!(lines.len() >= 40, "20 flows, both reporters: {} records", lines.len());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let received = loop {
+        let got: Vec<String> = rsyslog.messages().into_iter().map(|(_, m)| m).collect();
+        if got.len() >= lines.len() || std::time::Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut want = lines.clone();
+    want.sort();
+    let mut got = received.clone();
+    got.sort();
+    assert_eq!(got, want, "rsyslog holds exactly the records of flows.log");
+    // Every record the es sink could not take waits in its spool: nothing was dropped.
+    let spooled: usize = std::fs::read_dir(logs.path().join("state/spool/es"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".flows"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
+        .sum();
+    assert_eq!(spooled, lines.len(), "the es spool holds every record");
+}
