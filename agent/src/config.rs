@@ -644,6 +644,7 @@ mod tests {
         let s = resolve(flags).unwrap_or_else(|e| panic!("deploy/base/configmap.yaml config.yaml: {e}"));
         assert_eq!(s.cluster, Some(ClusterSource::Kube));
         assert_eq!(s.node, "node-7");
+        assert_eq!(s.exporters.len(), 1, "the example keeps the local file exporter");
         // The example shows every key of the file that the DaemonSet does not pass as a flag,
         // except `cgroup` (the mounted node root is the default there).
         let mut keys = keys;
@@ -653,6 +654,7 @@ mod tests {
             [
                 "aggregation_allowed",
                 "aggregation_denied",
+                "exporters",
                 "flow_log_dir",
                 "flow_log_max_file_size",
                 "flow_log_max_files",
@@ -661,6 +663,7 @@ mod tests {
                 "idle_timeout",
                 "interfaces",
                 "pod_deletion_grace",
+                "retention",
                 "ring_buffer_size",
                 "state_dir",
                 "tcp_idle_timeout",
