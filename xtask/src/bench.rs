@@ -54,6 +54,24 @@ pub fn run() -> anyhow::Result<()> {
     }
     let attribution_table = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{attribution_table}");
+    let mut encode = cargo();
+    encode.args(["bench", "-p", "flowaudit", "--bench", "encode"]);
+    let out = encode.output().context("cargo bench encode")?;
+    if !out.status.success() {
+        bail!("the encode bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let encode_table = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{encode_table}");
+    let mut export = cargo();
+    export
+        .args(["run", "--release", "-q", "-p", "flowaudit-lab", "--example", "export_bench"])
+        .env("FLOWAUDIT_SINKS_VENV", setup::sinks_venv());
+    let out = export.output().context("the exporter bench")?;
+    if !out.status.success() {
+        bail!("the exporter bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let export_table = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{export_table}");
 
     // SAFETY: single-threaded at this point; the lab reads these when it starts processes.
     unsafe {
@@ -113,7 +131,7 @@ pub fn run() -> anyhow::Result<()> {
         iperf_table.push_str(&format!("| {label} | {progs} | {:.2} Gbit/s | {:.3} |\n", m / 1e9, m / base));
     }
     println!("{iperf_table}");
-    write_doc(&program_table, &iperf_table, &attribution_table)
+    write_doc(&program_table, &iperf_table, &attribution_table, &encode_table, &export_table)
 }
 
 /// The empty programs attached in the lab's node namespace while this lives.
@@ -165,7 +183,7 @@ fn machine() -> String {
     format!("kernel {kernel}, {cores} × {cpu}")
 }
 
-fn write_doc(programs: &str, iperf: &str, attribution: &str) -> anyhow::Result<()> {
+fn write_doc(programs: &str, iperf: &str, attribution: &str, encode: &str, export: &str) -> anyhow::Result<()> {
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()
@@ -193,7 +211,19 @@ fn write_doc(programs: &str, iperf: &str, attribution: &str) -> anyhow::Result<(
          namespaces, 10,000 pods and 1,000 Kubernetes NetworkPolicies (read by the manifests \
          source), 200,000 records between random pods on ports 80/443/5432/8080 with ephemeral \
          source ports (so most verdicts are computed, not cached). Target (issue 7): at most 1 µs \
-         per record for enrichment and attribution.\n\n{attribution}\n",
+         per record for enrichment and attribution.\n\n{attribution}\n\
+         ## SIEM encodings\n\n\
+         `cargo bench -p flowaudit --bench encode`: one core, each encoding of \
+         `docs/siem-encodings.md` over 1,000 distinct level-0 TCP records between named pods and \
+         100 NetworkPolicy patch audit events, into one reused buffer; the best of three rounds. \
+         The calico row is the baseline: the flow-log line every deployment writes.\n\n{encode}\n\
+         ## Exporters\n\n\
+         `cargo run --release -p flowaudit-lab --example export_bench`: records per second per \
+         exporter and encoding, the agent's side on one core (a single-threaded runtime), against \
+         the real servers of the exporter tests on loopback (rsyslog, osmem-server, Tansu, Rotel); \
+         50,000 records in flushes of 1,000, timed from the first submit until the sink accepted \
+         the last (spooled, synced, sent, removed from the spool). The `file` row is the baseline: \
+         the local write every deployment has.\n\n{export}\n",
         machine = machine()
     );
     let path = root().join("docs").join("performance.md");
