@@ -138,7 +138,8 @@ impl Band {
         }
     }
 
-    fn of(percent: u64, high: i64, med: i64) -> Self {
+    /// The band of `percent` under the thresholds.
+    pub fn of(percent: u64, high: i64, med: i64) -> Self {
         let p = i64::try_from(percent).unwrap_or(i64::MAX);
         if p >= high {
             Self::High
