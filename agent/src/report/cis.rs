@@ -643,6 +643,11 @@ impl Filter {
     }
 }
 
+/// floor(100 × pass ÷ (pass + fail)); 0 when nothing counted (as Calico).
+pub fn percent(pass: u64, fail: u64) -> u64 {
+    (100 * pass).checked_div(pass + fail).unwrap_or(0)
+}
+
 /// Reads the chosen files and computes the report.
 pub fn build(input: &Input<'_>) -> Result<CisReport, ReportError> {
     let cis = input.report.as_ref().and_then(|r| r.spec.cis.as_ref());
@@ -710,7 +715,7 @@ pub fn build(input: &Input<'_>) -> Result<CisReport, ReportError> {
         let count = |s: &[Status]| tests.iter().filter(|t| t.counted && s.contains(&t.status)).count() as u64;
         let (pass, fail, unknown) =
             (count(&[Status::Pass]), count(&[Status::Fail]), count(&[Status::Warn, Status::Info]));
-        let percent = if pass + fail > 0 { 100 * pass / (pass + fail) } else { 0 };
+        let percent = percent(pass, fail);
         nodes.push(NodeResult {
             node: c.node.clone(),
             version: bench.version,
@@ -885,7 +890,7 @@ impl Rendered for CisReport {
                             |s: &[Status]| tests.iter().filter(|t| t.counted && s.contains(&t.status)).count() as u64;
                         let (pass, fail, info) =
                             (c(&[Status::Pass]), c(&[Status::Fail]), c(&[Status::Warn, Status::Info]));
-                        let p = if pass + fail > 0 { 100 * pass / (pass + fail) } else { 0 };
+                        let p = percent(pass, fail);
                         json!({
                             "status": Band::of(p, self.high, self.med).as_str(),
                             "section": section,
