@@ -19,6 +19,10 @@
 //! Namespaces have NetworkPolicies defined", a manual check that kube-bench always reports WARN.
 //! Such a row is always listed (unless a filter excludes it) but counts toward pass % only where
 //! it is scored or `includeUnscoredTests` is set.
+//!
+//! Takes: kube-bench files and directories, the interval, optionally a GlobalReport and a cluster
+//! state. Gives: a [`CisReport`]. Must never: count WARN or INFO toward pass %, change a status
+//! kube-bench decided other than the checks named above, or read a file outside the inputs.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},

@@ -26,6 +26,10 @@
 //!
 //! Duplicates are removed over all the events read, before the interval is applied, so a change
 //! whose two copies fall on either side of a boundary counts in one interval only.
+//!
+//! Takes: audit log files (or directories of `audit.log*`), the interval, optionally a
+//! GlobalReport. Gives: a [`PolicyAudit`]. Must never: count one change twice, count a failed or
+//! incomplete request, or drop a change it cannot match (a watch event alone counts).
 
 use std::{
     collections::{BTreeMap, HashMap},

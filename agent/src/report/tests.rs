@@ -607,8 +607,9 @@ fn html_renders_in_chromium() {
     std::fs::write(&page, r.html(Timestamp::UNIX_EPOCH)).unwrap();
     let profile = dir.path().join("profile");
     let browser = |extra: &[String]| {
-        let out = Command::new(chromium)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        // `timeout`: a browser that hangs fails the test instead of holding it forever.
+        let out = Command::new("timeout")
+            .args(["120", chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             .args(["--no-first-run", "--disable-extensions", "--disable-dev-shm-usage"])
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)
