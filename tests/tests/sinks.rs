@@ -360,6 +360,8 @@ async fn elasticsearch_bulk_indexes_every_record_once() {
         json!([
             {"name": "file", "type": "file"},
             {"name": "es", "type": "elasticsearch", "url": format!("http://127.0.0.1:{}", es.port), "batch_max_records": 100},
+            {"name": "es-ecs", "type": "elasticsearch", "url": format!("http://127.0.0.1:{}", es.port), "batch_max_records": 100,
+             "encoding": "ecs", "index": "ecs-flows-%Y.%m.%d"},
         ]),
         dir.path(),
     );
@@ -376,6 +378,17 @@ async fn elasticsearch_bulk_indexes_every_record_once() {
         assert!(expected.contains(d), "an indexed document equals a flows.log line");
     }
     assert_eq!(metric(&registry, "flowaudit_export_records_sent_total", &[("exporter", "es")]), 300.0);
+    // The same records in ECS: 250 documents with ECS fields.
+    let ecs = es.documents(&format!("ecs-flows-{}", jiff_free_date())).unwrap();
+    assert_eq!(
+        ecs.len(),
+        250,
+        "dead letters: {:?}",
+        std::fs::read_to_string(dir.path().join("spool/es-ecs/dead-letter.log"))
+    );
+    assert!(ecs.iter().all(|d| d["source"]["ip"] == "10.1.0.1"
+        && d["destination"]["port"] == 443
+        && d["network"]["transport"] == "tcp"));
     assert!(metric(&registry, "flowaudit_export_last_success_timestamp_seconds", &[("exporter", "es")]) > 0.0);
 }
 
