@@ -790,7 +790,7 @@ fn exporters_deliver_every_record_of_real_traffic_and_a_dead_sink_does_not_touch
         return;
     }
     let mut lab = Lab::new(2).expect("lab");
-    let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
+    let p2 = lab.pod("p2").clone();
     let srv = tempfile::tempdir().unwrap();
     let rsyslog = Rsyslog::start_in(srv.path(), Some(&lab.node_netns)).expect("rsyslog in the node namespace");
     let logs = tempfile::tempdir().unwrap();
