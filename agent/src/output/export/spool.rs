@@ -101,24 +101,9 @@ impl Spool {
     pub fn push(&mut self, log_type: LogType, items: &[Item]) -> Result<Dropped, SpoolError> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let path = self.path(seq, log_type);
-        let tmp = self.dir.join(format!("{seq:020}.tmp"));
-        let mut buf = Vec::with_capacity(items.iter().map(|i| i.key.len() + i.line.len() + 2).sum());
-        for item in items {
-            buf.extend_from_slice(item.key.as_bytes());
-            buf.push(b'\t');
-            buf.extend_from_slice(&item.line);
-            buf.push(b'\n');
-        }
-        let write = || -> io::Result<()> {
-            let mut f = File::options().create(true).write(true).truncate(true).mode(0o640).open(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|source| SpoolError { path: path.clone(), source })?;
-        self.batches.push_back(BatchMeta { seq, log_type, bytes: buf.len() as u64, items: items.len() as u64 });
-        self.total_bytes += buf.len() as u64;
+        let bytes = self.write_batch(seq, log_type, items)?;
+        self.batches.push_back(BatchMeta { seq, log_type, bytes, items: items.len() as u64 });
+        self.total_bytes += bytes;
         self.enforce_cap()
     }
 
@@ -149,24 +134,14 @@ impl Spool {
             self.total_bytes -= old;
             return Ok(());
         }
-        let mut buf = Vec::new();
-        for item in remaining {
-            buf.extend_from_slice(item.key.as_bytes());
-            buf.push(b'\t');
-            buf.extend_from_slice(&item.line);
-            buf.push(b'\n');
+        if remaining.len() as u64 == self.batches[pos].items {
+            // Nothing was delivered: the file already holds exactly these items.
+            return Ok(());
         }
-        let tmp = self.dir.join(format!("{:020}.tmp", meta.seq));
-        let write = || -> io::Result<()> {
-            let mut f = File::options().create(true).write(true).truncate(true).mode(0o640).open(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|source| SpoolError { path: path.clone(), source })?;
-        self.batches[pos].bytes = buf.len() as u64;
+        let bytes = self.write_batch(meta.seq, meta.log_type, remaining)?;
+        self.batches[pos].bytes = bytes;
         self.batches[pos].items = remaining.len() as u64;
-        self.total_bytes = self.total_bytes - old + buf.len() as u64;
+        self.total_bytes = self.total_bytes - old + bytes;
         Ok(())
     }
 
@@ -188,6 +163,27 @@ impl Spool {
     /// Items held.
     pub fn items(&self) -> u64 {
         self.batches.iter().map(|b| b.items).sum()
+    }
+
+    /// Writes the batch file whole (temporary name, sync, rename); returns its size.
+    fn write_batch(&self, seq: u64, log_type: LogType, items: &[Item]) -> Result<u64, SpoolError> {
+        let path = self.path(seq, log_type);
+        let tmp = self.dir.join(format!("{seq:020}.tmp"));
+        let mut buf = Vec::with_capacity(items.iter().map(|i| i.key.len() + i.line.len() + 2).sum());
+        for item in items {
+            buf.extend_from_slice(item.key.as_bytes());
+            buf.push(b'\t');
+            buf.extend_from_slice(&item.line);
+            buf.push(b'\n');
+        }
+        let write = || -> io::Result<()> {
+            let mut f = File::options().create(true).write(true).truncate(true).mode(0o640).open(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_data()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| SpoolError { path, source })?;
+        Ok(buf.len() as u64)
     }
 
     fn path(&self, seq: u64, log_type: LogType) -> PathBuf {
