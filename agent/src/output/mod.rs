@@ -137,7 +137,12 @@ impl Outputs {
 
     /// Writes flow records to every exporter that takes flows.
     pub fn write_flows(&mut self, records: &[FlowRecord]) -> Written {
-        let keys: Vec<String> = records.iter().map(|r| flow_key(&self.ctx.node, r)).collect();
+        // Keys only matter to network exporters.
+        let keys: Vec<String> = if self.exporters.is_empty() {
+            Vec::new()
+        } else {
+            records.iter().map(|r| flow_key(&self.ctx.node, r)).collect()
+        };
         self.write(LogType::Flows, records.len(), &keys, |ctx, enc, i, out| {
             encode::encode_flow(&records[i], enc, ctx, out).map_err(|e| e.to_string())
         })
@@ -145,7 +150,11 @@ impl Outputs {
 
     /// Writes audit events (`audit.k8s.io/v1` Event JSON) to every exporter that takes audit.
     pub fn write_audit(&mut self, events: &[serde_json::Value]) -> Written {
-        let keys: Vec<String> = events.iter().map(|e| audit_key(&self.ctx.node, e)).collect();
+        let keys: Vec<String> = if self.exporters.is_empty() {
+            Vec::new()
+        } else {
+            events.iter().map(|e| audit_key(&self.ctx.node, e)).collect()
+        };
         self.write(LogType::Audit, events.len(), &keys, |ctx, enc, i, out| {
             encode::encode_audit(&events[i], enc, ctx, out).map_err(|e| e.to_string())
         })
