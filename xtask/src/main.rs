@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench | kube-apiserver`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | kube-apiserver | crdgen`.
 //!
 //! Every task installs what it needs first, idempotently (`setup`): Debian packages, the nightly
 //! toolchain's `rust-src`, and bpf-linker built against Debian's LLVM 22. Root-only steps (apt,
@@ -46,6 +46,9 @@ enum Task {
     /// Ensure kube-apiserver and kubectl v1.20.2 are cached outside the repository for the
     /// cluster tests (built from Debian's source package on first use: about 15 minutes).
     KubeApiserver,
+    /// Write the CRDs generated from the Rust types (agent/src/report/resource.rs) to
+    /// deploy/base/crds/; a unit test of the agent fails while the committed files differ.
+    Crdgen,
 }
 
 /// The workspace root.
@@ -149,6 +152,16 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask crdgen`: runs the agent's `crdgen` example, which renders the CRDs from the
+/// Rust types (kube's `CustomResource` derive) into `deploy/base/crds/`. The agent's build needs
+/// the eBPF toolchain, so `setup` runs first.
+fn crdgen() -> anyhow::Result<()> {
+    setup::run()?;
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "-p", "flowaudit", "--example", "crdgen", "--"]).arg(root().join("deploy/base/crds"));
+    status(cmd)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
@@ -161,5 +174,6 @@ fn main() -> anyhow::Result<()> {
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
         Task::KubeApiserver => kube_apiserver::run(),
+        Task::Crdgen => crdgen(),
     }
 }

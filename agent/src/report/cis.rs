@@ -37,8 +37,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    GlobalReport, Kind, Progress, Rendered, ReportError, Table, TimeRange, doc_index_cmp, escape, format_time,
-    html_page,
+    Kind, NamedReport, Progress, Rendered, ReportError, Table, TimeRange, doc_index_cmp, escape, format_time, html_page,
 };
 use crate::cluster::{
     CalicoPolicyKind, ClusterState, Labels,
@@ -79,7 +78,7 @@ pub struct Input<'a> {
     /// `--kube-bench` files and directories.
     pub kube_bench: Vec<PathBuf>,
     /// `--global-report`, of type `cis-benchmark`.
-    pub report: Option<GlobalReport>,
+    pub report: Option<NamedReport>,
     /// `--cluster DIR`, loaded: decides [`NAMESPACE_POLICY_CHECK`].
     pub cluster: Option<&'a ClusterState>,
     /// The directory it was loaded from (named in errors).
@@ -239,7 +238,7 @@ pub struct CisReport {
     /// The interval.
     pub range: TimeRange,
     /// The GlobalReport, if any.
-    pub report: Option<GlobalReport>,
+    pub report: Option<NamedReport>,
     /// highThreshold.
     pub high: i64,
     /// medThreshold.
@@ -596,7 +595,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn for_node(report: Option<&GlobalReport>, version: &str) -> Self {
+    fn for_node(report: Option<&NamedReport>, version: &str) -> Self {
         let cis = report.and_then(|r| r.spec.cis.as_ref());
         let include_unscored = cis.is_some_and(|c| c.include_unscored_tests);
         let chosen = cis.and_then(|c| {

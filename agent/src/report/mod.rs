@@ -3,9 +3,10 @@
 //! Takes: a report kind, an interval (`--from`, `--to`, RFC 3339) and the kind's inputs:
 //! kube-bench JSON results ([`cis`]), audit logs of `audit.k8s.io/v1` Events
 //! ([`policy_audit`]), optionally a manifests directory (read with [`crate::cluster::manifests`],
-//! a lookup source) and a `GlobalReport` resource ([`GlobalReport`]). Gives: the report's files in
-//! the output directory: Calico's CSV files (`csv`), `report.json` in the shape of Calico's
-//! ReportData (`json`), `report.html`, one self-contained page (`html`).
+//! a lookup source) and a `GlobalReport` resource ([`NamedReport`], of the types in
+//! [`resource`], the CRD's). Gives: the report's files in the output directory: Calico's CSV
+//! files (`csv`), `report.json` in the shape of Calico's ReportData (`json`), `report.html`, one
+//! self-contained page (`html`).
 //! Must never: import a pipeline stage (capture, aggregate, enrich, attribute, rollup, output),
 //! put a reference to anything outside the page into the HTML (no network fetches), write
 //! outside its output directory, or work around bad input: it stops and names the file, the
@@ -17,11 +18,11 @@
 
 pub mod cis;
 pub mod policy_audit;
+pub mod resource;
 #[cfg(test)]
 mod tests;
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     io::IsTerminal as _,
     path::{Path, PathBuf},
@@ -29,9 +30,13 @@ use std::{
 };
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
+pub use self::resource::{
+    BenchmarkSelection, CisFilter, CisSpec, EndpointsSelection, GLOBAL_REPORT_API_VERSIONS, GlobalReportSpec,
+    NamesAndLabelsMatch,
+};
 use crate::cluster::manifests::ManifestError;
 
 /// A report could not be made.
@@ -359,9 +364,11 @@ footer {{ margin-top: 2rem; color: #5b6475; font-size: 12px; }}
     )
 }
 
-/// A GlobalReport resource (`flowaudit.io/v1`, or Calico's `projectcalico.org/v3`).
+/// A GlobalReport's name and spec, as a report uses them: read from a file
+/// (`--global-report FILE:NAME`, [`NamedReport::load`]) or, for the reporter, from the API
+/// ([`NamedReport::from_resource`]). The types are those of [`resource`], the CRD's.
 #[derive(Clone, Debug, PartialEq)]
-pub struct GlobalReport {
+pub struct NamedReport {
     /// `metadata.name`.
     pub name: String,
     /// The spec.
@@ -370,118 +377,7 @@ pub struct GlobalReport {
     pub raw_spec: Value,
 }
 
-/// The spec of a GlobalReport (Calico's fields).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GlobalReportSpec {
-    /// `inventory`, `network-access`, `policy-audit`, `cis-benchmark`.
-    pub report_type: String,
-    /// The endpoints in scope (all when unset).
-    #[serde(default)]
-    pub endpoints: Option<EndpointsSelection>,
-    /// A 5-field cron schedule (read by `flowaudit reporter`, later).
-    #[serde(default)]
-    pub schedule: Option<String>,
-    /// Node selector of report jobs (Calico's; not used by flowaudit).
-    #[serde(default)]
-    pub job_node_selector: Option<BTreeMap<String, String>>,
-    /// No new reports while true (read by `flowaudit reporter`, later).
-    #[serde(default)]
-    pub suspend: Option<bool>,
-    /// The CIS benchmark settings.
-    #[serde(default)]
-    pub cis: Option<CisSpec>,
-}
-
-/// `spec.endpoints`: selector, namespaces and service accounts, ANDed.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EndpointsSelection {
-    /// A Calico selector over endpoint labels.
-    #[serde(default)]
-    pub selector: Option<String>,
-    /// Namespaces by name and/or selector.
-    #[serde(default)]
-    pub namespaces: Option<NamesAndLabelsMatch>,
-    /// Service accounts by name and/or selector.
-    #[serde(default)]
-    pub service_accounts: Option<NamesAndLabelsMatch>,
-}
-
-impl EndpointsSelection {
-    /// Whether it selects anything less than everything.
-    pub fn is_restrictive(&self) -> bool {
-        let m = |n: &Option<NamesAndLabelsMatch>| {
-            n.as_ref()
-                .is_some_and(|n| !n.names.is_empty() || n.selector.as_deref().is_some_and(|s| !s.trim().is_empty()))
-        };
-        self.selector.as_deref().is_some_and(|s| !s.trim().is_empty())
-            || m(&self.namespaces)
-            || m(&self.service_accounts)
-    }
-}
-
-/// Names and a selector, ANDed.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NamesAndLabelsMatch {
-    /// Names.
-    #[serde(default)]
-    pub names: Vec<String>,
-    /// A selector over labels.
-    #[serde(default)]
-    pub selector: Option<String>,
-}
-
-/// `spec.cis`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CisSpec {
-    /// A node is HIGH at this pass % or more (default 100).
-    #[serde(default)]
-    pub high_threshold: Option<i64>,
-    /// A node is MED at this pass % or more (default 50), LOW below.
-    #[serde(default)]
-    pub med_threshold: Option<i64>,
-    /// Whether unscored tests are reported and counted (default false).
-    #[serde(default)]
-    pub include_unscored_tests: bool,
-    /// How many tests the "top failed tests" list shows (default 5).
-    #[serde(default)]
-    pub num_failed_tests: Option<i64>,
-    /// Test filters by Kubernetes version; the first that matches a node applies.
-    #[serde(default)]
-    pub results_filters: Vec<CisFilter>,
-}
-
-/// One of `spec.cis.resultsFilters`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CisFilter {
-    /// Which nodes it applies to (all when unset).
-    #[serde(default)]
-    pub benchmark_selection: Option<BenchmarkSelection>,
-    /// Test numbers or section ids to leave out.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// Test numbers or section ids to keep (then nothing else is kept); wins over `exclude`.
-    #[serde(default)]
-    pub include: Vec<String>,
-}
-
-/// `benchmarkSelection`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BenchmarkSelection {
-    /// A version prefix: `1.28` matches 1.28 and 1.28.x.
-    #[serde(default)]
-    pub kubernetes_version: Option<String>,
-}
-
-/// The API versions a GlobalReport is read at.
-pub const GLOBAL_REPORT_API_VERSIONS: &[&str] = &["flowaudit.io/v1", "projectcalico.org/v3"];
-
-impl GlobalReport {
+impl NamedReport {
     /// Reads `--global-report FILE:NAME`: the GlobalReport named NAME in the YAML (or JSON) file
     /// FILE, which must be of report type `kind`.
     pub fn load(arg: &str, kind: Kind) -> Result<Self, ReportError> {
@@ -517,40 +413,25 @@ impl GlobalReport {
             let path = e.path().to_string();
             ReportError::input(file, field(if path == "." { "" } else { &path }), e.into_inner())
         })?;
-        if spec.report_type != kind.as_str() {
-            return Err(ReportError::input(
-                file,
-                field("reportType"),
-                format!("is {:?}, the command is {}", spec.report_type, kind.as_str()),
-            ));
-        }
-        if let Some(cis) = &spec.cis {
-            for (f, v) in [("cis.highThreshold", cis.high_threshold), ("cis.medThreshold", cis.med_threshold)] {
-                if let Some(v) = v.filter(|v| !(0..=100).contains(v)) {
-                    return Err(ReportError::input(file, field(f), format!("{v} is not between 0 and 100")));
-                }
-            }
-            let (high, med) = (cis.high_threshold.unwrap_or(100), cis.med_threshold.unwrap_or(50));
-            if high <= med {
-                return Err(ReportError::input(
-                    file,
-                    field("cis.highThreshold"),
-                    format!("{high} must be greater than medThreshold ({med})"),
-                ));
-            }
-            if let Some(v) = cis.num_failed_tests.filter(|v| *v <= 0) {
-                return Err(ReportError::input(
-                    file,
-                    field("cis.numFailedTests"),
-                    format!("{v} is not greater than 0"),
-                ));
-            }
-        }
+        spec.check(kind).map_err(|(f, reason)| ReportError::input(file, field(f), reason))?;
         Ok(Self { name: name.to_owned(), spec, raw_spec })
     }
 
+    /// A GlobalReport read from the API (the reporter's source), checked as [`NamedReport::load`]
+    /// checks a file's; an error names the resource and the field.
+    pub fn from_resource(report: &resource::GlobalReport, kind: Kind) -> Result<Self, ReportError> {
+        let name = report.metadata.name.clone().unwrap_or_default();
+        report.spec.check(kind).map_err(|(field, reason)| ReportError::Input {
+            file: PathBuf::from(format!("globalreports.flowaudit.io/{name}")),
+            field: format!("spec.{field}"),
+            reason,
+        })?;
+        let raw_spec = serde_json::to_value(&report.spec).expect("a spec serializes");
+        Ok(Self { name, spec: report.spec.clone(), raw_spec })
+    }
+
     /// The seven selection and time columns every endpoint report's `summary.csv` starts with.
-    pub fn selection_columns(report: Option<&GlobalReport>, range: &TimeRange) -> Vec<String> {
+    pub fn selection_columns(report: Option<&NamedReport>, range: &TimeRange) -> Vec<String> {
         let sel = report.and_then(|r| r.spec.endpoints.clone()).unwrap_or_default();
         let names = |m: &Option<NamesAndLabelsMatch>| m.as_ref().map(|m| m.names.join(";")).unwrap_or_default();
         let selector =
@@ -564,6 +445,32 @@ impl GlobalReport {
             names(&sel.service_accounts),
             selector(&sel.service_accounts),
         ]
+    }
+}
+
+impl GlobalReportSpec {
+    /// What the CRD's schema cannot say (the 1.20 API server has no CEL rules) and what it says
+    /// but a file is not checked against: the report type is `kind`, thresholds are 0-100 with
+    /// high above med, `numFailedTests` above 0. An error gives the field under `spec` and why.
+    pub fn check(&self, kind: Kind) -> Result<(), (&'static str, String)> {
+        if self.report_type != kind.as_str() {
+            return Err(("reportType", format!("is {:?}, the command is {}", self.report_type, kind.as_str())));
+        }
+        if let Some(cis) = &self.cis {
+            for (f, v) in [("cis.highThreshold", cis.high_threshold), ("cis.medThreshold", cis.med_threshold)] {
+                if let Some(v) = v.filter(|v| !(0..=100).contains(v)) {
+                    return Err((f, format!("{v} is not between 0 and 100")));
+                }
+            }
+            let (high, med) = (cis.high_threshold.unwrap_or(100), cis.med_threshold.unwrap_or(50));
+            if high <= med {
+                return Err(("cis.highThreshold", format!("{high} must be greater than medThreshold ({med})")));
+            }
+            if let Some(v) = cis.num_failed_tests.filter(|v| *v <= 0) {
+                return Err(("cis.numFailedTests", format!("{v} is not greater than 0")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -677,7 +584,7 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
     }
     let range = TimeRange::parse(&req.from, &req.to)?;
     let formats = parse_formats(if req.format.is_empty() { "csv" } else { &req.format })?;
-    let report = req.global_report.as_deref().map(|arg| GlobalReport::load(arg, kind)).transpose()?;
+    let report = req.global_report.as_deref().map(|arg| NamedReport::load(arg, kind)).transpose()?;
     let cluster = match req.cluster.as_deref() {
         None => None,
         Some("kube") => return Err(ReportError::NotImplemented("--cluster kube for reports".into())),

@@ -43,7 +43,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use super::{
-    GlobalReport, Kind, Progress, Rendered, ReportError, SELECTION_COLUMNS, Table, TimeRange, escape, format_time,
+    Kind, NamedReport, Progress, Rendered, ReportError, SELECTION_COLUMNS, Table, TimeRange, escape, format_time,
     html_page,
 };
 use crate::{
@@ -89,7 +89,7 @@ pub struct PolicyAudit {
     /// The interval.
     pub range: TimeRange,
     /// The GlobalReport, if any.
-    pub report: Option<GlobalReport>,
+    pub report: Option<NamedReport>,
     /// The policy change events of the interval, in time order.
     pub events: Vec<AuditEvent>,
     /// Events with verb `create`.
@@ -353,7 +353,7 @@ fn dedup(mut events: Vec<Read>) -> (Vec<Read>, u64) {
 }
 
 /// Reads the logs and computes the report.
-pub fn build(range: TimeRange, logs: &[PathBuf], report: Option<GlobalReport>) -> Result<PolicyAudit, ReportError> {
+pub fn build(range: TimeRange, logs: &[PathBuf], report: Option<NamedReport>) -> Result<PolicyAudit, ReportError> {
     if let Some(r) = &report
         && r.spec.endpoints.as_ref().is_some_and(super::EndpointsSelection::is_restrictive)
     {
@@ -413,7 +413,7 @@ impl PolicyAudit {
     /// `summary.csv`.
     pub fn summary(&self) -> Table {
         let mut t = Table::new("summary.csv", SUMMARY_COLUMNS);
-        let mut row = GlobalReport::selection_columns(self.report.as_ref(), &self.range);
+        let mut row = NamedReport::selection_columns(self.report.as_ref(), &self.range);
         row.extend([self.created.to_string(), self.modified.to_string(), self.deleted.to_string()]);
         t.push(row);
         t

@@ -40,11 +40,11 @@ fn nodes() -> Vec<PathBuf> {
     ["master-1", "worker-1", "worker-2"].iter().map(|n| testdata(&format!("kube-bench/{n}.json"))).collect()
 }
 
-fn global_report(name: &str, kind: Kind) -> GlobalReport {
-    GlobalReport::load(&format!("{}:{name}", testdata("global-reports.yaml").display()), kind).unwrap()
+fn global_report(name: &str, kind: Kind) -> NamedReport {
+    NamedReport::load(&format!("{}:{name}", testdata("global-reports.yaml").display()), kind).unwrap()
 }
 
-fn cis_report(report: Option<GlobalReport>, with_cluster: bool) -> cis::CisReport {
+fn cis_report(report: Option<NamedReport>, with_cluster: bool) -> cis::CisReport {
     let state = cluster();
     cis::build(&cis::Input {
         range: range(),
@@ -337,7 +337,7 @@ fn global_report_errors_name_file_and_field() {
     let load = |yaml: &str, kind: Kind| {
         let f = dir.path().join("r.yaml");
         std::fs::write(&f, yaml).unwrap();
-        GlobalReport::load(&format!("{}:r", f.display()), kind).map_err(|e| {
+        NamedReport::load(&format!("{}:r", f.display()), kind).map_err(|e| {
             assert_eq!(e.exit_code(), 2);
             e.to_string().replace(&f.display().to_string(), "FILE")
         })
@@ -370,7 +370,7 @@ fn global_report_errors_name_file_and_field() {
     );
     let ok = load(&format!("kind: Namespace\n---\n{}", doc("{reportType: policy-audit}")), Kind::PolicyAudit).unwrap();
     assert_eq!(ok.name, "r");
-    let e = GlobalReport::load("no-name-here", Kind::CisBenchmark).unwrap_err();
+    let e = NamedReport::load("no-name-here", Kind::CisBenchmark).unwrap_err();
     assert_eq!(e.to_string(), "--global-report: \"no-name-here\" is not FILE:NAME");
 }
 
