@@ -742,19 +742,54 @@ fn pinned_programs_count_across_a_restart_with_no_gap() {
     let extra = ["--interfaces", &glob, "--flush-interval", "1h", "--pin", "--pin-path", &pin_s];
     let logs_a = tempfile::tempdir().unwrap();
     let logs_b = tempfile::tempdir().unwrap();
+    let logs_c = tempfile::tempdir().unwrap();
+    let maps = pin.join("maps");
 
     let a = Agent::start(&mut lab, logs_a.path(), &extra).expect("agent A");
     send(&lab, "10");
     assert!(a.stop(&mut lab).expect("A exits").success());
     assert!(pin.join("links").join("cgroup-ingress").exists(), "links stay pinned after SIGTERM with --pin");
+    // A crash after a swap installed the fresh table but before its pin was renamed: the
+    // installed table is pinned as FLOW_TABLE_NEXT only.
+    std::fs::rename(maps.join("FLOW_TABLE"), maps.join("FLOW_TABLE_NEXT")).expect("rename the pin");
     // No agent runs: the pinned programs keep counting.
     send(&lab, "7");
     let b = Agent::start(&mut lab, logs_b.path(), &extra).expect("agent B");
     assert_eq!(b.metric(r#"flowaudit_attached_programs{hook="tc_ingress"}"#).unwrap(), 2.0);
+    assert_eq!(b.metric("flowaudit_drain_errors_total").unwrap(), 0.0, "B took the table over by its NEXT pin");
     send(&lab, "5");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(b.stop(&mut lab).expect("B exits").success());
+    // A crash after a swap pinned a fresh table as FLOW_TABLE_NEXT but before it was installed:
+    // that pin names a table no program writes; FLOW_TABLE is still the installed one.
+    let stray = maps.join("FLOW_TABLE_NEXT");
+    let _ = std::fs::remove_file(&stray);
+    flowaudit_lab::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            stray.to_str().unwrap(),
+            "type",
+            "hash",
+            "key",
+            "48",
+            "value",
+            "48",
+            "entries",
+            "4",
+            "name",
+            "stray",
+        ],
+    )
+    .expect("bpftool map create");
+    send(&lab, "3");
+    let c = Agent::start(&mut lab, logs_c.path(), &extra).expect("agent C");
+    assert_eq!(c.metric("flowaudit_drain_errors_total").unwrap(), 0.0, "C took the table over by FLOW_TABLE");
+    send(&lab, "2");
     std::thread::sleep(Duration::from_millis(500));
     let counters = lab.read_counters().expect("counters");
-    assert!(b.stop(&mut lab).expect("B exits").success());
+    assert!(c.stop(&mut lab).expect("C exits").success());
 
     let bin = workspace_bin("flowaudit");
     let out = std::process::Command::new(&bin).args(["detach", "--pin-path", &pin_s]).output().expect("detach");
@@ -769,7 +804,8 @@ fn pinned_programs_count_across_a_restart_with_no_gap() {
 
     let mut records = Agent::records(logs_a.path());
     records.extend(Agent::records(logs_b.path()));
-    assert_eq!(counters["udp_fwd"].0, 22, "nft saw every datagram");
+    records.extend(Agent::records(logs_c.path()));
+    assert_eq!(counters["udp_fwd"].0, 27, "nft saw every datagram");
     for reporter in ["src", "dst"] {
         assert_exact(&records, &counters, &flow, reporter);
     }
