@@ -44,8 +44,17 @@ fn sent(registry: &Registry, exporter: &str) -> f64 {
         .map_or(0.0, |m| m.get_counter().get_value())
 }
 
-/// (records per second, records accepted) for `records` records.
-fn run(entry: Value, dir: &std::path::Path, records_n: u32) -> (f64, f64) {
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// (records per second, records accepted, agent-side CPU µs per record) for `records` records.
+fn run(entry: Value, dir: &std::path::Path, records_n: u32) -> (f64, f64, f64) {
     let raw: Vec<RawExporter> = serde_json::from_value(json!([entry])).expect("valid entry");
     let defaults = Defaults {
         flow_log_dir: dir.join("logs"),
@@ -61,6 +70,7 @@ fn run(entry: Value, dir: &std::path::Path, records_n: u32) -> (f64, f64) {
     rt.block_on(async {
         let registry = Registry::new();
         let mut out = Outputs::start(cfg, "bench-node", &registry, Default::default()).expect("start");
+        let cpu = cpu_seconds();
         let start = Instant::now();
         for b in &batches {
             out.write_flows(b);
@@ -68,8 +78,9 @@ fn run(entry: Value, dir: &std::path::Path, records_n: u32) -> (f64, f64) {
         }
         out.close(Duration::from_secs(120)).await;
         let secs = start.elapsed().as_secs_f64();
+        let cpu_us = (cpu_seconds() - cpu) * 1e6 / f64::from(records_n);
         let accepted = if is_file { f64::from(records_n) } else { sent(&registry, &name) };
-        (accepted / secs, accepted)
+        (accepted / secs, accepted, cpu_us)
     })
 }
 
@@ -135,11 +146,11 @@ fn main() {
                 entry["index"] = json!(format!("bench-{enc}-%Y"));
             }
             let run_dir = dir.path().join(format!("run{n}"));
-            let (rate, accepted) = run(entry, &run_dir, *records_n);
+            let (rate, accepted, cpu_us) = run(entry, &run_dir, *records_n);
             if accepted < f64::from(*records_n) {
                 row.push_str(&format!(" {:.1}k/s ({accepted} of {records_n} accepted) |", rate / 1e3));
             } else {
-                row.push_str(&format!(" {:.1}k/s |", rate / 1e3));
+                row.push_str(&format!(" {:.1}k/s, {cpu_us:.1} µs CPU |", rate / 1e3));
             }
             let _ = std::fs::remove_dir_all(&run_dir);
         }
