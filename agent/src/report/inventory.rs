@@ -900,6 +900,51 @@ spec:
         assert_eq!(flags, [("Pod.v1(n/p)", false, true), ("Pod.v1(n/q)", true, false), ("Pod.v1(n/r)", false, false)]);
     }
 
+    /// `flowaudit report inventory` through [`crate::report::run`]: snapshots from an archive,
+    /// and what is refused.
+    #[test]
+    fn run_writes_the_inventory() {
+        use crate::report::{Request, run};
+        let archive = tempfile::tempdir().unwrap();
+        let snapshots = archive.path().join(replay::SNAPSHOTS_DIR);
+        std::fs::create_dir(&snapshots).unwrap();
+        let name = "20261119T000000Z.json";
+        std::fs::copy(testdata("inventory/snapshots").join(name), snapshots.join(name)).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let req = Request {
+            kind: Some(Kind::Inventory),
+            from: "2026-11-20T00:00:00Z".into(),
+            to: "2026-11-21T00:00:00Z".into(),
+            out: out.path().to_owned(),
+            archive: Some(archive.path().to_owned()),
+            audit_logs: vec![testdata("inventory/audit/audit.log"), testdata("inventory/audit/kube-apiserver.log")],
+            ..Default::default()
+        };
+        let names: Vec<String> =
+            run(&req).unwrap().iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["summary.csv", "endpoints.csv", "namespaces.csv", "services.csv"]);
+        assert_eq!(
+            std::fs::read(out.path().join("endpoints.csv")).unwrap(),
+            std::fs::read(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/golden/inventory/endpoints.csv")
+            )
+            .unwrap()
+        );
+        let refused = |change: &dyn Fn(&mut Request)| {
+            let mut r = req.clone();
+            change(&mut r);
+            run(&r).unwrap_err()
+        };
+        let none = refused(&|r| r.archive = None);
+        assert_eq!(
+            none.to_string(),
+            "--snapshot-dir: the inventory report needs --snapshot-dir, --archive or --cluster DIR"
+        );
+        assert_eq!(refused(&|r| r.from = "2026-11-18T00:00:00Z".into()).exit_code(), 2);
+        assert_eq!(refused(&|r| r.kind = Some(Kind::PolicyAudit)).exit_code(), 2);
+        assert_eq!(refused(&|r| r.cluster = Some("kube".into())).exit_code(), 1);
+    }
+
     #[test]
     fn report_data_and_html() {
         let inv = build(&timeline(), None).unwrap();
