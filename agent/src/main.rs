@@ -61,8 +61,19 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
     },
-    /// Write a compliance report (policy-audit, cis-benchmark) for an interval.
+    /// Write a compliance report (inventory, policy-audit, cis-benchmark) for an interval.
     Report(ReportArgs),
+    /// Write one snapshot of the cluster state to an archive (`<archive>/snapshots/<time>.json`),
+    /// the state the inventory report replays audit events from. One-shot: the reporter's daily
+    /// snapshot is not here yet.
+    Snapshot {
+        /// Cluster state: a directory of manifests, or `kube` (the Kubernetes API).
+        #[arg(long, value_name = "DIR|kube")]
+        cluster: String,
+        /// The archive directory (the snapshot goes to its `snapshots/`).
+        #[arg(long, value_name = "DIR")]
+        archive: PathBuf,
+    },
     /// Remove the programs, links and maps that `run --pin` left pinned.
     Detach {
         /// bpffs directory of the pins.
@@ -75,7 +86,7 @@ enum Command {
 enum ReportKind {
     /// Endpoints' protection and exposure, with observed traffic (not implemented yet).
     NetworkAccess,
-    /// Endpoints, namespaces, services in scope (not implemented yet).
+    /// Endpoints, namespaces, services in scope and their protection, from a snapshot replayed through audit logs.
     Inventory,
     /// Network policy creates, updates and deletes, from audit logs.
     PolicyAudit,
@@ -118,6 +129,12 @@ struct ReportArgs {
     /// Read from ClickHouse (not implemented yet).
     #[arg(long, value_name = "clickhouse://HOST:PORT/DB")]
     store: Option<String>,
+    /// Inventory: a directory of snapshots (`flowaudit snapshot`); the newest at or before --from is the start.
+    #[arg(long, value_name = "DIR", conflicts_with = "archive")]
+    snapshot_dir: Option<PathBuf>,
+    /// Inventory: an archive whose `snapshots/` directory is read.
+    #[arg(long, value_name = "DIR")]
+    archive: Option<PathBuf>,
 }
 
 /// `flowaudit report`: the files written on stdout; exit 2 on bad input.
@@ -140,12 +157,42 @@ fn report(args: ReportArgs) -> ExitCode {
         kube_bench: args.kube_bench,
         global_report: args.global_report,
         store: args.store,
+        snapshot_dir: args.snapshot_dir,
+        archive: args.archive,
     };
     match report::run(&request) {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `flowaudit snapshot`: the file written on stdout; exit 2 on bad input.
+fn snapshot(cluster: &str, archive: &std::path::Path) -> ExitCode {
+    use flowaudit::report::replay;
+    let written = if cluster == "kube" {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(replay::snapshot_kube(archive)),
+            Err(e) => {
+                eprintln!("error: starting the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        replay::snapshot_manifests(std::path::Path::new(cluster), archive, jiff::Timestamp::now())
+    };
+    match written {
+        Ok(path) => {
+            println!("{}", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -361,6 +408,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Report(args) => report(args),
+        Command::Snapshot { cluster, archive } => snapshot(&cluster, &archive),
         Command::Verify { dir, hmac_key_file, format } => verify(&dir, hmac_key_file.as_deref(), &format),
         Command::Explain { cluster, src, dst, proto, port, output } => {
             explain(&cluster, &src, &dst, &proto, port, &output)

@@ -556,9 +556,9 @@ pub fn namespaces_without_policy(state: &ClusterState, dir: &Path) -> Result<Opt
 }
 
 /// A namespace as Calico's namespace selectors see it: its labels plus `projectcalico.org/name`.
-struct CalicoNamespace<'a> {
-    name: &'a str,
-    labels: &'a crate::cluster::Labels,
+pub(super) struct CalicoNamespace<'a> {
+    pub(super) name: &'a str,
+    pub(super) labels: &'a crate::cluster::Labels,
 }
 
 impl selector::Labels for CalicoNamespace<'_> {
@@ -571,7 +571,7 @@ impl selector::Labels for CalicoNamespace<'_> {
 }
 
 /// Whether `labels` satisfy a Kubernetes label selector (an empty one matches everything).
-fn label_selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
+pub(super) fn label_selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
     let exprs_ok = selector.match_expressions.iter().flatten().all(|expr| {
         let value = labels.get(&expr.key);
         let values = expr.values.as_deref().unwrap_or_default();

@@ -12,12 +12,17 @@
 //! outside its output directory, or work around bad input: it stops and names the file, the
 //! field and the reason.
 //!
-//! Not yet here (the rest of issue 5): network-access and inventory (they need the cluster state
-//! replayed through the audit events from a snapshot), `--cluster kube`, `--flow-log-dir`,
-//! `--store clickhouse://`, and `flowaudit reporter` (schedules).
+//! The inventory report ([`inventory`]) reads the cluster state at the start of the interval
+//! from a snapshot (or a manifests directory) replayed through the audit events ([`replay`]).
+//!
+//! Not yet here (the rest of issue 5): network-access, `--cluster kube` for reports,
+//! `--flow-log-dir`, `--store clickhouse://`, and `flowaudit reporter` (schedules, and the daily
+//! snapshot it will write with [`replay::Snapshot::write`]).
 
 pub mod cis;
+pub mod inventory;
 pub mod policy_audit;
+pub mod replay;
 pub mod resource;
 #[cfg(test)]
 mod tests;
@@ -567,13 +572,17 @@ pub struct Request {
     pub global_report: Option<String>,
     /// `--store`.
     pub store: Option<String>,
+    /// `--snapshot-dir`: a directory of snapshots (inventory).
+    pub snapshot_dir: Option<PathBuf>,
+    /// `--archive`: an archive whose `snapshots/` are read (inventory).
+    pub archive: Option<PathBuf>,
 }
 
 /// Runs `flowaudit report`: reads the inputs, computes the report, writes its files (the paths
 /// written are returned). Warnings go to stderr.
 pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
     let kind = req.kind.ok_or(ReportError::Flag { flag: "report", reason: "no report kind".into() })?;
-    if matches!(kind, Kind::NetworkAccess | Kind::Inventory) {
+    if kind == Kind::NetworkAccess {
         return Err(ReportError::NotImplemented(format!("the {} report", kind.as_str())));
     }
     if let Some(store) = &req.store {
@@ -585,9 +594,16 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
     let range = TimeRange::parse(&req.from, &req.to)?;
     let formats = parse_formats(if req.format.is_empty() { "csv" } else { &req.format })?;
     let report = req.global_report.as_deref().map(|arg| NamedReport::load(arg, kind)).transpose()?;
+    if kind != Kind::Inventory && (req.snapshot_dir.is_some() || req.archive.is_some()) {
+        return Err(ReportError::Flag {
+            flag: "--snapshot-dir",
+            reason: format!("snapshots are read by the inventory report, not {}", kind.as_str()),
+        });
+    }
     let cluster = match req.cluster.as_deref() {
         None => None,
         Some("kube") => return Err(ReportError::NotImplemented("--cluster kube for reports".into())),
+        Some(_) if kind == Kind::Inventory => None,
         Some(dir) => Some(crate::cluster::manifests::load_dir(Path::new(dir)).map_err(ReportError::Manifests)?.state),
     };
     let generated = Timestamp::now();
@@ -642,6 +658,37 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
             }
             write(&audit, &req.out, &formats, generated)
         }
-        Kind::NetworkAccess | Kind::Inventory => unreachable!("refused above"),
+        Kind::Inventory => {
+            if !req.kube_bench.is_empty() {
+                return Err(ReportError::Flag {
+                    flag: "--kube-bench",
+                    reason: "is not read by the inventory report".into(),
+                });
+            }
+            let snapshots =
+                req.snapshot_dir.clone().or_else(|| req.archive.as_ref().map(|a| a.join(replay::SNAPSHOTS_DIR)));
+            let start = match (snapshots, req.cluster.as_deref()) {
+                (Some(dir), cluster) => {
+                    if cluster.is_some() {
+                        eprintln!("warning: --cluster is not read: the state at the start comes from the snapshots");
+                    }
+                    replay::Start::Snapshots(dir)
+                }
+                (None, Some(dir)) => replay::Start::Manifests(PathBuf::from(dir)),
+                (None, None) => {
+                    return Err(ReportError::Flag {
+                        flag: "--snapshot-dir",
+                        reason: "the inventory report needs --snapshot-dir, --archive or --cluster DIR".into(),
+                    });
+                }
+            };
+            let timeline = replay::load(&start, &req.audit_logs, range)?;
+            let inventory = inventory::build(&timeline, report)?;
+            for w in &inventory.warnings {
+                eprintln!("warning: {w}");
+            }
+            write(&inventory, &req.out, &formats, generated)
+        }
+        Kind::NetworkAccess => unreachable!("refused above"),
     }
 }

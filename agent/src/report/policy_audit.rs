@@ -125,6 +125,14 @@ type Key = (String, String, String, String);
 
 /// Whether the event is a completed, successful change of a policy.
 pub fn is_policy_change(event: &AuditEvent) -> bool {
+    is_completed_change(event, |group, resource| {
+        POLICY_RESOURCES.iter().any(|(groups, res)| *res == resource && groups.contains(&group))
+    })
+}
+
+/// Whether the event is a completed, successful create, update, patch or delete of a named
+/// object (no subresource) whose API group and resource `wanted` accepts.
+pub fn is_completed_change(event: &AuditEvent, wanted: impl Fn(&str, &str) -> bool) -> bool {
     if event.stage != "ResponseComplete" || verb_class(&event.verb).is_none() {
         return false;
     }
@@ -134,7 +142,7 @@ pub fn is_policy_change(event: &AuditEvent) -> bool {
     }
     let group = r.api_group.as_deref().unwrap_or("");
     let Some(resource) = r.resource.as_deref() else { return false };
-    if !POLICY_RESOURCES.iter().any(|(groups, res)| *res == resource && groups.contains(&group)) {
+    if !wanted(group, resource) {
         return false;
     }
     event.response_status.as_ref().and_then(|s| s.code).is_none_or(|c| (200..300).contains(&c))
@@ -183,10 +191,15 @@ struct Read {
     at: Timestamp,
 }
 
-/// Reads the policy change events of `paths` (files, or directories whose `audit.log*` files are
-/// read). A line that is not an audit Event is an error, except a last line without a newline
-/// (a line being written), which is skipped with a warning.
-fn read_logs(paths: &[PathBuf], warnings: &mut Vec<String>) -> Result<Vec<Read>, ReportError> {
+/// Reads the events of `paths` (files, or directories whose `audit.log*` files are read) that
+/// `keep` accepts ([`is_policy_change`] for this report). A line that is not an audit Event is an
+/// error, except a last line without a newline (a line being written), which is skipped with a
+/// warning.
+fn read_logs(
+    paths: &[PathBuf],
+    keep: fn(&AuditEvent) -> bool,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Read>, ReportError> {
     let mut files = Vec::new();
     for path in paths {
         let meta = std::fs::metadata(path).map_err(|e| ReportError::input(path, "-", e))?;
@@ -243,7 +256,7 @@ fn read_logs(paths: &[PathBuf], warnings: &mut Vec<String>) -> Result<Vec<Read>,
                 }
                 Err(reason) => return Err(ReportError::input(file, format!("line {n}"), reason)),
             };
-            if !is_policy_change(&event) {
+            if !keep(&event) {
                 continue;
             }
             let at = super::parse_time(&event.stage_timestamp)
@@ -352,6 +365,19 @@ fn dedup(mut events: Vec<Read>) -> (Vec<Read>, u64) {
     (out, dropped)
 }
 
+/// The changes of `paths` that `keep` accepts, read as this report reads them and with the
+/// second copies of changes removed (see the module's doc), in time order with their times; and
+/// how many copies were dropped. The inventory's replay ([`super::replay`]) reads its events
+/// through this.
+pub fn read_changes(
+    paths: &[PathBuf],
+    keep: fn(&AuditEvent) -> bool,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<(Timestamp, AuditEvent)>, u64), ReportError> {
+    let (kept, dropped) = dedup(read_logs(paths, keep, warnings)?);
+    Ok((kept.into_iter().map(|r| (r.at, r.event)).collect(), dropped))
+}
+
 /// Reads the logs and computes the report.
 pub fn build(range: TimeRange, logs: &[PathBuf], report: Option<NamedReport>) -> Result<PolicyAudit, ReportError> {
     if let Some(r) = &report
@@ -364,9 +390,8 @@ pub fn build(range: TimeRange, logs: &[PathBuf], report: Option<NamedReport>) ->
         )));
     }
     let mut warnings = Vec::new();
-    let read = read_logs(logs, &mut warnings)?;
-    let (kept, duplicates) = dedup(read);
-    let events: Vec<AuditEvent> = kept.into_iter().filter(|r| range.contains(r.at)).map(|r| r.event).collect();
+    let (kept, duplicates) = read_changes(logs, is_policy_change, &mut warnings)?;
+    let events: Vec<AuditEvent> = kept.into_iter().filter(|(at, _)| range.contains(*at)).map(|(_, e)| e).collect();
     let count = |c: VerbClass| events.iter().filter(|e| verb_class(&e.verb) == Some(c)).count() as u64;
     Ok(PolicyAudit {
         range,

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::cluster::{ClusterState, manifests};
 
-fn testdata(rel: &str) -> PathBuf {
+pub(super) fn testdata(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/report/testdata").join(rel)
 }
 
@@ -40,7 +40,7 @@ fn nodes() -> Vec<PathBuf> {
     ["master-1", "worker-1", "worker-2"].iter().map(|n| testdata(&format!("kube-bench/{n}.json"))).collect()
 }
 
-fn global_report(name: &str, kind: Kind) -> NamedReport {
+pub(super) fn global_report(name: &str, kind: Kind) -> NamedReport {
     NamedReport::load(&format!("{}:{name}", testdata("global-reports.yaml").display()), kind).unwrap()
 }
 
@@ -66,7 +66,7 @@ fn policy_audit_report() -> policy_audit::PolicyAudit {
 }
 
 /// Compares `files` with `golden/<case>/`, or rewrites them under `FLOWAUDIT_BLESS=1`.
-fn golden(case: &str, files: Vec<(String, Vec<u8>)>) {
+pub(super) fn golden(case: &str, files: Vec<(String, Vec<u8>)>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/report/golden").join(case);
     let bless = std::env::var_os("FLOWAUDIT_BLESS").is_some_and(|v| v == "1");
     let mut differ = Vec::new();
@@ -550,7 +550,11 @@ fn run_writes_the_files_and_refuses_what_is_not_there_yet() {
         change(&mut r);
         run(&r).unwrap_err()
     };
-    assert_eq!(refused(&|r| r.kind = Some(Kind::Inventory)).exit_code(), 1);
+    assert_eq!(refused(&|r| r.kind = Some(Kind::NetworkAccess)).exit_code(), 1);
+    assert_eq!(
+        refused(&|r| r.kind = Some(Kind::Inventory)).to_string(),
+        "--kube-bench: is not read by the inventory report"
+    );
     assert_eq!(refused(&|r| r.store = Some("clickhouse://h:8123/db".into())).exit_code(), 1);
     assert_eq!(refused(&|r| r.cluster = Some("kube".into())).exit_code(), 1);
     assert_eq!(refused(&|r| r.kube_bench.clear()).to_string(), "--kube-bench: is needed by the cis-benchmark report");
