@@ -6,11 +6,7 @@
 //! value, or touch the system (no file is created here). Flags win over the file; every flag is a
 //! key of the file under the flag's name in snake_case. The reference is `docs/config.md`.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -217,10 +213,42 @@ impl Settings {
         cgroup_default: impl FnOnce() -> Option<PathBuf>,
         hostname: impl FnOnce() -> Option<String>,
     ) -> Result<Settings, ConfigError> {
-        let (file, file_name) = match &flags.config {
-            Some(path) => (read_file(path)?, path.display().to_string()),
-            None => (FileConfig::default(), String::new()),
-        };
+        match &flags.config {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
+                Self::resolve_text(flags, &name, &text, cgroup_default, hostname)
+            }
+            None => Self::merge(flags, FileConfig::default(), String::new(), cgroup_default, hostname),
+        }
+    }
+
+    /// [`Settings::resolve`] with the `--config` file's text given instead of read from
+    /// `flags.config` (which is ignored): `name` is the file's name in errors. This is what
+    /// `resolve` does once it has read the file, and the entry point of the `config` fuzz target.
+    ///
+    /// Besides parsing, it looks at the paths the text names (`cluster` must be a directory,
+    /// `evidence.hmac_key_file` is read), as `flowaudit check` does.
+    pub fn resolve_text(
+        flags: &RunFlags,
+        name: &str,
+        text: &str,
+        cgroup_default: impl FnOnce() -> Option<PathBuf>,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let file = parse_file_text(name, text)?;
+        Self::merge(flags, file, name.to_owned(), cgroup_default, hostname)
+    }
+
+    /// Merges `flags` over the parsed file named `file_name` over the defaults.
+    fn merge(
+        flags: &RunFlags,
+        file: FileConfig,
+        file_name: String,
+        cgroup_default: impl FnOnce() -> Option<PathBuf>,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         // Picks the flag, else the file's key; remembers which source the value came from.
         fn pick<'a, T: Clone>(flag: &Option<T>, file: &Option<T>, file_name: &'a str) -> Option<(T, &'a str)> {
             flag.clone().map(|v| (v, CLI)).or_else(|| file.clone().map(|v| (v, file_name)))
@@ -383,16 +411,15 @@ impl Settings {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
+/// The YAML text of the file `name` (empty or blank: every key at its default).
+fn parse_file_text(name: &str, text: &str) -> Result<FileConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_yaml_ng::from_str(&text).map_err(|e| {
+    serde_yaml_ng::from_str(text).map_err(|e| {
         // serde names the offending key in its message ("unknown field `x`", "invalid type").
         let field = e.to_string().split('`').nth(1).map(str::to_owned).unwrap_or_else(|| "-".to_owned());
-        ConfigError::new(&name, &field, e.to_string())
+        ConfigError::new(name, &field, e.to_string())
     })
 }
 
@@ -469,6 +496,32 @@ mod tests {
         let path = dir.path().join("flowaudit.yaml");
         std::fs::write(&path, text).unwrap();
         (dir, path)
+    }
+
+    fn resolve_text(text: &str) -> Result<Settings, ConfigError> {
+        Settings::resolve_text(
+            &RunFlags::default(),
+            "x.yaml",
+            text,
+            || Some("/sys/fs/cgroup".into()),
+            || Some("node-a".into()),
+        )
+    }
+
+    /// `resolve_text` (the `config` fuzz target's entry point) is what `resolve` runs on the
+    /// file's text: the same settings, and errors that name the file.
+    #[test]
+    fn resolve_text_is_resolve_on_the_files_text() {
+        let text = "flush_interval: 5s\nnode: n1\nring_buffer_size: 64KiB\n";
+        let (_dir, path) = write_config(text);
+        let file = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap();
+        let given = resolve_text(text).unwrap();
+        assert_eq!(
+            (file.flush_interval, file.node, file.ring_buffer_size),
+            (given.flush_interval, given.node, given.ring_buffer_size)
+        );
+        let err = resolve_text("bogus: 1\n").unwrap_err();
+        assert_eq!((err.source_name.as_str(), err.field.as_str()), ("x.yaml", "bogus"));
     }
 
     #[test]
@@ -597,7 +650,7 @@ mod tests {
 
     /// A document of `deploy/base/` (the kustomize base), parsed.
     fn deploy_manifest(file: &str) -> serde_yaml_ng::Value {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base").join(file);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base").join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench | kube-apiserver | crdgen`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz | kube-apiserver | crdgen`.
 //!
 //! Every task installs what it needs first, idempotently (`setup`): Debian packages, the nightly
 //! toolchain's `rust-src`, and bpf-linker built against Debian's LLVM 22. Root-only steps (apt,
@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod kube_apiserver;
 mod setup;
 
@@ -43,6 +44,16 @@ enum Task {
     DemoRun,
     /// Per-packet cost of each program and iperf3 throughput with and without the agent.
     Bench,
+    /// Fuzz the parsers of what the agent reads from outside (cargo-fuzz, nightly): each target
+    /// for N seconds; fails on a crash and names the reproducer. Not part of `test`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// One target (default: all).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        target: Option<String>,
+    },
     /// Ensure kube-apiserver and kubectl v1.20.2 are cached outside the repository for the
     /// cluster tests (built from Debian's source package on first use: about 15 minutes).
     KubeApiserver,
@@ -173,6 +184,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo::supervise(),
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
+        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::KubeApiserver => kube_apiserver::run(),
         Task::Crdgen => crdgen(),
     }

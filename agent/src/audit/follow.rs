@@ -2,7 +2,7 @@
 //! `audit.k8s.io/v1` Events, read like `tail -F`.
 //!
 //! Takes: the file's path and the state directory. Gives: the policy-related events (see
-//! [`Follower::keep`]) with the annotation `flowaudit.io/source: kube-audit-log`, their user kept.
+//! [`LineFilter::keep`]) with the annotation `flowaudit.io/source: kube-audit-log`, their user kept.
 //! Rotation is followed by inode and size: a renamed file (the API server's own rotation) is read
 //! to its end before the new file is read from its start; a truncated file (copytruncate) is read
 //! again from its start; a file that does not exist yet is waited for. The position (inode and
@@ -67,10 +67,16 @@ pub struct Follower {
     reader: Option<Reader>,
     /// The last position stored.
     committed: Option<Position>,
-    /// The labels of pods and namespaces as the log's events showed them, to tell a label change
-    /// from another update.
-    labels: HashMap<(String, String, String), Value>,
+    filter: LineFilter,
     metrics: AuditMetrics,
+}
+
+/// The pure part of the follower: one line of the log in, the event kept (if any) out. It holds
+/// the labels of pods and namespaces as the log's events showed them, to tell a label change from
+/// another update. Touches no file: the `audit_line` fuzz target drives it directly.
+#[derive(Debug, Default)]
+pub struct LineFilter {
+    labels: HashMap<(String, String, String), Value>,
 }
 
 impl Follower {
@@ -84,7 +90,7 @@ impl Follower {
             position_file,
             reader: None,
             committed: stored.clone(),
-            labels: HashMap::new(),
+            filter: LineFilter::default(),
             metrics,
         };
         let current = fs::metadata(&config.path).ok();
@@ -272,18 +278,58 @@ impl Follower {
 
     /// Handles one complete line.
     fn line(&mut self, file: &Path, line: u64, text: &[u8], events: &mut Vec<AuditEvent>) {
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text.iter().all(u8::is_ascii_whitespace) {
-            return;
-        }
-        match parse_line(text) {
-            Ok(event) => {
-                if let Some(event) = self.keep(event) {
-                    events.push(event);
-                }
-            }
+        match self.filter.line(text) {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => {}
             Err(error) => self.reject(file, line, "malformed", &error),
         }
+    }
+    /// Stores the position after the lines returned so far (atomically), if it moved.
+    pub fn commit(&mut self) -> Result<(), AuditError> {
+        let Some(reader) = &self.reader else { return Ok(()) };
+        // While a rotated file is read, the position names its inode under the followed path:
+        // a restart finds it again by inode in the same directory.
+        let now = Position::new(&self.path, reader.inode, reader.offset);
+        if self.committed.as_ref() != Some(&now) {
+            now.save(&self.position_file)?;
+            self.committed = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Polls every `poll` and sends the events to `tx`, committing the position after each
+    /// batch is handed on, until `shutdown` is true or `tx` is closed (a last poll is made).
+    pub async fn run(mut self, tx: mpsc::Sender<AuditEvent>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let stop = *shutdown.borrow();
+            for event in self.poll() {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            if let Err(error) = self.commit() {
+                tracing::error!(message = "Storing the kube-apiserver audit log position failed.", %error);
+            }
+            if stop {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+impl LineFilter {
+    /// One complete line (without its newline; a trailing `\r` is ignored): `Ok(None)` for a
+    /// blank line or an event not kept, the error text for a line that is not an audit event.
+    pub fn line(&mut self, text: &[u8]) -> Result<Option<AuditEvent>, String> {
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        parse_line(text).map(|event| self.keep(event))
     }
 
     /// The event, annotated, if it is a completed, successful create, update, patch or delete of
@@ -341,42 +387,6 @@ impl Follower {
         }
         event.annotations.insert(SOURCE_ANNOTATION.to_owned(), Source::KubeAuditLog.as_str().to_owned());
         Some(event)
-    }
-
-    /// Stores the position after the lines returned so far (atomically), if it moved.
-    pub fn commit(&mut self) -> Result<(), AuditError> {
-        let Some(reader) = &self.reader else { return Ok(()) };
-        // While a rotated file is read, the position names its inode under the followed path:
-        // a restart finds it again by inode in the same directory.
-        let now = Position::new(&self.path, reader.inode, reader.offset);
-        if self.committed.as_ref() != Some(&now) {
-            now.save(&self.position_file)?;
-            self.committed = Some(now);
-        }
-        Ok(())
-    }
-
-    /// Polls every `poll` and sends the events to `tx`, committing the position after each
-    /// batch is handed on, until `shutdown` is true or `tx` is closed (a last poll is made).
-    pub async fn run(mut self, tx: mpsc::Sender<AuditEvent>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let stop = *shutdown.borrow();
-            for event in self.poll() {
-                if tx.send(event).await.is_err() {
-                    return;
-                }
-            }
-            if let Err(error) = self.commit() {
-                tracing::error!(message = "Storing the kube-apiserver audit log position failed.", %error);
-            }
-            if stop {
-                return;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(poll) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
     }
 }
 
@@ -544,6 +554,23 @@ mod tests {
         fx.append(&np("create", "a"));
         assert_eq!(poll(&mut f), ["create a"]);
         assert_eq!(fx.rejected("malformed"), 2);
+    }
+
+    /// The line filter alone (the `audit_line` fuzz target's entry point): blank lines and
+    /// `\r` endings are ignored, other kinds are errors, labels are remembered across lines.
+    #[test]
+    fn the_line_filter_keeps_the_same_events_without_a_file() {
+        let mut filter = LineFilter::default();
+        assert!(matches!(filter.line(b" \r"), Ok(None)));
+        assert!(filter.line(br#"{"kind":"Pod","apiVersion":"v1"}"#).is_err());
+        let create = np("create", "a");
+        let event = filter.line(create.trim_end().as_bytes()).unwrap().unwrap();
+        assert_eq!(event.source(), Some("kube-audit-log"));
+        let labels = json!({"responseObject": {"metadata": {"labels": {"app": "web"}}}});
+        let pod = line("update", "pods", "web", labels);
+        let pod = pod.replace("networking.k8s.io", "");
+        assert!(filter.line(format!("{}\r", pod.trim_end()).as_bytes()).unwrap().is_some());
+        assert!(filter.line(pod.trim_end().as_bytes()).unwrap().is_none(), "the same labels again");
     }
 
     /// Rotation by rename: the rest of the old file, then the new file from its start.

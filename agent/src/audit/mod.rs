@@ -24,7 +24,7 @@ use serde_json::Value;
 
 pub use self::{
     diff::{Auditor, diff},
-    follow::{Follower, FollowerConfig},
+    follow::{Follower, FollowerConfig, LineFilter},
 };
 pub use crate::cluster::{ObjectKey, Objects};
 

@@ -163,17 +163,34 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 pub fn load_dir(dir: &Path) -> Result<Loaded, Vec<ManifestError>> {
     let before = fingerprint(dir);
     let files = files(dir).map_err(|e| vec![e])?;
-    let mut builder = Builder::default();
-    for file in &files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => builder.file(file, &text),
-            Err(e) => builder.error(file, 0, "-", format!("cannot read: {e}")),
-        }
-    }
-    builder.finish().map(|mut loaded| {
+    load_files(files.into_iter().map(|file| {
+        let text = std::fs::read_to_string(&file);
+        (file, text)
+    }))
+    .map(|mut loaded| {
         loaded.fingerprint = before;
         loaded
     })
+}
+
+/// Reads one manifest file given as its name and text, by the rules of [`load_dir`] (a
+/// directory holding only this file). The entry point of the `manifests` fuzz target.
+pub fn load_text(file: &Path, text: &str) -> Result<Loaded, Vec<ManifestError>> {
+    load_files([(file.to_owned(), Ok(text.to_owned()))])
+}
+
+/// Builds a state from files and their texts (or the error reading them), in order.
+fn load_files(
+    files: impl IntoIterator<Item = (PathBuf, std::io::Result<String>)>,
+) -> Result<Loaded, Vec<ManifestError>> {
+    let mut builder = Builder::default();
+    for (file, text) in files {
+        match text {
+            Ok(text) => builder.file(&file, &text),
+            Err(e) => builder.error(&file, 0, "-", format!("cannot read: {e}")),
+        }
+    }
+    builder.finish()
 }
 
 /// What [`build_partial`] made of its documents.

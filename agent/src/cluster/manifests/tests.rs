@@ -935,3 +935,15 @@ fn partial_builds_leave_out_documents_with_problems_only() {
     assert!(names.contains(&"b") && names.contains(&"c"), "{names:?}");
     assert!(built.skipped.is_empty());
 }
+
+/// `load_text` (the `manifests` fuzz target's entry point) reads one file as `load_dir` reads a
+/// directory holding only that file, problems included.
+#[test]
+fn load_text_reads_one_file_like_load_dir() {
+    let dir = dir_with(&[("good.yaml", GOOD)]);
+    let from_dir = load_dir(dir.path()).unwrap();
+    let from_text = load_text(Path::new("good.yaml"), GOOD).unwrap();
+    assert_eq!(from_dir.state.counts(), from_text.state.counts());
+    let err = load_text(Path::new("x.yaml"), "kind: Pod\n").unwrap_err();
+    assert_eq!(problems(&err), expect(&[("x.yaml", 1, "apiVersion")]));
+}
