@@ -126,6 +126,9 @@ pub struct KeyError {
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 16;
 
+/// Longest key file read.
+const MAX_KEY_FILE: u64 = 4096;
+
 impl HmacKey {
     /// The key in `bytes` (a trailing newline is not part of it).
     pub fn new(bytes: &[u8]) -> Result<Self, String> {
@@ -139,8 +142,16 @@ impl HmacKey {
 
     /// Reads the key from `path`; the error says which file and why.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
+        use std::io::Read as _;
         let error = |reason: String| KeyError { path: path.to_owned(), reason };
-        let bytes = fs::read(path).map_err(|e| error(format!("cannot read the key: {e}")))?;
+        // Bounded: a config naming /dev/zero (or a huge file) must not exhaust memory.
+        let mut bytes = Vec::new();
+        fs::File::open(path)
+            .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes))
+            .map_err(|e| error(format!("cannot read the key: {e}")))?;
+        if bytes.len() as u64 > MAX_KEY_FILE {
+            return Err(error(format!("longer than {MAX_KEY_FILE} bytes: not a key file")));
+        }
         Self::new(&bytes).map_err(error)
     }
 
@@ -321,6 +332,16 @@ mod tests {
         assert!(!other.check(b"msg", &sig));
         assert!(HmacKey::new(b"short\n").is_err());
         assert_eq!(format!("{key:?}"), "HmacKey(..)");
+    }
+
+    #[test]
+    fn a_key_file_is_read_bounded() {
+        let err = HmacKey::from_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("longer than 4096 bytes"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        assert!(HmacKey::from_file(&path).is_ok());
     }
 
     #[test]
