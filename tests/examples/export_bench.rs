@@ -128,7 +128,12 @@ fn main() {
     println!("| exporter | {} |", encodings.join(" | "));
     println!("|---|{}", "---:|".repeat(encodings.len()));
     let mut n = 0;
+    // `FLOWAUDIT_BENCH_ONLY=otlp` (a type) measures one exporter, e.g. under a profiler.
+    let only = std::env::var("FLOWAUDIT_BENCH_ONLY").ok();
     for (label, base, records_n) in &sinks {
+        if only.as_deref().is_some_and(|t| base["type"] != t) {
+            continue;
+        }
         let mut row = format!("| {label} |");
         for enc in encodings {
             if enc == "cef" && base["type"] == "elasticsearch" {

@@ -186,59 +186,82 @@ fn hec_body(index: &Option<String>, sourcetype: &str, host: &str, items: &[Item]
     body
 }
 
-/// OTLP attribute values of a JSON object's fields, flattened with dots.
-fn attributes(prefix: &str, v: &Value, out: &mut Vec<Value>) {
+/// Writes `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Writes the OTLP attributes of a JSON value's fields, flattened with dots, each preceded by a
+/// comma. Written straight into the request body: no intermediate JSON tree per record.
+fn attributes(prefix: &mut String, v: &Value, out: &mut Vec<u8>) {
+    let mut attr = |out: &mut Vec<u8>, kind: &str, write: &dyn Fn(&mut Vec<u8>)| {
+        out.extend_from_slice(b",{\"key\":");
+        json_str(out, prefix);
+        out.extend_from_slice(b",\"value\":{\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\":");
+        write(out);
+        out.extend_from_slice(b"}}");
+    };
     match v {
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                attributes(&key, v, out);
+                let len = prefix.len();
+                if !prefix.is_empty() {
+                    prefix.push('.');
+                }
+                prefix.push_str(k);
+                attributes(prefix, v, out);
+                prefix.truncate(len);
             }
         }
         Value::Null => {}
-        Value::Bool(b) => out.push(json!({"key": prefix, "value": {"boolValue": b}})),
-        Value::Number(n) if n.is_i64() || n.is_u64() => {
-            out.push(json!({"key": prefix, "value": {"intValue": n.to_string()}}))
-        }
-        Value::Number(n) => out.push(json!({"key": prefix, "value": {"doubleValue": n.as_f64()}})),
-        Value::String(s) => out.push(json!({"key": prefix, "value": {"stringValue": s}})),
-        Value::Array(_) => out.push(json!({"key": prefix, "value": {"stringValue": v.to_string()}})),
+        Value::Bool(b) => attr(out, "boolValue", &|o| o.extend_from_slice(if *b { b"true" } else { b"false" })),
+        Value::Number(n) if n.is_i64() || n.is_u64() => attr(out, "intValue", &|o| json_str(o, &n.to_string())),
+        Value::Number(n) => attr(out, "doubleValue", &|o| o.extend_from_slice(n.to_string().as_bytes())),
+        Value::String(s) => attr(out, "stringValue", &|o| json_str(o, s)),
+        Value::Array(_) => attr(out, "stringValue", &|o| json_str(o, &v.to_string())),
     }
 }
 
+/// The OTLP/HTTP JSON request of a batch: one log record per item, the item as the body and its
+/// JSON fields (when it is JSON) as attributes.
 fn otlp_body(host: &str, log_type: LogType, items: &[Item]) -> Vec<u8> {
     let observed = jiff::Timestamp::now().as_nanosecond().to_string();
-    let records: Vec<Value> = items
-        .iter()
-        .map(|item| {
-            let body = String::from_utf8_lossy(&item.line).into_owned();
-            let mut attrs = vec![json!({"key": "log.type", "value": {"stringValue": log_type.name()}})];
-            let mut time = None;
-            if let Ok(v) = serde_json::from_slice::<Value>(&item.line) {
-                time = v.get("end_time").and_then(Value::as_u64).map(|s| (s as u128 * 1_000_000_000).to_string());
-                attributes("", &v, &mut attrs);
-            }
-            let mut r = json!({
-                "observedTimeUnixNano": observed,
-                "severityNumber": 9,
-                "severityText": "INFO",
-                "body": {"stringValue": body},
-                "attributes": attrs,
-            });
-            if let Some(t) = time {
-                r["timeUnixNano"] = json!(t);
-            }
-            r
-        })
-        .collect();
-    let doc = json!({"resourceLogs": [{
-        "resource": {"attributes": [
-            {"key": "service.name", "value": {"stringValue": "flowaudit"}},
-            {"key": "host.name", "value": {"stringValue": host}},
-        ]},
-        "scopeLogs": [{"scope": {"name": "flowaudit", "version": env!("CARGO_PKG_VERSION")}, "logRecords": records}],
-    }]});
-    serde_json::to_vec(&doc).unwrap_or_default()
+    let mut out = Vec::with_capacity(items.iter().map(|i| i.line.len() * 4 + 256).sum::<usize>() + 512);
+    out.extend_from_slice(b"{\"resourceLogs\":[{\"resource\":{\"attributes\":[");
+    out.extend_from_slice(b"{\"key\":\"service.name\",\"value\":{\"stringValue\":\"flowaudit\"}},");
+    out.extend_from_slice(b"{\"key\":\"host.name\",\"value\":{\"stringValue\":");
+    json_str(&mut out, host);
+    out.extend_from_slice(b"}}]},\"scopeLogs\":[{\"scope\":{\"name\":\"flowaudit\",\"version\":");
+    json_str(&mut out, env!("CARGO_PKG_VERSION"));
+    out.extend_from_slice(b"},\"logRecords\":[");
+    let mut prefix = String::new();
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let parsed = serde_json::from_slice::<Value>(&item.line).ok();
+        out.extend_from_slice(b"{\"observedTimeUnixNano\":");
+        json_str(&mut out, &observed);
+        if let Some(t) = parsed.as_ref().and_then(|v| v.get("end_time")).and_then(Value::as_u64) {
+            out.extend_from_slice(b",\"timeUnixNano\":");
+            json_str(&mut out, &(u128::from(t) * 1_000_000_000).to_string());
+        }
+        out.extend_from_slice(b",\"severityNumber\":9,\"severityText\":\"INFO\",\"body\":{\"stringValue\":");
+        json_str(&mut out, &String::from_utf8_lossy(&item.line));
+        out.extend_from_slice(b"},\"attributes\":[{\"key\":\"log.type\",\"value\":{\"stringValue\":\"");
+        out.extend_from_slice(log_type.name().as_bytes());
+        out.extend_from_slice(b"\"}}");
+        if let Some(v) = &parsed {
+            prefix.clear();
+            attributes(&mut prefix, v, &mut out);
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"]}]}]}");
+    out
 }
 
 #[cfg(test)]
