@@ -19,5 +19,6 @@ pub mod output;
 pub mod pipeline;
 pub mod privilege;
 pub mod report;
+pub mod reporter;
 pub mod rollup;
 pub mod telemetry;
