@@ -485,16 +485,16 @@ impl<C: Clock, R: Runner> Reporter<C, R> {
                 let _ = self.metrics.reports.with_label_values(&[entry.name.as_str(), result]);
             }
             let now = self.scheduler.clock().now();
-            let not_before = match entry.created {
-                Some(t) => t,
-                None => match self.archive.first_seen(&entry.name, now) {
-                    Ok(t) => t,
-                    Err(error) => {
-                        tracing::error!(message = "Cannot write the archive.", report = %entry.name, %error);
-                        continue;
-                    }
-                },
+            // The earliest time the report is known to have existed: its creation (API), or when
+            // the archive first saw it, whichever is earlier.
+            let first_seen = match self.archive.first_seen(&entry.name, now) {
+                Ok(t) => t,
+                Err(error) => {
+                    tracing::error!(message = "Cannot write the archive.", report = %entry.name, %error);
+                    continue;
+                }
             };
+            let not_before = entry.created.map_or(first_seen, |c| c.min(first_seen));
             let job =
                 Job { schedule: &schedule, suspended: entry.spec.suspend == Some(true), not_before: Some(not_before) };
             let status = &self.statuses[&entry.name];
@@ -603,7 +603,16 @@ impl StatusSink for KubeStatusSink {
             // The status has no field for it; the log and flowaudit_report_rejected say it.
             return;
         }
-        let patch = kube::api::Patch::Merge(serde_json::json!({ "status": status }));
+        // A merge patch leaves out what it does not name: an emptied list is sent as null.
+        let mut value = serde_json::to_value(status).expect("a status serializes");
+        if let Value::Object(fields) = &mut value {
+            for key in
+                ["lastSuccessfulReportJobs", "lastFailedReportJobs", "activeReportJobs", "lastScheduledReportJob"]
+            {
+                fields.entry(key).or_insert(Value::Null);
+            }
+        }
+        let patch = kube::api::Patch::Merge(serde_json::json!({ "status": value }));
         let result = self.handle.block_on(self.api.patch_status(&report.name, &Default::default(), &patch));
         if let Err(error) = result {
             tracing::error!(message = "Cannot patch the GlobalReport status.", report = %report.name, %error);
