@@ -14,7 +14,8 @@
 //!
 //! Not yet here (the rest of issue 5): network-access and inventory (they need the cluster state
 //! replayed through the audit events from a snapshot), `--cluster kube`, `--flow-log-dir`,
-//! `--store clickhouse://`, and `flowaudit reporter` (schedules).
+//! `--store clickhouse://`. Schedules: [`crate::reporter`] (`flowaudit reporter`) runs these
+//! reports in-process on GlobalReports' schedules.
 
 pub mod cis;
 pub mod policy_audit;

@@ -21,7 +21,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -414,6 +417,7 @@ pub struct Reporter<C: Clock, R: Runner> {
     statuses: BTreeMap<String, GlobalReportStatus>,
     rejected: BTreeMap<String, String>,
     unscheduled: BTreeSet<String>,
+    stop: Arc<AtomicBool>,
 }
 
 fn time(t: Timestamp) -> Time {
@@ -432,7 +436,13 @@ impl<C: Clock, R: Runner> Reporter<C, R> {
             statuses: BTreeMap::new(),
             rejected: BTreeMap::new(),
             unscheduled: BTreeSet::new(),
+            stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The flag that ends [`Reporter::step`] after the report running when it is set (SIGTERM).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// The status the reporter holds for `report`.
@@ -511,6 +521,9 @@ impl<C: Clock, R: Runner> Reporter<C, R> {
                     || self.archive.is_done(&entry.name, i)
             });
             for interval in due {
+                if self.stop.load(Ordering::SeqCst) {
+                    return outcomes;
+                }
                 outcomes.push(self.run_one(entry, kind, interval, sink));
             }
         }
@@ -679,12 +692,27 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
             kube_api = Some(api);
         }
     }
-    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    ready.store(true, Ordering::SeqCst);
 
+    // SIGINT or SIGTERM: the report running then is finished, the rest are left for the next start.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| ReporterError::Runtime(format!("SIGTERM handler: {e}")))?;
+    let stop = reporter.as_ref().expect("made above").stop_flag();
+    let (stopped_tx, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!(message = "Stopping after the running report.");
+        stop.store(true, Ordering::SeqCst);
+        let _ = stopped_tx.send(true);
+    });
     loop {
+        if *stopped.borrow() {
+            break;
+        }
         match (&opts.source, &store) {
             (Source::Dir(dir), _) => match read_dir(dir) {
                 Ok(e) => entries = e,
@@ -719,8 +747,7 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
             .map_or(MAX_SLEEP, |d| (d + Duration::from_millis(100)).min(MAX_SLEEP));
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = stopped.changed() => break,
         }
     }
     tracing::info!(message = "Reporter stopping.");

@@ -311,3 +311,15 @@ fn durations_are_parsed_with_the_flag_named() {
     assert!(e.to_string().starts_with("--delay: -: \"soon\""), "{e}");
     assert_eq!(e.exit_code(), 2);
 }
+
+#[test]
+fn a_stop_ends_the_step_before_the_next_report_and_the_rest_come_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T05:00:00Z"));
+    let entries = [entry("hourly", "cis-benchmark", "0 * * * *")];
+    let mut r = reporter(&clock, dir.path(), FakeRunner::default(), &Registry::new());
+    r.stop_flag().store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(r.step(&entries, &mut MemorySink::default()).is_empty());
+    let mut again = reporter(&clock, dir.path(), FakeRunner::default(), &Registry::new());
+    assert_eq!(again.step(&entries, &mut MemorySink::default()).len(), 4);
+}
