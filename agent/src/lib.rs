@@ -5,6 +5,8 @@
 //! Stages share only the types in [`model`]; `config`, `telemetry` and `privilege` sit beside them.
 //! Beside the flow path, [`audit`] turns cluster state versions (and the kube-apiserver's audit
 //! log) into policy change events, which the pipeline writes to `audit.log`.
+//! Off the flow path: [`report`] makes compliance reports from files (`flowaudit report`), and
+//! [`reporter`] runs them on GlobalReports' schedules (`flowaudit reporter`).
 
 pub mod aggregate;
 pub mod attribute;
@@ -19,5 +21,6 @@ pub mod output;
 pub mod pipeline;
 pub mod privilege;
 pub mod report;
+pub mod reporter;
 pub mod rollup;
 pub mod telemetry;

@@ -74,6 +74,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         archive: PathBuf,
     },
+    /// Make the GlobalReports' reports on their schedules until SIGINT/SIGTERM.
+    Reporter(ReporterArgs),
     /// Remove the programs, links and maps that `run --pin` left pinned.
     Detach {
         /// bpffs directory of the pins.
@@ -199,6 +201,76 @@ fn snapshot(cluster: &str, archive: &std::path::Path) -> ExitCode {
             for line in e.to_string().lines() {
                 eprintln!("error: {line}");
             }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[derive(Args)]
+struct ReporterArgs {
+    /// Where the GlobalReports are: `kube` (the API; the status records the runs) or a directory of manifests.
+    #[arg(long, value_name = "DIR|kube")]
+    cluster: String,
+    /// Archive directory: reports go to <archive>/<report>/<start>_<end>/.
+    #[arg(long, value_name = "DIR")]
+    archive: PathBuf,
+    /// How long after its interval ends a report is made.
+    #[arg(long, value_name = "DURATION", default_value = "30m")]
+    delay: String,
+    /// How far back missed reports are still made.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    catch_up: String,
+    /// Formats, comma separated: csv, json, html.
+    #[arg(long, value_name = "csv,json,html", default_value = "csv,json,html")]
+    format: String,
+    /// kube-bench JSON: a node's file (<node>.json) or a directory of them (repeatable; cis-benchmark).
+    #[arg(long, value_name = "FILE|DIR")]
+    kube_bench: Vec<PathBuf>,
+    /// An audit log file or a directory of audit.log* (repeatable; policy-audit).
+    #[arg(long, value_name = "FILE|DIR")]
+    audit_log: Vec<PathBuf>,
+    /// A flow-log directory (repeatable; network-access, not implemented yet).
+    #[arg(long, value_name = "DIR")]
+    flow_log_dir: Vec<PathBuf>,
+    /// Address of /metrics and /healthz.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9465")]
+    metrics_addr: String,
+}
+
+/// `flowaudit reporter`: exit 2 on bad configuration, 1 on other errors.
+fn reporter(args: ReporterArgs) -> ExitCode {
+    use flowaudit::reporter::{self, Options, ReporterError, Source, Timing};
+    let options = (|| -> Result<Options, ReporterError> {
+        let flag =
+            |flag: &str, reason: String| ReporterError::Config { file: PathBuf::from(flag), field: "-".into(), reason };
+        let formats = flowaudit::report::parse_formats(&args.format).map_err(|e| flag("--format", e.to_string()))?;
+        let metrics_addr =
+            args.metrics_addr.parse().map_err(|e| flag("--metrics-addr", format!("{:?}: {e}", args.metrics_addr)))?;
+        let delay = reporter::parse_duration("--delay", &args.delay)?;
+        let catch_up = reporter::parse_duration("--catch-up", &args.catch_up)?;
+        Ok(Options {
+            source: if args.cluster == "kube" { Source::Kube } else { Source::Dir(PathBuf::from(&args.cluster)) },
+            archive: args.archive,
+            timing: Timing { delay, catch_up },
+            formats,
+            kube_bench: args.kube_bench,
+            audit_logs: args.audit_log,
+            flow_log_dirs: args.flow_log_dir,
+            metrics_addr,
+        })
+    })();
+    let result = options.and_then(|options| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| ReporterError::Runtime(format!("starting the runtime: {e}")))?;
+        runtime.block_on(reporter::run(options))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
             ExitCode::from(e.exit_code())
         }
     }
@@ -409,6 +481,7 @@ fn main() -> ExitCode {
         },
         Command::Report(args) => report(args),
         Command::Snapshot { cluster, archive } => snapshot(&cluster, &archive),
+        Command::Reporter(args) => reporter(args),
         Command::Verify { dir, hmac_key_file, format } => verify(&dir, hmac_key_file.as_deref(), &format),
         Command::Explain { cluster, src, dst, proto, port, output } => {
             explain(&cluster, &src, &dst, &proto, port, &output)

@@ -10,8 +10,10 @@
 //! types, applied as committed: it uses nothing 1.20 lacks, so no stripped copy is needed) is
 //! established, the sample GlobalReport is stored and read back into the Rust type, the reporter's
 //! service account writes its status through the status subresource, and that account can do
-//! exactly what the reporter needs. What it cannot: run the DaemonSet (no kubelet, no container
-//! runtime, no image); the reporter's Deployment is not in the base yet (no `flowaudit reporter`).
+//! exactly what the reporter needs, and the reporter's Deployment is stored as written with a pod
+//! that passes admission (dry run). What it cannot: run the DaemonSet or the Deployment (no
+//! kubelet, no container runtime, no image). `flowaudit reporter --cluster kube` itself runs
+//! against the same server in tests/tests/kube.rs.
 //!
 //! Need the binaries of `cargo xtask kube-apiserver` (`FLOWAUDIT_K8S_BIN`, `FLOWAUDIT_ETCD`).
 //! Without them they print "skipped: no kube-apiserver" and pass, unless
@@ -290,6 +292,7 @@ fn base_is_accepted_and_each_account_can_do_only_its_part() {
         "serviceaccount/flowaudit-reporter",
         "clusterrole.rbac.authorization.k8s.io/flowaudit-reporter",
         "clusterrolebinding.rbac.authorization.k8s.io/flowaudit-reporter",
+        "deployment.apps/flowaudit-reporter",
     ] {
         assert!(out.lines().any(|l| l.starts_with(&format!("{object} "))), "{object} not applied:\n{out}");
     }
@@ -389,6 +392,8 @@ fn base_is_accepted_and_each_account_can_do_only_its_part() {
         .kubectl_stdin(&[REQUEST_TIMEOUT, "create", "--dry-run=server", "-f", "-"], &dry_pod.to_string())
         .unwrap_or_else(|e| panic!("the DaemonSet's pod, dry run: {e}"));
     assert!(out.contains("created (server dry run)"), "{out}");
+
+    reporter_deployment(&server);
 
     // The stored ClusterRole: exactly the kinds the agent reads, each with get, list, watch only.
     let role = kubectl_json(&server, &["get", "clusterrole", "flowaudit-agent"]);
@@ -501,6 +506,47 @@ fn base_is_accepted_and_each_account_can_do_only_its_part() {
     eprintln!("RBAC: {} questions answered as expected", questions.len());
 
     global_reports(&server);
+}
+
+/// The reporter's Deployment as stored: one replica (Recreate), its service account, `reporter
+/// --cluster kube --archive ...`, no capabilities, non-root, probes on /healthz, requests and
+/// limits, the archive volume; and its pod passes validation and admission (server dry run).
+fn reporter_deployment(server: &ApiServer) {
+    let d = kubectl_json(server, &["-n", "flowaudit", "get", "deployment", "flowaudit-reporter"]);
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "flowaudit-reporter");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert!(pod.get("hostNetwork").is_none_or(|h| h == false));
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"].as_array().expect("args").iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args[..5], ["reporter", "--cluster", "kube", "--archive", "/var/lib/flowaudit-reports"]);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"], serde_json::json!({"drop": ["ALL"]}), "no added capabilities");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+    for k in ["requests", "limits"] {
+        assert!(c["resources"][k]["cpu"].is_string() && c["resources"][k]["memory"].is_string(), "{k}");
+    }
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/var/lib/flowaudit-reports");
+    assert_eq!(pod["volumes"][0]["name"], c["volumeMounts"][0]["name"]);
+    // The pod the ReplicaSet controller would create passes validation and admission.
+    let template = &d["spec"]["template"];
+    let dry_pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "flowaudit-reporter-dry-run", "namespace": "flowaudit", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    });
+    let out = server
+        .kubectl_stdin(&[REQUEST_TIMEOUT, "create", "--dry-run=server", "-f", "-"], &dry_pod.to_string())
+        .unwrap_or_else(|e| panic!("the reporter's pod, dry run: {e}"));
+    assert!(out.contains("created (server dry run)"), "{out}");
+    eprintln!("deployment/flowaudit-reporter: stored as written, its pod admitted (dry run)");
 }
 
 /// deploy/examples/globalreport-cis.yaml on the established CRD: stored as written, read back

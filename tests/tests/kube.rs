@@ -991,3 +991,156 @@ async fn kube_audit_log_events_keep_their_user_and_resume_after_restart() {
     assert!(new.contains(&("kube-audit-log", "create", "while-down")), "{new:?}");
     assert_eq!(agent.stop().code(), Some(0));
 }
+
+/// `flowaudit reporter --cluster kube` against the real API server: the GlobalReport CRD as
+/// generated (deploy/base/crds), a `cis-benchmark` report on `*/5 * * * *` and a
+/// `network-access` one (not implemented yet), `--delay 0s`. The archive says the reporter first
+/// saw both 12 minutes ago (as if it had been down since): at start it makes the intervals since
+/// then, archives the CIS reports, and records every run in the resources' status through the
+/// status subresource (the CIS runs as successful, the network-access runs as failed); a schedule
+/// with 15 runs an hour is refused and its status left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reporter_records_runs_in_the_globalreport_status() {
+    use flowaudit::report::resource::GlobalReport;
+    let Some(server) = server_or_skip("reporter_records_runs_in_the_globalreport_status") else { return };
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds/globalreports.flowaudit.io.yaml");
+    server.kubectl(&["apply", "-f", crd.to_str().unwrap()]).expect("apply the GlobalReport CRD");
+    server
+        .kubectl(&["wait", "--for=condition=established", "--timeout=60s", "crd/globalreports.flowaudit.io"])
+        .expect("the CRD is established");
+    let reports = "apiVersion: flowaudit.io/v1\nkind: GlobalReport\nmetadata: {name: cis-5m}\n\
+                   spec: {reportType: cis-benchmark, schedule: \"*/5 * * * *\"}\n---\n\
+                   apiVersion: flowaudit.io/v1\nkind: GlobalReport\nmetadata: {name: access}\n\
+                   spec: {reportType: network-access, schedule: \"*/5 * * * *\"}\n---\n\
+                   apiVersion: flowaudit.io/v1\nkind: GlobalReport\nmetadata: {name: busy}\n\
+                   spec: {reportType: cis-benchmark, schedule: \"*/4 * * * *\"}\n";
+    let mut created = None;
+    let start = std::time::Instant::now();
+    while created.is_none() {
+        // Discovery of the new kind can lag the Established condition by a moment.
+        match server.kubectl_stdin(&["create", "-f", "-"], reports) {
+            Ok(out) => created = Some(out),
+            Err(e) => {
+                assert!(start.elapsed() < WAIT, "creating the GlobalReports: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let kb = dir.path().join("kube-bench");
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&kb).unwrap();
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src/report/testdata/kube-bench");
+    for e in std::fs::read_dir(testdata).unwrap() {
+        let e = e.unwrap();
+        let to = kb.join(e.file_name());
+        std::fs::copy(e.path(), &to).unwrap();
+        let f = std::fs::File::options().write(true).open(&to).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    }
+    let first_seen = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
+    for name in ["cis-5m", "access"] {
+        std::fs::create_dir_all(archive.join(name)).unwrap();
+        std::fs::write(archive.join(name).join(".first-seen"), format!("{first_seen}\n")).unwrap();
+    }
+    // The intervals due: every 5-minute tick after first_seen, up to now, ends one.
+    let due = |now: jiff::Timestamp| -> Vec<(jiff::Timestamp, jiff::Timestamp)> {
+        let five = 300;
+        let mut e = first_seen.as_second() / five * five + five;
+        let mut out = Vec::new();
+        while e <= now.as_second() {
+            out.push((jiff::Timestamp::from_second(e - five).unwrap(), jiff::Timestamp::from_second(e).unwrap()));
+            e += five;
+        }
+        out
+    };
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    /// Kills the reporter if the test fails before stopping it.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(flowaudit_lab::workspace_bin("flowaudit"))
+        .args(["reporter", "--cluster", "kube", "--delay", "0s", "--format", "csv"])
+        .arg("--archive")
+        .arg(&archive)
+        .arg("--kube-bench")
+        .arg(&kb)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", server.kubeconfig())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("start the reporter");
+
+    let api: Api<GlobalReport> = Api::all(client(&server).await);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (cis, access) = loop {
+        let cis = api.get("cis-5m").await.expect("get cis-5m");
+        let access = api.get("access").await.expect("get access");
+        let want = due(jiff::Timestamp::now());
+        let ok = |r: &GlobalReport, failed: bool| {
+            r.status.as_ref().is_some_and(|s| {
+                let list = if failed { &s.last_failed_report_jobs } else { &s.last_successful_report_jobs };
+                list.len() == want.len() && s.active_report_jobs.is_empty()
+            })
+        };
+        if !want.is_empty() && ok(&cis, false) && ok(&access, true) {
+            break (cis, access);
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("the reporter exited: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 120 s, want {want:?}:\ncis-5m {:?}\naccess {:?}",
+            cis.status,
+            access.status
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        child.0.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "the reporter exited with {status}");
+
+    let want = due(jiff::Timestamp::now());
+    let s = cis.status.expect("status");
+    let got: Vec<_> = s.last_successful_report_jobs.iter().map(|j| (j.start.0, j.end.0)).collect();
+    assert_eq!(got, want[..got.len()], "the successful runs, oldest first");
+    assert!(s.last_successful_report_jobs.iter().all(|j| j.job_completion_time.is_some() && j.job.is_none()));
+    assert!(s.last_failed_report_jobs.is_empty());
+    let last = s.last_scheduled_report_job.expect("lastScheduledReportJob");
+    assert_eq!((last.start.0, last.end.0), *got.last().unwrap());
+    for (start, end) in &got {
+        let name = flowaudit::reporter::Interval { start: *start, end: *end }.dir_name();
+        let d = archive.join("cis-5m").join(&name);
+        assert!(d.join(".complete").is_file() && d.join("all-tests.csv").is_file(), "{}", d.display());
+    }
+    let a = access.status.expect("status");
+    assert!(a.last_successful_report_jobs.is_empty());
+    assert_eq!(a.last_failed_report_jobs.len(), got.len());
+    assert!(
+        !archive
+            .join("access")
+            .join(flowaudit::reporter::Interval { start: got[0].0, end: got[0].1 }.dir_name())
+            .exists()
+    );
+    let busy = api.get("busy").await.expect("get busy");
+    assert_eq!(busy.status, None, "a refused report's status is left alone");
+    eprintln!(
+        "reporter: {} CIS runs archived and recorded, {} network-access runs recorded as failed",
+        got.len(),
+        got.len()
+    );
+}

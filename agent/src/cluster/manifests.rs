@@ -85,13 +85,11 @@ type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 /// Annotation naming a pod's cgroup (relative to the cgroup v2 root) in the manifests source.
 pub use super::convert::CGROUP_ANNOTATION;
 
+/// GlobalReports: not cluster state; `flowaudit reporter` reads them from the same directory.
+const REPORTS: &[(&str, &str)] = &[("projectcalico.org/v3", "GlobalReport"), ("flowaudit.io/v1", "GlobalReport")];
+
 /// Kinds flowaudit will read once policy attribution covers them; skipped with that reason now.
-const LATER: &[(&str, &str)] = &[
-    ("projectcalico.org/v3", "GlobalReport"),
-    ("flowaudit.io/v1", "GlobalReport"),
-    ("v1", "Endpoints"),
-    ("discovery.k8s.io/v1", "EndpointSlice"),
-];
+const LATER: &[(&str, &str)] = &[("v1", "Endpoints"), ("discovery.k8s.io/v1", "EndpointSlice")];
 
 /// Calico's API group version, served by its API server.
 const CALICO_V3: &str = "projectcalico.org/v3";
@@ -318,7 +316,9 @@ impl Builder {
             (ADMIN_V1ALPHA1, "AdminNetworkPolicy") => self.admin_policy(file, document, value),
             (ADMIN_V1ALPHA1, "BaselineAdminNetworkPolicy") => self.baseline_admin_policy(file, document, value),
             (a, k) => {
-                let reason = if LATER.contains(&(a, k)) {
+                let reason = if REPORTS.contains(&(a, k)) {
+                    "read by `flowaudit reporter` (schedules), not cluster state"
+                } else if LATER.contains(&(a, k)) {
                     "read by a later version of flowaudit (policy attribution)"
                 } else {
                     "not a kind flowaudit reads"

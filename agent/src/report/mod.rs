@@ -14,10 +14,12 @@
 //!
 //! The inventory report ([`inventory`]) reads the cluster state at the start of the interval
 //! from a snapshot (or a manifests directory) replayed through the audit events ([`replay`]).
+//! Schedules: [`crate::reporter`] (`flowaudit reporter`) runs these reports in-process on
+//! GlobalReports' schedules.
 //!
 //! Not yet here (the rest of issue 5): network-access, `--cluster kube` for reports,
-//! `--flow-log-dir`, `--store clickhouse://`, and `flowaudit reporter` (schedules, and the daily
-//! snapshot it will write with [`replay::Snapshot::write`]).
+//! `--flow-log-dir`, `--store clickhouse://`, and the reporter's daily snapshot (it will write
+//! with [`replay::Snapshot::write`]).
 
 pub mod cis;
 pub mod inventory;

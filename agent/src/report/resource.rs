@@ -8,7 +8,7 @@
 //! `deploy/base/crds/`, compared with that file by a unit test).
 //! Must never: do I/O, or use a schema feature a 1.20 API server refuses (CEL rules,
 //! `x-kubernetes-validations`): cross-field rules (`highThreshold` > `medThreshold`) are checked
-//! by [`super::NamedReport::load`] and, later, by the reporter.
+//! by [`super::NamedReport::load`] and by the reporter ([`crate::reporter`]).
 //!
 //! The field order is part of the error messages (`expected one of ...` lists the fields in the
 //! order they are declared): keep it.

@@ -1,0 +1,370 @@
+//! The reporter's steps on a fake clock and a fake (or the real) runner, with a real archive.
+
+use std::sync::{Arc, Mutex};
+
+use jiff::SignedDuration;
+
+use super::{scheduler::FakeClock, *};
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+/// Records each run; writes one file.
+#[derive(Clone, Default)]
+struct FakeRunner(Arc<Mutex<Vec<(String, Interval)>>>);
+
+impl Runner for FakeRunner {
+    fn run(
+        &self,
+        report: &NamedReport,
+        kind: Kind,
+        interval: Interval,
+        out: &Path,
+        _generated: Timestamp,
+    ) -> Result<Vec<PathBuf>, ReportError> {
+        if matches!(kind, Kind::NetworkAccess | Kind::Inventory) {
+            return Err(ReportError::NotImplemented(format!("the {} report", kind.as_str())));
+        }
+        self.0.lock().unwrap().push((report.name.clone(), interval));
+        let file = out.join("summary.csv");
+        std::fs::write(&file, format!("{interval}\n")).unwrap();
+        Ok(vec![file])
+    }
+}
+
+#[derive(Default)]
+struct MemorySink(Vec<(String, GlobalReportStatus, Option<String>)>);
+
+impl StatusSink for MemorySink {
+    fn save(&mut self, report: &Entry, status: &GlobalReportStatus, rejected: Option<&str>) {
+        self.0.push((report.name.clone(), status.clone(), rejected.map(str::to_owned)));
+    }
+}
+
+fn entry(name: &str, report_type: &str, schedule: &str) -> Entry {
+    let spec =
+        GlobalReportSpec { report_type: report_type.into(), schedule: Some(schedule.into()), ..Default::default() };
+    Entry {
+        name: name.into(),
+        origin: format!("test/{name}"),
+        raw_spec: serde_json::to_value(&spec).unwrap(),
+        spec,
+        created: Some(t("2026-11-27T00:00:00Z")),
+        status: None,
+    }
+}
+
+fn reporter<'a>(
+    clock: &'a FakeClock,
+    archive: &Path,
+    runner: FakeRunner,
+    registry: &Registry,
+) -> Reporter<&'a FakeClock, FakeRunner> {
+    Reporter::new(Scheduler::new(clock, Timing::default()), Archive::new(archive), runner, Metrics::new(registry))
+}
+
+fn counter(registry: &Registry, report: &str, result: &str) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "flowaudit_reports_total")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            let labels: Vec<(&str, &str)> = m.get_label().iter().map(|l| (l.name(), l.value())).collect();
+            labels.contains(&("report", report)) && labels.contains(&("result", result))
+        })
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+#[test]
+fn due_reports_are_archived_once_and_a_restart_does_not_rerun_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T03:00:00Z"));
+    let runner = FakeRunner::default();
+    let entries = [entry("hourly", "cis-benchmark", "0 * * * *")];
+    let registry = Registry::new();
+    let mut r = reporter(&clock, dir.path(), runner.clone(), &registry);
+    let mut sink = MemorySink::default();
+    let outcomes = r.step(&entries, &mut sink);
+    // 03:00: intervals ending 01:00 and 02:00 are due (00:00-01:00 due 01:30, 01:00-02:00 due 02:30).
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    let first = dir.path().join("hourly/20261127T000000Z_20261127T010000Z");
+    assert_eq!(outcomes[0].result, Ok(first.clone()));
+    assert!(first.join(".complete").is_file());
+    assert_eq!(
+        std::fs::read_to_string(first.join("summary.csv")).unwrap(),
+        "2026-11-27T00:00:00Z..2026-11-27T01:00:00Z\n"
+    );
+    let marker: archive::Completion = serde_json::from_slice(&std::fs::read(first.join(".complete")).unwrap()).unwrap();
+    assert_eq!(marker.files, ["summary.csv"]);
+    assert_eq!(counter(&registry, "hourly", "success"), 2);
+    // Status: each run scheduled, then recorded.
+    let status = r.status("hourly").unwrap();
+    assert_eq!(status.last_successful_report_jobs.len(), 2);
+    assert_eq!(status.last_scheduled_report_job.as_ref().unwrap().end.0, t("2026-11-27T02:00:00Z"));
+    assert!(status.active_report_jobs.is_empty());
+    assert_eq!(sink.0.len(), 4);
+    assert_eq!(sink.0[0].1.active_report_jobs.len(), 1, "the run is active while it runs");
+    // Again at the same time: nothing.
+    assert!(r.step(&entries, &mut sink).is_empty());
+
+    // A restart (a new reporter, nothing in memory, no status from the source) at 04:30.
+    clock.set(t("2026-11-27T04:30:00Z"));
+    let registry = Registry::new();
+    let mut r = reporter(&clock, dir.path(), runner.clone(), &registry);
+    let outcomes = r.step(&entries, &mut MemorySink::default());
+    assert_eq!(
+        outcomes.iter().map(|o| o.interval.dir_name()).collect::<Vec<_>>(),
+        ["20261127T020000Z_20261127T030000Z", "20261127T030000Z_20261127T040000Z"]
+    );
+    let made = runner.0.lock().unwrap().clone();
+    assert_eq!(made.len(), 4, "every interval once: {made:?}");
+    assert_eq!(Archive::new(dir.path()).completed("hourly").len(), 4);
+}
+
+#[test]
+fn unimplemented_types_fail_with_not_implemented_yet_and_are_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T01:30:00Z"));
+    let entries = [entry("access", "network-access", "0 * * * *")];
+    let registry = Registry::new();
+    let mut r = reporter(&clock, dir.path(), FakeRunner::default(), &registry);
+    let outcomes = r.step(&entries, &mut MemorySink::default());
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].result, Err("the network-access report: not implemented yet".into()));
+    assert_eq!(counter(&registry, "access", "failure"), 1);
+    assert_eq!(r.status("access").unwrap().last_failed_report_jobs.len(), 1);
+    assert!(!dir.path().join("access/20261127T000000Z_20261127T010000Z").exists(), "no fake report");
+    assert!(dir.path().join("access/20261127T000000Z_20261127T010000Z.failed").is_file());
+    let mut again = reporter(&clock, dir.path(), FakeRunner::default(), &Registry::new());
+    assert!(again.step(&entries, &mut MemorySink::default()).is_empty(), "a failed run is not retried");
+    // Nothing half-written is left.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("access"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with(".tmp-")), "{names:?}");
+}
+
+#[test]
+fn a_too_frequent_schedule_is_refused_with_the_reason_and_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T03:00:00Z"));
+    let registry = Registry::new();
+    let mut r = reporter(&clock, dir.path(), FakeRunner::default(), &registry);
+    let mut sink = MemorySink::default();
+    let entries = [entry("busy", "cis-benchmark", "*/4 * * * *"), entry("bad-type", "nope", "0 * * * *")];
+    assert!(r.step(&entries, &mut sink).is_empty());
+    assert_eq!(sink.0.len(), 2);
+    assert_eq!(
+        sink.0[0].2.as_deref(),
+        Some(
+            "spec.schedule: \"*/4 * * * *\" runs 15 times an hour: no more than 12 schedules are permitted per hour (av. /5mins)"
+        )
+    );
+    assert!(sink.0[1].2.as_deref().unwrap().starts_with("spec.reportType: \"nope\" is not one of"));
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    assert!(text.contains("flowaudit_report_rejected{report=\"busy\"} 1"), "{text}");
+    // Logged and saved once, not every poll.
+    r.step(&entries, &mut sink);
+    assert_eq!(sink.0.len(), 2);
+    // Fixed: accepted again, the gauge goes to 0.
+    let fixed = [entry("busy", "cis-benchmark", "*/5 * * * *")];
+    r.step(&fixed, &mut sink);
+    assert_eq!(sink.0[2].2, None);
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    assert!(text.contains("flowaudit_report_rejected{report=\"busy\"} 0"), "{text}");
+}
+
+#[test]
+fn suspend_is_honoured_and_resume_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T03:00:00Z"));
+    let runner = FakeRunner::default();
+    let mut r = reporter(&clock, dir.path(), runner.clone(), &Registry::new());
+    let mut e = entry("hourly", "policy-audit", "0 * * * *");
+    e.spec.suspend = Some(true);
+    assert!(r.step(std::slice::from_ref(&e), &mut MemorySink::default()).is_empty());
+    assert_eq!(r.next_due(std::slice::from_ref(&e)), None);
+    clock.advance(SignedDuration::from_hours(2));
+    e.spec.suspend = Some(false);
+    let outcomes = r.step(std::slice::from_ref(&e), &mut MemorySink::default());
+    assert_eq!(outcomes.len(), 4, "00-01 .. 03-04, missed while suspended: {outcomes:?}");
+    assert_eq!(r.next_due(std::slice::from_ref(&e)), Some(t("2026-11-27T05:30:00Z")));
+}
+
+#[test]
+fn a_report_read_from_a_directory_first_covers_the_time_it_was_first_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T03:10:00Z"));
+    let runner = FakeRunner::default();
+    let mut e = entry("hourly", "cis-benchmark", "0 * * * *");
+    e.created = None;
+    let mut r = reporter(&clock, dir.path(), runner.clone(), &Registry::new());
+    assert!(r.step(std::slice::from_ref(&e), &mut MemorySink::default()).is_empty(), "no week of the past");
+    clock.set(t("2026-11-27T04:30:00Z"));
+    // A restart in between changes nothing: the first sighting is in the archive.
+    let mut r = reporter(&clock, dir.path(), runner.clone(), &Registry::new());
+    let outcomes = r.step(std::slice::from_ref(&e), &mut MemorySink::default());
+    assert_eq!(
+        outcomes.iter().map(|o| o.interval.dir_name()).collect::<Vec<_>>(),
+        ["20261127T030000Z_20261127T040000Z"]
+    );
+}
+
+#[test]
+fn the_status_history_keeps_the_last_five() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T10:00:00Z"));
+    let mut r = reporter(&clock, dir.path(), FakeRunner::default(), &Registry::new());
+    let outcomes = r.step(&[entry("hourly", "cis-benchmark", "0 * * * *")], &mut MemorySink::default());
+    assert_eq!(outcomes.len(), 9);
+    let status = r.status("hourly").unwrap();
+    assert_eq!(status.last_successful_report_jobs.len(), STATUS_HISTORY);
+    assert_eq!(status.last_successful_report_jobs[4].end.0, t("2026-11-27T09:00:00Z"));
+    // The file status sink writes what the API would hold.
+    let mut sink = FileStatusSink(Archive::new(dir.path()));
+    sink.save(&entry("hourly", "cis-benchmark", "0 * * * *"), status, None);
+    let saved = Archive::new(dir.path()).load_status("hourly");
+    assert_eq!(&saved.status, status);
+    let json: Value = serde_json::from_slice(&std::fs::read(dir.path().join("hourly/status.json")).unwrap()).unwrap();
+    assert_eq!(json["lastScheduledReportJob"]["end"], "2026-11-27T09:00:00Z");
+}
+
+#[test]
+fn globalreports_are_read_from_a_manifests_directory_in_both_api_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reports.yaml"),
+        "apiVersion: flowaudit.io/v1\nkind: GlobalReport\nmetadata: {name: a}\nspec: {reportType: cis-benchmark, schedule: 0 * * * *}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: GlobalReport\nmetadata: {name: b}\nspec: {reportType: policy-audit, schedule: 0 0 * * *}\n",
+    )
+    .unwrap();
+    let entries = read_dir(dir.path()).unwrap();
+    assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(entries[1].spec.report_type, "policy-audit");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: flowaudit.io/v1\nkind: GlobalReport\nmetadata: {name: c}\nspec: {reportType: cis-benchmark, schedul: x}\n",
+    )
+    .unwrap();
+    let errors = read_dir(dir.path()).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    let text = errors[0].to_string();
+    assert!(text.contains("bad.yaml: document 1: spec") && text.contains("schedul"), "{text}");
+    assert_eq!(errors[0].exit_code(), 2);
+}
+
+#[test]
+fn the_real_runner_makes_the_same_cis_files_as_the_report_command() {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/testdata");
+    let dir = tempfile::tempdir().unwrap();
+    // kube-bench files modified an hour before the interval's end.
+    let kb = dir.path().join("kube-bench");
+    std::fs::create_dir(&kb).unwrap();
+    for e in std::fs::read_dir(testdata.join("kube-bench")).unwrap() {
+        let e = e.unwrap();
+        let to = kb.join(e.file_name());
+        std::fs::copy(e.path(), &to).unwrap();
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(t("2026-11-27T00:30:00Z").as_second() as u64);
+        filetime::set_file_mtime(&to, filetime::FileTime::from_system_time(when)).unwrap();
+    }
+    let runner = FileRunner {
+        formats: vec![Format::Csv],
+        kube_bench: vec![kb.clone()],
+        audit_logs: vec![],
+        cluster_dir: None,
+        snapshots: None,
+    };
+    let named = NamedReport {
+        name: "cis".into(),
+        spec: GlobalReportSpec { report_type: "cis-benchmark".into(), ..Default::default() },
+        raw_spec: serde_json::json!({"reportType": "cis-benchmark"}),
+    };
+    let interval = Interval { start: t("2026-11-27T00:00:00Z"), end: t("2026-11-27T01:00:00Z") };
+    let ours = dir.path().join("ours");
+    let files = runner.run(&named, Kind::CisBenchmark, interval, &ours, Timestamp::now()).unwrap();
+    assert!(!files.is_empty());
+    let theirs = dir.path().join("theirs");
+    report::run(&report::Request {
+        kind: Some(Kind::CisBenchmark),
+        from: "2026-11-27T00:00:00Z".into(),
+        to: "2026-11-27T01:00:00Z".into(),
+        out: theirs.clone(),
+        kube_bench: vec![kb],
+        ..Default::default()
+    })
+    .unwrap();
+    for f in files {
+        let name = f.file_name().unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
+    }
+    // Not implemented types are not faked.
+    let e = runner.run(&named, Kind::NetworkAccess, interval, &ours, Timestamp::now()).unwrap_err();
+    assert_eq!(e.to_string(), "the network-access report: not implemented yet");
+    // Inventory needs a state at the start: without snapshots or a manifests directory it says so.
+    let e = runner.run(&named, Kind::Inventory, interval, &ours, Timestamp::now()).unwrap_err();
+    assert!(e.to_string().contains("needs snapshots"), "{e}");
+}
+
+#[test]
+fn durations_are_parsed_with_the_flag_named() {
+    assert_eq!(parse_duration("--delay", "30m").unwrap(), SignedDuration::from_mins(30));
+    assert_eq!(parse_duration("--delay", "0s").unwrap(), SignedDuration::ZERO);
+    assert_eq!(parse_duration("--catch-up", "7d").unwrap(), SignedDuration::from_hours(168));
+    let e = parse_duration("--delay", "soon").unwrap_err();
+    assert!(e.to_string().starts_with("--delay: -: \"soon\""), "{e}");
+    assert_eq!(e.exit_code(), 2);
+}
+
+#[test]
+fn a_stop_ends_the_step_before_the_next_report_and_the_rest_come_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T05:00:00Z"));
+    let entries = [entry("hourly", "cis-benchmark", "0 * * * *")];
+    let mut r = reporter(&clock, dir.path(), FakeRunner::default(), &Registry::new());
+    r.stop_flag().store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(r.step(&entries, &mut MemorySink::default()).is_empty());
+    let mut again = reporter(&clock, dir.path(), FakeRunner::default(), &Registry::new());
+    assert_eq!(again.step(&entries, &mut MemorySink::default()).len(), 4);
+}
+
+#[test]
+fn the_real_runner_makes_the_same_inventory_as_the_report_command() {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/testdata");
+    let dir = tempfile::tempdir().unwrap();
+    // Manifests mode without snapshots: the manifests directory is the state at the start.
+    let runner = FileRunner {
+        formats: vec![Format::Csv],
+        kube_bench: vec![],
+        audit_logs: vec![],
+        cluster_dir: Some(testdata.join("cluster")),
+        snapshots: Some(dir.path().join("no-snapshots")),
+    };
+    let named = NamedReport {
+        name: "inv".into(),
+        spec: GlobalReportSpec { report_type: "inventory".into(), ..Default::default() },
+        raw_spec: serde_json::json!({"reportType": "inventory"}),
+    };
+    let interval = Interval { start: t("2026-11-27T00:00:00Z"), end: t("2026-11-27T01:00:00Z") };
+    let ours = dir.path().join("ours");
+    let files = runner.run(&named, Kind::Inventory, interval, &ours, Timestamp::now()).unwrap();
+    assert_eq!(files.len(), 4, "summary, endpoints, namespaces, services: {files:?}");
+    let theirs = dir.path().join("theirs");
+    report::run(&report::Request {
+        kind: Some(Kind::Inventory),
+        from: "2026-11-27T00:00:00Z".into(),
+        to: "2026-11-27T01:00:00Z".into(),
+        out: theirs.clone(),
+        cluster: Some(testdata.join("cluster").display().to_string()),
+        ..Default::default()
+    })
+    .unwrap();
+    for f in files {
+        let name = f.file_name().unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
+    }
+}

@@ -1,0 +1,248 @@
+//! `flowaudit reporter` in manifests mode, as a process: a GlobalReport `cis-benchmark` on
+//! `*/5 * * * *` (the most frequent schedule the 12-per-hour rule allows), `--delay 0s`, fixture
+//! kube-bench files. The archive says the reporter first saw the report 12 minutes ago (as if it
+//! had been down since), so at start it catches up the intervals since then at once: each lands in
+//! `<archive>/<report>/<start>_<end>/` with its completion marker, and its CSV files are byte for
+//! byte those `flowaudit report cis-benchmark` writes for the same interval. A restart makes
+//! nothing again. `/healthz` answers and `/metrics` counts the runs.
+//!
+//! No root, no cluster: needs only `cargo build -p flowaudit` (the binary is found in target/,
+//! or through `FLOWAUDIT_BIN_FLOWAUDIT`).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use flowaudit_lab::workspace_bin;
+
+const REPORT: &str = "cis-5m";
+
+fn testdata() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/src/report/testdata")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+struct Reporter(Child);
+
+impl Reporter {
+    fn start(cluster: &Path, archive: &Path, kube_bench: &Path, port: u16) -> Self {
+        let bin = workspace_bin("flowaudit");
+        assert!(bin.exists(), "{} missing: run `cargo build -p flowaudit` first", bin.display());
+        let child = Command::new(bin)
+            .args(["reporter", "--cluster"])
+            .arg(cluster)
+            .arg("--archive")
+            .arg(archive)
+            .arg("--kube-bench")
+            .arg(kube_bench)
+            .args(["--delay", "0s", "--format", "csv,json", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the reporter");
+        Self(child)
+    }
+
+    /// SIGTERM, and the exit status must be 0.
+    fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success();
+        assert!(ok, "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                assert!(status.success(), "the reporter exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the reporter did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The finished interval directories of the report, sorted.
+fn finished(archive: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(archive.join(REPORT))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(".complete").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// `20261127T000500Z` → `2026-11-27T00:05:00Z`.
+fn rfc3339(basic: &str) -> String {
+    let b = basic.as_bytes();
+    let s = |r: std::ops::Range<usize>| std::str::from_utf8(&b[r]).unwrap().to_owned();
+    format!("{}-{}-{}T{}:{}:{}Z", s(0..4), s(4..6), s(6..8), s(9..11), s(11..13), s(13..15))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn reporter_catches_up_archives_reports_equal_to_the_report_command_and_never_reruns_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let kb = dir.path().join("kube-bench");
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&cluster).unwrap();
+    std::fs::create_dir_all(&kb).unwrap();
+    std::fs::copy(testdata().join("cluster/cluster.yaml"), cluster.join("cluster.yaml")).unwrap();
+    let reports = cluster.join("reports.yaml");
+    std::fs::write(
+        &reports,
+        format!(
+            "apiVersion: flowaudit.io/v1\nkind: GlobalReport\nmetadata: {{name: {REPORT}}}\n\
+             spec:\n  reportType: cis-benchmark\n  schedule: \"*/5 * * * *\"\n  cis: {{highThreshold: 90, numFailedTests: 3}}\n"
+        ),
+    )
+    .unwrap();
+    // kube-bench results from an hour ago: the newest of the 36 h before every interval's end.
+    for e in std::fs::read_dir(testdata().join("kube-bench")).unwrap() {
+        let e = e.unwrap();
+        let to = kb.join(e.file_name());
+        std::fs::copy(e.path(), &to).unwrap();
+        let f = std::fs::File::options().write(true).open(&to).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    }
+    // The reporter first saw the report 12 minutes ago (the archive remembers it).
+    let first_seen = unix_now() - 12 * 60;
+    std::fs::create_dir_all(archive.join(REPORT)).unwrap();
+    let out =
+        Command::new("date").args(["-u", "-d", &format!("@{first_seen}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    let first_seen_text = String::from_utf8(out.stdout).unwrap();
+    std::fs::write(archive.join(REPORT).join(".first-seen"), &first_seen_text).unwrap();
+    // The intervals it must make: every 5-minute tick after first_seen up to now ends one.
+    let expected = |now: u64| -> Vec<String> {
+        let mut ends = Vec::new();
+        let mut e = first_seen / 300 * 300 + 300;
+        while e <= now {
+            ends.push(e);
+            e += 300;
+        }
+        ends.into_iter()
+            .map(|e| {
+                let f = |t: u64| {
+                    let o =
+                        Command::new("date").args(["-u", "-d", &format!("@{t}"), "+%Y%m%dT%H%M%SZ"]).output().unwrap();
+                    String::from_utf8(o.stdout).unwrap().trim().to_owned()
+                };
+                format!("{}_{}", f(e - 300), f(e))
+            })
+            .collect()
+    };
+
+    let port = free_port();
+    let reporter = Reporter::start(&cluster, &archive, &kb, port);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let made = loop {
+        let made = finished(&archive);
+        let want = expected(unix_now());
+        if made.len() >= want.len() && !want.is_empty() {
+            assert_eq!(made, want, "the intervals since the first sighting, each once");
+            break made;
+        }
+        assert!(Instant::now() < deadline, "after 120 s: made {made:?}, expected {want:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("archived: {made:?}");
+    let health = http_get(port, "/healthz").expect("/healthz answers");
+    assert!(health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = http_get(port, "/metrics").expect("/metrics answers");
+    let line = format!("flowaudit_reports_total{{report=\"{REPORT}\",result=\"success\"}} {}", made.len());
+    assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    assert!(metrics.contains(&format!("flowaudit_reports_total{{report=\"{REPORT}\",result=\"failure\"}} 0")));
+    reporter.stop();
+
+    // Each archived report's CSV files are those of `flowaudit report` for its interval.
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(archive.join(REPORT).join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["lastSuccessfulReportJobs"].as_array().unwrap().len(), made.len().min(5), "{status}");
+    let last_end = made.last().unwrap().split_once('_').unwrap().1;
+    assert_eq!(status["lastScheduledReportJob"]["end"], rfc3339(last_end), "{status}");
+    for name in &made {
+        let (start, end) = name.split_once('_').unwrap();
+        let (from, to) = (rfc3339(start), rfc3339(end));
+        let theirs = dir.path().join(format!("theirs-{name}"));
+        let out = Command::new(workspace_bin("flowaudit"))
+            .args(["report", "cis-benchmark", "--from", &from, "--to", &to, "--cluster"])
+            .arg(&cluster)
+            .arg("--global-report")
+            .arg(format!("{}:{REPORT}", reports.display()))
+            .arg("--kube-bench")
+            .arg(&kb)
+            .arg("--out")
+            .arg(&theirs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "flowaudit report: {}", String::from_utf8_lossy(&out.stderr));
+        let ours = archive.join(REPORT).join(name);
+        let mut csvs: Vec<String> = std::fs::read_dir(&ours)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".csv"))
+            .collect();
+        csvs.sort();
+        assert_eq!(csvs, ["all-tests.csv", "failed-tests.csv", "node-summary.csv", "total-summary.csv"]);
+        for csv in csvs {
+            assert_eq!(
+                std::fs::read_to_string(ours.join(&csv)).unwrap(),
+                std::fs::read_to_string(theirs.join(&csv)).unwrap(),
+                "{name}/{csv} differs from `flowaudit report`"
+            );
+        }
+        assert!(ours.join("report.json").is_file());
+    }
+    let markers: Vec<String> =
+        made.iter().map(|n| std::fs::read_to_string(archive.join(REPORT).join(n).join(".complete")).unwrap()).collect();
+
+    // A restart: nothing is made again (unless a new tick passed meanwhile: only that one).
+    let port = free_port();
+    let reporter = Reporter::start(&cluster, &archive, &kb, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(port, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "the restarted reporter does not answer /healthz");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    reporter.stop();
+    let again = finished(&archive);
+    assert_eq!(again, expected(unix_now()), "after the restart");
+    for (n, marker) in made.iter().zip(&markers) {
+        let now = std::fs::read_to_string(archive.join(REPORT).join(n).join(".complete")).unwrap();
+        assert_eq!(&now, marker, "{n} was made again after the restart");
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(archive.join(REPORT))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
