@@ -195,7 +195,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 /// Writes the OTLP attributes of a JSON value's fields, flattened with dots, each preceded by a
 /// comma. Written straight into the request body: no intermediate JSON tree per record.
 fn attributes(prefix: &mut String, v: &Value, out: &mut Vec<u8>) {
-    let mut attr = |out: &mut Vec<u8>, kind: &str, write: &dyn Fn(&mut Vec<u8>)| {
+    let attr = |out: &mut Vec<u8>, kind: &str, write: &dyn Fn(&mut Vec<u8>)| {
         out.extend_from_slice(b",{\"key\":");
         json_str(out, prefix);
         out.extend_from_slice(b",\"value\":{\"");
