@@ -64,8 +64,8 @@ enum Command {
     /// Write a compliance report (inventory, policy-audit, cis-benchmark) for an interval.
     Report(ReportArgs),
     /// Write one snapshot of the cluster state to an archive (`<archive>/snapshots/<time>.json`),
-    /// the state the inventory report replays audit events from. One-shot: the reporter's daily
-    /// snapshot is not here yet.
+    /// the state the inventory report replays audit events from (`flowaudit reporter` also writes
+    /// one every --snapshot-interval).
     Snapshot {
         /// Cluster state: a directory of manifests, or `kube` (the Kubernetes API).
         #[arg(long, value_name = "DIR|kube")]
@@ -220,6 +220,10 @@ struct ReporterArgs {
     /// How far back missed reports are still made.
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     catch_up: String,
+    /// How often a snapshot of the cluster state is written to <archive>/snapshots (the state the
+    /// inventory report replays from); 0s: never.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    snapshot_interval: String,
     /// Formats, comma separated: csv, json, html.
     #[arg(long, value_name = "csv,json,html", default_value = "csv,json,html")]
     format: String,
@@ -248,6 +252,7 @@ fn reporter(args: ReporterArgs) -> ExitCode {
             args.metrics_addr.parse().map_err(|e| flag("--metrics-addr", format!("{:?}: {e}", args.metrics_addr)))?;
         let delay = reporter::parse_duration("--delay", &args.delay)?;
         let catch_up = reporter::parse_duration("--catch-up", &args.catch_up)?;
+        let snapshot_interval = reporter::parse_duration("--snapshot-interval", &args.snapshot_interval)?;
         Ok(Options {
             source: if args.cluster == "kube" { Source::Kube } else { Source::Dir(PathBuf::from(&args.cluster)) },
             archive: args.archive,
@@ -257,6 +262,7 @@ fn reporter(args: ReporterArgs) -> ExitCode {
             audit_logs: args.audit_log,
             flow_log_dirs: args.flow_log_dir,
             metrics_addr,
+            snapshot_interval,
         })
     })();
     let result = options.and_then(|options| {

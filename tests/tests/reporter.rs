@@ -180,6 +180,9 @@ fn reporter_catches_up_archives_reports_equal_to_the_report_command_and_never_re
     assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
     assert!(metrics.contains(&format!("flowaudit_reports_total{{report=\"{REPORT}\",result=\"failure\"}} 0")));
     reporter.stop();
+    // The reporter wrote one snapshot of the cluster state at start (--snapshot-interval 24h).
+    let snapshots: Vec<_> = std::fs::read_dir(archive.join("snapshots")).unwrap().flatten().collect();
+    assert_eq!(snapshots.len(), 1, "one snapshot in <archive>/snapshots");
 
     // Each archived report's CSV files are those of `flowaudit report` for its interval.
     let status: serde_json::Value =

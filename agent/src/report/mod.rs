@@ -18,8 +18,8 @@
 //! GlobalReports' schedules.
 //!
 //! Not yet here (the rest of issue 5): network-access, `--cluster kube` for reports,
-//! `--flow-log-dir`, `--store clickhouse://`, and the reporter's daily snapshot (it will write
-//! with [`replay::Snapshot::write`]).
+//! `--flow-log-dir`, `--store clickhouse://`. The reporter writes snapshots with
+//! [`replay::Snapshot::write`] every `--snapshot-interval`.
 
 pub mod cis;
 pub mod inventory;

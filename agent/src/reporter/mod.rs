@@ -119,6 +119,9 @@ pub struct Options {
     pub flow_log_dirs: Vec<PathBuf>,
     /// `--metrics-addr`.
     pub metrics_addr: SocketAddr,
+    /// `--snapshot-interval`: how often the cluster state is written to `<archive>/snapshots`
+    /// (zero: never).
+    pub snapshot_interval: SignedDuration,
 }
 
 /// One GlobalReport as read from its source.
@@ -334,13 +337,16 @@ impl Runner for FileRunner {
             Kind::Inventory => {
                 // The state at the start: the newest snapshot before it, else (manifests mode)
                 // the manifests directory; then the audit events of the interval.
+                let has_snapshot =
+                    |dir: &PathBuf| matches!(report::replay::newest_snapshot(dir, interval.start), Ok(Some(_)));
                 let start = match (&self.snapshots, &self.cluster_dir) {
-                    (Some(dir), _) if dir.is_dir() => report::replay::Start::Snapshots(dir.clone()),
+                    (Some(dir), _) if has_snapshot(dir) => report::replay::Start::Snapshots(dir.clone()),
                     (_, Some(dir)) => report::replay::Start::Manifests(dir.clone()),
                     _ => {
                         return Err(ReportError::Flag {
                             flag: "--archive",
-                            reason: "the inventory report needs snapshots in <archive>/snapshots (flowaudit snapshot)"
+                            reason: "the inventory report needs a snapshot from before the interval in \
+                                     <archive>/snapshots (written every --snapshot-interval, or by flowaudit snapshot)"
                                 .into(),
                         });
                     }
@@ -750,6 +756,7 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
             }
             (Source::Kube, None) => unreachable!("the store is made above"),
         }
+        take_snapshot_if_due(&opts, Timestamp::now()).await;
         let mut sink: Box<dyn StatusSink + Send> = match &kube_api {
             Some(api) => Box::new(KubeStatusSink { api: api.clone(), handle: tokio::runtime::Handle::current() }),
             None => Box::new(FileStatusSink(archive.clone())),
@@ -776,6 +783,37 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     Ok(())
+}
+
+/// Whether a snapshot is due at `now`: none in `dir` yet, or the newest is `every` old.
+pub fn snapshot_due(dir: &Path, now: Timestamp, every: SignedDuration) -> bool {
+    if every.is_zero() || every.is_negative() {
+        return false;
+    }
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| report::replay::snapshot_time(&e.file_name().to_string_lossy()))
+        .max();
+    newest.is_none_or(|t| now.duration_since(t) >= every)
+}
+
+/// Writes a snapshot of the cluster state to `<archive>/snapshots` when one is due (the
+/// inventory report replays audit events from it). A failure is logged and retried at the next
+/// step; it never stops the reporter.
+async fn take_snapshot_if_due(opts: &Options, now: Timestamp) {
+    if !snapshot_due(&opts.archive.join(report::replay::SNAPSHOTS_DIR), now, opts.snapshot_interval) {
+        return;
+    }
+    let written = match &opts.source {
+        Source::Dir(dir) => report::replay::snapshot_manifests(dir, &opts.archive, now),
+        Source::Kube => report::replay::snapshot_kube(&opts.archive).await,
+    };
+    match written {
+        Ok(path) => tracing::info!(message = "Cluster state snapshot written.", path = %path.display()),
+        Err(error) => tracing::error!(message = "Writing the cluster state snapshot failed.", %error),
+    }
 }
 
 /// `30m`, `0s`, `7d` → a duration (`flag` named in the error).

@@ -307,7 +307,7 @@ fn the_real_runner_makes_the_same_cis_files_as_the_report_command() {
     assert_eq!(e.to_string(), "the network-access report: not implemented yet");
     // Inventory needs a state at the start: without snapshots or a manifests directory it says so.
     let e = runner.run(&named, Kind::Inventory, interval, &ours, Timestamp::now()).unwrap_err();
-    assert!(e.to_string().contains("needs snapshots"), "{e}");
+    assert!(e.to_string().contains("needs a snapshot from before the interval"), "{e}");
 }
 
 #[test]
@@ -367,4 +367,18 @@ fn the_real_runner_makes_the_same_inventory_as_the_report_command() {
         let name = f.file_name().unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
     }
+}
+
+#[test]
+fn a_snapshot_is_due_when_none_is_newer_than_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = SignedDuration::from_hours(24);
+    let now = t("2026-11-27T12:00:00Z");
+    assert!(snapshot_due(dir.path(), now, day), "no snapshot yet");
+    assert!(!snapshot_due(dir.path(), now, SignedDuration::ZERO), "0s turns snapshots off");
+    std::fs::write(dir.path().join("20261127T000000Z.json"), "").unwrap();
+    assert!(!snapshot_due(dir.path(), now, day), "12 h old");
+    assert!(snapshot_due(dir.path(), t("2026-11-28T00:00:00Z"), day), "24 h old");
+    std::fs::write(dir.path().join("not-a-snapshot.json"), "").unwrap();
+    assert!(!snapshot_due(dir.path(), now, day), "other files are ignored");
 }
