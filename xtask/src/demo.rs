@@ -217,6 +217,15 @@ pub fn run() -> anyhow::Result<()> {
     if let Some(line) = raw.lines().find(|l| l.contains("\"violation\"")) {
         println!("== the violation, as written in flows.log:\n{line}");
     }
+    // The flow log is hash-chained: verify says whether anything was changed, removed or reordered.
+    let verify =
+        std::process::Command::new(flowaudit_lab::workspace_bin("flowaudit")).arg("verify").arg(&logs).output()?;
+    println!(
+        "== evidence: flowaudit verify {} (exit {}):\n{}",
+        logs.display(),
+        verify.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&verify.stdout).trim_end()
+    );
     println!(
         "== try: target/debug/flowaudit explain --cluster deploy/demo --src ops/monitor --dst shop/db --port 9000"
     );
