@@ -11,16 +11,14 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use flowaudit_common::proto;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::{
-    engine::{Dir, FlowView, RuleAction},
-    kube::label_selector_matches,
-};
+use super::engine::{Dir, FlowView, RuleAction};
 use crate::{
     cluster::{
         IpNet, Node,
         admin::{
             AdminAction, AdminPort, BaselineAction, EgressPeer, IngressPeer, NamespacedPods, PortProtocol, Subject,
         },
+        selector::label_selector_matches,
     },
     model::{Endpoint, EndpointKind},
 };

@@ -24,7 +24,7 @@ use crate::{
     cluster::{
         IpNet, NetworkSet,
         calico::{Action, CalicoPolicySpec, EntityRule, IcmpFields, PolicyType, PortSpec, Protocol, Rule},
-        selector::{Labels, Selector},
+        selector::{Labels, NamespaceLabels, Selector},
     },
     model::{Endpoint, EndpointKind},
 };
@@ -51,21 +51,6 @@ impl Labels for EndpointLabels<'_> {
                     None
                 }
             }
-        }
-    }
-}
-
-/// A namespace's labels as Calico namespace selectors see them.
-struct NamespaceLabels<'a> {
-    name: &'a str,
-    labels: &'a BTreeMap<String, String>,
-}
-
-impl Labels for NamespaceLabels<'_> {
-    fn label(&self, key: &str) -> Option<&str> {
-        match key {
-            "projectcalico.org/name" => Some(self.name),
-            _ => self.labels.get(key).map(String::as_str),
         }
     }
 }

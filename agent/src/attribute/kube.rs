@@ -21,7 +21,10 @@ use k8s_openapi::{
 use flowaudit_common::proto;
 
 use super::engine::{Dir, FlowView, RuleAction};
-use crate::model::{Endpoint, EndpointKind};
+use crate::{
+    cluster::selector::label_selector_matches,
+    model::{Endpoint, EndpointKind},
+};
 
 /// A compiled Kubernetes NetworkPolicy.
 #[derive(Clone, Debug)]
@@ -38,30 +41,6 @@ struct KubeRule {
     peers: Option<Vec<NetworkPolicyPeer>>,
     /// `None`: every port.
     ports: Option<Vec<NetworkPolicyPort>>,
-}
-
-/// Whether `labels` satisfy a Kubernetes label selector.
-pub fn label_selector_matches(selector: &LabelSelector, labels: &std::collections::BTreeMap<String, String>) -> bool {
-    for (k, v) in selector.match_labels.iter().flatten() {
-        if labels.get(k) != Some(v) {
-            return false;
-        }
-    }
-    for expr in selector.match_expressions.iter().flatten() {
-        let value = labels.get(&expr.key);
-        let values = expr.values.as_deref().unwrap_or_default();
-        let ok = match expr.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
 }
 
 /// Whether `ip` is in `cidr` (`a.b.c.d/n`, host bits allowed; a bare address is one host).

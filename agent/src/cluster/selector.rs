@@ -84,6 +84,44 @@ impl Labels for BTreeMap<String, String> {
     }
 }
 
+/// A namespace's labels as Calico namespace selectors see them: its labels plus
+/// `projectcalico.org/name`.
+pub struct NamespaceLabels<'a> {
+    /// The namespace's name.
+    pub name: &'a str,
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+impl Labels for NamespaceLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        match key {
+            "projectcalico.org/name" => Some(self.name),
+            _ => self.labels.get(key).map(String::as_str),
+        }
+    }
+}
+
+/// Whether `labels` satisfy a Kubernetes label selector (`matchLabels` and `matchExpressions`;
+/// an empty selector matches everything, an unknown operator nothing).
+pub fn label_selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|expr| {
+        let value = labels.get(&expr.key);
+        let values = expr.values.as_deref().unwrap_or_default();
+        match expr.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    exprs_ok && selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 impl<S: BuildHasher> Labels for HashMap<String, String, S> {
     fn label(&self, key: &str) -> Option<&str> {
         self.get(key).map(String::as_str)

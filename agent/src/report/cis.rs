@@ -32,7 +32,6 @@ use std::{
 };
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -40,9 +39,9 @@ use super::{
     Kind, NamedReport, Progress, Rendered, ReportError, Table, TimeRange, doc_index_cmp, escape, format_time, html_page,
 };
 use crate::cluster::{
-    CalicoPolicyKind, ClusterState, Labels,
+    CalicoPolicyKind, ClusterState,
     admin::Subject,
-    selector::{self, Selector},
+    selector::{self, NamespaceLabels, Selector, label_selector_matches},
 };
 
 /// How far back before `--to` a directory's results are taken (Calico: 1.5 × a day).
@@ -516,7 +515,7 @@ pub fn namespaces_without_policy(state: &ClusterState, dir: &Path) -> Result<Opt
                     continue;
                 }
                 for (name, labels) in &namespaces {
-                    if sel.matches(&CalicoNamespace { name, labels }) {
+                    if sel.matches(&NamespaceLabels { name, labels }) {
                         covered.insert(name.clone());
                     }
                 }
@@ -553,37 +552,6 @@ pub fn namespaces_without_policy(state: &ClusterState, dir: &Path) -> Result<Opt
         }
     }
     Ok(Some(namespaces.into_keys().filter(|n| !covered.contains(n)).collect()))
-}
-
-/// A namespace as Calico's namespace selectors see it: its labels plus `projectcalico.org/name`.
-pub(super) struct CalicoNamespace<'a> {
-    pub(super) name: &'a str,
-    pub(super) labels: &'a crate::cluster::Labels,
-}
-
-impl selector::Labels for CalicoNamespace<'_> {
-    fn label(&self, key: &str) -> Option<&str> {
-        match key {
-            "projectcalico.org/name" => Some(self.name),
-            _ => self.labels.get(key).map(String::as_str),
-        }
-    }
-}
-
-/// Whether `labels` satisfy a Kubernetes label selector (an empty one matches everything).
-pub(super) fn label_selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|expr| {
-        let value = labels.get(&expr.key);
-        let values = expr.values.as_deref().unwrap_or_default();
-        match expr.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    exprs_ok && selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// The filter of one node (Calico's testFilter).

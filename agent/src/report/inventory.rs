@@ -48,16 +48,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 
 use super::{
-    Kind, NamedReport, Rendered, ReportError, SELECTION_COLUMNS, Table, TimeRange,
-    cis::{CalicoNamespace, label_selector_matches},
-    escape, format_time, html_page,
+    Kind, NamedReport, Rendered, ReportError, SELECTION_COLUMNS, Table, TimeRange, escape, format_time, html_page,
     replay::{State, Timeline},
 };
 use crate::cluster::{
     CalicoPolicyKind, ClusterState, Labels, ObjectKey, Pod,
     admin::Subject,
     calico::PolicyType,
-    selector::{self, Selector},
+    selector::{self, NamespaceLabels, Selector, label_selector_matches},
 };
 
 /// `summary.csv` columns.
@@ -347,7 +345,7 @@ fn applies(policy: &Policy, endpoint: &Endpoint<'_>) -> bool {
                 (None, _, None) => true,
                 (None, Endpoint::Host { .. }, Some(s)) => s.is_global(),
                 (None, Endpoint::Pod { pod, ns_labels, .. }, Some(s)) => {
-                    !s.is_global() && s.matches(&CalicoNamespace { name: &pod.namespace, labels: ns_labels })
+                    !s.is_global() && s.matches(&NamespaceLabels { name: &pod.namespace, labels: ns_labels })
                 }
             };
             let account_ok = match (accounts, ep) {
@@ -386,7 +384,7 @@ fn selected(sel: &Selection, endpoint: &Endpoint<'_>) -> bool {
                 && sel
                     .namespace_selector
                     .as_ref()
-                    .is_none_or(|s| s.matches(&CalicoNamespace { name: &pod.namespace, labels: ns_labels }));
+                    .is_none_or(|s| s.matches(&NamespaceLabels { name: &pod.namespace, labels: ns_labels }));
             let sa_ok = (sel.account_names.is_empty() || sel.account_names.contains(&pod.service_account))
                 && sel
                     .account_selector
