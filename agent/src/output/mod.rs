@@ -71,6 +71,55 @@ struct FileExporter {
     audit: Option<RotatingLog>,
 }
 
+impl FileExporter {
+    fn takes(&self, log_type: LogType) -> bool {
+        match log_type {
+            LogType::Flows => self.flows.is_some(),
+            LogType::Audit => self.audit.is_some(),
+        }
+    }
+
+    fn log(&mut self, log_type: LogType) -> Option<&mut RotatingLog> {
+        match log_type {
+            LogType::Flows => self.flows.as_mut(),
+            LogType::Audit => self.audit.as_mut(),
+        }
+    }
+}
+
+/// The records of one write in one encoding: one buffer, one span per record (`None`: the record
+/// could not be encoded; it was logged and is counted by each exporter that wanted it).
+struct Encoded {
+    encoding: Encoding,
+    buf: Vec<u8>,
+    spans: Vec<Option<std::ops::Range<usize>>>,
+    errors: u64,
+}
+
+impl Encoded {
+    fn new(encoding: Encoding, n: usize, encode: impl Fn(usize, &mut Vec<u8>) -> Result<(), String>) -> Self {
+        let mut e = Self { encoding, buf: Vec::with_capacity(n * 1024), spans: Vec::with_capacity(n), errors: 0 };
+        for i in 0..n {
+            let start = e.buf.len();
+            match encode(i, &mut e.buf) {
+                Ok(()) => e.spans.push(Some(start..e.buf.len())),
+                Err(error) => {
+                    // A failed encoding may have written part of a line.
+                    e.buf.truncate(start);
+                    tracing::error!(message = "A record could not be encoded.", ?encoding, %error);
+                    e.spans.push(None);
+                    e.errors += 1;
+                }
+            }
+        }
+        e
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().flatten().map(|r| &self.buf[r.clone()])
+    }
+}
+
 /// What one write did, for the caller's counters.
 #[derive(Debug, Default)]
 pub struct Written {
@@ -89,7 +138,6 @@ pub struct Outputs {
     exporters: Vec<Exporter>,
     metrics: ExportMetrics,
     evidence: EvidenceMetrics,
-    line: Vec<u8>,
 }
 
 impl Outputs {
@@ -125,14 +173,7 @@ impl Outputs {
             }
         }
         let ctx = EncodeContext { node: node.to_owned(), agent_version: env!("CARGO_PKG_VERSION") };
-        Ok(Self {
-            ctx,
-            files,
-            exporters,
-            metrics,
-            evidence: EvidenceMetrics::new(registry),
-            line: Vec::with_capacity(1024),
-        })
+        Ok(Self { ctx, files, exporters, metrics, evidence: EvidenceMetrics::new(registry) })
     }
 
     /// Writes flow records to every exporter that takes flows.
@@ -171,22 +212,29 @@ impl Outputs {
         if n == 0 {
             return written;
         }
+        // Each record is encoded once per encoding in use, into one buffer per encoding.
+        let mut encoded: Vec<Encoded> = Vec::new();
+        let wanted = self
+            .files
+            .iter()
+            .filter(|f| f.takes(log_type))
+            .map(|f| f.encoding)
+            .chain(self.exporters.iter().filter(|e| e.log_types.contains(&log_type)).map(|e| e.encoding));
+        for enc in wanted {
+            if encoded.iter().all(|e| e.encoding != enc) {
+                encoded.push(Encoded::new(enc, n, |i, out| encode(&self.ctx, enc, i, out)));
+            }
+        }
+        let of = |enc: Encoding| encoded.iter().find(|e| e.encoding == enc).expect("encoded above");
         for f in &mut self.files {
-            let log = match log_type {
-                LogType::Flows => f.flows.as_mut(),
-                LogType::Audit => f.audit.as_mut(),
-            };
-            let Some(log) = log else { continue };
+            let (name, encoding) = (f.name.clone(), f.encoding);
+            let Some(log) = f.log(log_type) else { continue };
+            let lines = of(encoding);
+            self.metrics.drop(&name, "encode_error", lines.errors);
+            written.encode_errors += lines.errors;
             let mut result = Ok(());
-            for i in 0..n {
-                self.line.clear();
-                if let Err(error) = encode(&self.ctx, f.encoding, i, &mut self.line) {
-                    tracing::error!(message = "A record could not be encoded.", exporter = %f.name, %error);
-                    self.metrics.drop(&f.name, "encode_error", 1);
-                    written.encode_errors += 1;
-                    continue;
-                }
-                match log.append_line(&self.line) {
+            for line in lines.lines() {
+                match log.append_line(line) {
                     Ok(b) => written.file_bytes += b,
                     Err(e) => {
                         result = Err(e);
@@ -195,7 +243,7 @@ impl Outputs {
                 }
             }
             if let Err(e) = result.and_then(|()| log.flush()) {
-                written.file_errors.push((f.name.clone(), e));
+                written.file_errors.push((name, e));
             }
             self.evidence.observe(log_type.name(), log.take_events());
         }
@@ -203,18 +251,14 @@ impl Outputs {
             if !e.log_types.contains(&log_type) {
                 continue;
             }
-            let mut items = Vec::with_capacity(n);
-            for (i, key) in keys.iter().enumerate() {
-                let mut line = Vec::with_capacity(512);
-                match encode(&self.ctx, e.encoding, i, &mut line) {
-                    Ok(()) => items.push(Item { key: key.clone(), line }),
-                    Err(error) => {
-                        tracing::error!(message = "A record could not be encoded.", exporter = %e.name, %error);
-                        self.metrics.drop(&e.name, "encode_error", 1);
-                        written.encode_errors += 1;
-                    }
-                }
-            }
+            let lines = of(e.encoding);
+            self.metrics.drop(&e.name, "encode_error", lines.errors);
+            written.encode_errors += lines.errors;
+            let items = keys
+                .iter()
+                .zip(&lines.spans)
+                .filter_map(|(key, span)| span.clone().map(|r| Item { key: key.clone(), line: lines.buf[r].to_vec() }))
+                .collect();
             e.submit(log_type, items);
         }
         written
