@@ -6,12 +6,14 @@
 //! Beside the flow path, [`audit`] turns cluster state versions (and the kube-apiserver's audit
 //! log) into policy change events, which the pipeline writes to `audit.log`.
 //! Off the flow path: [`report`] makes compliance reports from files (`flowaudit report`), and
-//! [`reporter`] runs them on GlobalReports' schedules (`flowaudit reporter`).
+//! [`reporter`] runs them on GlobalReports' schedules (`flowaudit reporter`). [`clickhouse`] is
+//! the table the `clickhouse` exporter writes and reports read with `--store`.
 
 pub mod aggregate;
 pub mod attribute;
 pub mod audit;
 pub mod capture;
+pub mod clickhouse;
 pub mod cluster;
 pub mod config;
 pub mod enrich;

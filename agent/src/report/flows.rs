@@ -218,6 +218,13 @@ impl FlowSource for FlowLogDirs {
     }
 }
 
+/// `--store URL`: the flow records of a cluster in a store, as the nodes' exporters wrote them.
+/// Only `clickhouse://HOST:PORT/DATABASE[?table=NAME]` ([`super::clickhouse::ClickHouseStore`]);
+/// a bad URL is a [`ReportError::Flag`] naming `--store` and why. Nothing is read until `scan`.
+pub fn open_store(url: &str) -> Result<Box<dyn FlowSource>, ReportError> {
+    Ok(Box::new(super::clickhouse::ClickHouseStore::parse(url)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

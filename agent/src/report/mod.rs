@@ -22,6 +22,7 @@
 //! [`replay::Snapshot::write`] every `--snapshot-interval`.
 
 pub mod cis;
+pub mod clickhouse;
 pub mod flows;
 pub mod inventory;
 pub mod policy_audit;

@@ -59,6 +59,9 @@ pub struct RawExporter {
     pub topic: Option<String>,
     pub audit_topic: Option<String>,
     pub compression: Option<String>,
+    // clickhouse
+    pub database: Option<String>,
+    pub table: Option<String>,
 }
 
 /// How an exporter batches, retries and spools.
@@ -174,6 +177,21 @@ pub enum SinkConfig {
         /// none, gzip, lz4, snappy, zstd.
         compression: String,
     },
+    /// ClickHouse over HTTP: flow records as rows of a MergeTree table.
+    ClickHouse {
+        /// Base URL of the HTTP interface (`http://HOST:8123`).
+        url: String,
+        /// Database (created if missing).
+        database: String,
+        /// Table (created if missing).
+        table: String,
+        /// User and, if set, the password file (ClickHouse's `default` user without either).
+        user: Option<(String, Option<PathBuf>)>,
+        /// Refused rows go here.
+        dead_letter_file: PathBuf,
+        /// TLS material.
+        tls: TlsFiles,
+    },
     /// OTLP/HTTP logs (JSON).
     Otlp {
         /// Base URL (`/v1/logs` is appended unless present).
@@ -233,6 +251,9 @@ fn type_keys(kind: &str) -> Option<&'static [&'static str]> {
         "splunk_hec" => &["url", "token_file", "index", "sourcetype", "dead_letter_file", TLS[0], TLS[1], TLS[2]],
         "kafka" => &["brokers", "topic", "audit_topic", "compression"],
         "otlp" => &["url", "dead_letter_file", TLS[0], TLS[1], TLS[2]],
+        "clickhouse" => {
+            &["url", "database", "table", "username", "password_file", "dead_letter_file", TLS[0], TLS[1], TLS[2]]
+        }
         _ => return None,
     })
 }
@@ -268,6 +289,8 @@ impl RawExporter {
         check("topic", self.topic.is_some());
         check("audit_topic", self.audit_topic.is_some());
         check("compression", self.compression.is_some());
+        check("database", self.database.is_some());
+        check("table", self.table.is_some());
         keys
     }
 }
@@ -308,7 +331,10 @@ fn resolve_one(i: usize, r: &RawExporter, defaults: &Defaults) -> Result<Exporte
     }
     let kind = r.kind.clone().ok_or_else(|| problem("type", "required".into()))?;
     let allowed = type_keys(&kind).ok_or_else(|| {
-        problem("type", format!("{kind:?} is not one of file, syslog, elasticsearch, splunk_hec, kafka, otlp"))
+        problem(
+            "type",
+            format!("{kind:?} is not one of file, syslog, elasticsearch, splunk_hec, kafka, otlp, clickhouse"),
+        )
     })?;
     if let Some(key) = r.set_keys().into_iter().find(|k| !allowed.contains(k)) {
         return Err(problem(key, format!("not a key of type {kind}")));
@@ -442,12 +468,47 @@ fn resolve_one(i: usize, r: &RawExporter, defaults: &Defaults) -> Result<Exporte
             dead_letter_file: dead_letter,
             tls: tls()?,
         },
+        "clickhouse" => {
+            if r.encoding.is_some_and(|e| e != Encoding::Calico) {
+                return Err(problem(
+                    "encoding",
+                    "type clickhouse stores the calico encoding only: its columns are the flow-log fields".into(),
+                ));
+            }
+            if r.log_types.as_ref().is_some_and(|t| t.contains(&LogType::Audit)) {
+                return Err(problem(
+                    "log_types",
+                    "type clickhouse stores flows only, not audit events: send those to another exporter".into(),
+                ));
+            }
+            let identifier = |key: &str, v: &Option<String>, d: &str| -> Result<String, FieldProblem> {
+                let v = v.clone().unwrap_or_else(|| d.to_owned());
+                if crate::clickhouse::is_identifier(&v) {
+                    Ok(v)
+                } else {
+                    Err(problem(key, format!("{v:?}: use letters, digits and '_', not starting with a digit")))
+                }
+            };
+            SinkConfig::ClickHouse {
+                url: url(&required("url", &r.url)?).map_err(|e| problem("url", e))?,
+                database: identifier("database", &r.database, crate::clickhouse::DEFAULT_DATABASE)?,
+                table: identifier("table", &r.table, crate::clickhouse::DEFAULT_TABLE)?,
+                user: match (&r.username, readable("password_file", &r.password_file)?) {
+                    (None, None) => None,
+                    (user, password) => Some((user.clone().unwrap_or_else(|| "default".into()), password)),
+                },
+                dead_letter_file: dead_letter,
+                tls: tls()?,
+            }
+        }
         _ => unreachable!("type_keys accepted it"),
     };
+    let default_log_types =
+        if kind == "clickhouse" { vec![LogType::Flows] } else { vec![LogType::Flows, LogType::Audit] };
     Ok(ExporterConfig {
         name,
         encoding: r.encoding.unwrap_or_default(),
-        log_types: r.log_types.clone().unwrap_or_else(|| vec![LogType::Flows, LogType::Audit]),
+        log_types: r.log_types.clone().unwrap_or(default_log_types),
         delivery,
         sink,
     })
@@ -507,6 +568,33 @@ mod tests {
     }
 
     #[test]
+    fn clickhouse_takes_flows_into_flowaudit_flows_by_default() {
+        let e = parse(
+            "- {name: ch, type: clickhouse, url: 'http://127.0.0.1:8123/'}\n\
+             - {name: ch2, type: clickhouse, url: 'https://ch:8443', database: netlogs, table: flows_v1, username: fa}",
+        )
+        .unwrap();
+        assert_eq!(e[0].log_types, vec![LogType::Flows]);
+        assert_eq!(e[0].encoding, Encoding::Calico);
+        assert_eq!(
+            e[0].sink,
+            SinkConfig::ClickHouse {
+                url: "http://127.0.0.1:8123".into(),
+                database: "flowaudit".into(),
+                table: "flows".into(),
+                user: None,
+                dead_letter_file: "/var/lib/flowaudit/spool/ch/dead-letter.log".into(),
+                tls: TlsFiles::default(),
+            }
+        );
+        let SinkConfig::ClickHouse { database, table, user, .. } = &e[1].sink else { panic!() };
+        assert_eq!(
+            (database.as_str(), table.as_str(), user.clone()),
+            ("netlogs", "flows_v1", Some(("fa".into(), None)))
+        );
+    }
+
+    #[test]
     fn errors_name_the_entry_and_the_key() {
         let cases = [
             (
@@ -530,6 +618,24 @@ mod tests {
                 "none, gzip",
             ),
             ("- {name: a, type: file, batch_timeout: soon}", "exporters[0].batch_timeout", "not a duration"),
+            (
+                "- {name: a, type: clickhouse, url: 'http://h:8123', log_types: [flows, audit]}",
+                "exporters[0].log_types",
+                "stores flows only, not audit events",
+            ),
+            (
+                "- {name: a, type: clickhouse, url: 'http://h:8123', encoding: ecs}",
+                "exporters[0].encoding",
+                "calico encoding only",
+            ),
+            ("- {name: a, type: clickhouse, url: 'h:8123'}", "exporters[0].url", "must start with http://"),
+            ("- {name: a, type: clickhouse, url: 'http://h', table: 'flows;drop'}", "exporters[0].table", "letters"),
+            ("- {name: a, type: clickhouse, url: 'http://h', database: 1db}", "exporters[0].database", "letters"),
+            (
+                "- {name: a, type: syslog, address: 'udp://h:514', table: t}",
+                "exporters[0].table",
+                "not a key of type syslog",
+            ),
         ];
         for (yaml, field, reason) in cases {
             let e = parse(yaml).unwrap_err();

@@ -26,7 +26,7 @@ pub mod sink;
 pub mod spool;
 
 use config::{ExporterConfig, SinkConfig};
-use sink::{HttpSink, KafkaSink, Outcome, Sink, SinkError, SyslogSink, http::HttpApi};
+use sink::{ClickHouseSink, HttpSink, KafkaSink, Outcome, Sink, SinkError, SyslogSink, http::HttpApi};
 use spool::{Dropped, Spool, SpoolError};
 
 /// What a record is.
@@ -199,6 +199,10 @@ fn build_sink(cfg: &ExporterConfig, node: &str) -> Result<Sink, SinkError> {
             .map(|s| s.trim().to_owned())
             .map_err(|e| SinkError::Config(format!("{}: {e}", path.display())))
     };
+    let basic_auth = |user: &str, password: &str| {
+        use base64::Engine as _;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    };
     Ok(match &cfg.sink {
         SinkConfig::File { .. } => return Err(SinkError::Config("file is not a network sink".into())),
         SinkConfig::Syslog { transport, address, app_name, facility, tls } => {
@@ -216,11 +220,7 @@ fn build_sink(cfg: &ExporterConfig, node: &str) -> Result<Sink, SinkError> {
         SinkConfig::Elasticsearch { url, index, audit_index, basic, api_key_file, tls, .. } => {
             let auth = match (basic, api_key_file) {
                 (_, Some(key)) => Some(format!("ApiKey {}", secret(key)?)),
-                (Some((user, pass)), None) => {
-                    use base64::Engine as _;
-                    let creds = format!("{user}:{}", secret(pass)?);
-                    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds)))
-                }
+                (Some((user, pass)), None) => Some(basic_auth(user, &secret(pass)?)),
                 (None, None) => None,
             };
             let api = HttpApi::Elasticsearch { index: index.clone(), audit_index: audit_index.clone() };
@@ -235,6 +235,15 @@ fn build_sink(cfg: &ExporterConfig, node: &str) -> Result<Sink, SinkError> {
             let api = HttpApi::Otlp { host: node.to_owned() };
             Sink::Http(HttpSink::new(url, api, None, sink::tls::client_config(tls)?, cfg.delivery.timeout)?)
         }
+        SinkConfig::ClickHouse { url, database, table, user, tls, .. } => {
+            let auth = match user {
+                Some((user, Some(pass))) => Some(basic_auth(user, &secret(pass)?)),
+                Some((user, None)) => Some(basic_auth(user, "")),
+                None => None,
+            };
+            let tls = sink::tls::client_config(tls)?;
+            Sink::ClickHouse(ClickHouseSink::new(url, database, table, auth, tls, cfg.delivery.timeout)?)
+        }
         SinkConfig::Kafka { brokers, topic, audit_topic, compression } => {
             Sink::Kafka(KafkaSink::new(brokers.clone(), topic.clone(), audit_topic.clone(), compression))
         }
@@ -245,7 +254,8 @@ fn dead_letter_file(cfg: &ExporterConfig) -> std::path::PathBuf {
     match &cfg.sink {
         SinkConfig::Elasticsearch { dead_letter_file, .. }
         | SinkConfig::SplunkHec { dead_letter_file, .. }
-        | SinkConfig::Otlp { dead_letter_file, .. } => dead_letter_file.clone(),
+        | SinkConfig::Otlp { dead_letter_file, .. }
+        | SinkConfig::ClickHouse { dead_letter_file, .. } => dead_letter_file.clone(),
         _ => cfg.delivery.spool_dir.join("dead-letter.log"),
     }
 }

@@ -57,20 +57,8 @@ impl HttpSink {
         tls: std::sync::Arc<rustls::ClientConfig>,
         timeout: Duration,
     ) -> Result<Self, SinkError> {
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .timeout(timeout)
-            .user_agent(concat!("flowaudit/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| SinkError::Config(e.to_string()))?;
-        let auth = auth
-            .map(|a| {
-                let mut v = HeaderValue::from_str(&a)
-                    .map_err(|_| SinkError::Config("the secret is not a valid header".into()))?;
-                v.set_sensitive(true);
-                Ok::<_, SinkError>(v)
-            })
-            .transpose()?;
+        let client = client(tls, timeout)?;
+        let auth = auth.map(|a| secret_header(&a)).transpose()?;
         let url = match &api {
             HttpApi::Elasticsearch { .. } => format!("{url}/_bulk"),
             HttpApi::Splunk { .. } if !url.ends_with("/services/collector/event") => {
@@ -117,6 +105,27 @@ impl HttpSink {
             _ => Ok(Outcome::default()),
         }
     }
+}
+
+/// The HTTP client of a sink: the exporter's TLS settings and send deadline.
+pub(super) fn client(
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<reqwest::Client, SinkError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .timeout(timeout)
+        .user_agent(concat!("flowaudit/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| SinkError::Config(e.to_string()))
+}
+
+/// An `Authorization` value read from a secret file, marked sensitive (never logged).
+pub(super) fn secret_header(value: &str) -> Result<HeaderValue, SinkError> {
+    let mut v =
+        HeaderValue::from_str(value).map_err(|_| SinkError::Config("the secret is not a valid header".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 fn retryable(status: StatusCode) -> bool {

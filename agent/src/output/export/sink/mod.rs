@@ -7,11 +7,13 @@
 
 use super::{Item, LogType};
 
+mod clickhouse;
 pub mod http;
 mod kafka;
 mod syslog;
 pub mod tls;
 
+pub use clickhouse::ClickHouseSink;
 pub use http::HttpSink;
 pub use kafka::KafkaSink;
 pub use syslog::SyslogSink;
@@ -54,6 +56,8 @@ pub enum Sink {
     Http(HttpSink),
     /// Kafka.
     Kafka(KafkaSink),
+    /// ClickHouse over HTTP.
+    ClickHouse(ClickHouseSink),
 }
 
 impl Sink {
@@ -63,6 +67,7 @@ impl Sink {
             Sink::Syslog(s) => s.send(log_type, items).await,
             Sink::Http(s) => s.send(log_type, items).await,
             Sink::Kafka(s) => s.send(log_type, items).await,
+            Sink::ClickHouse(s) => s.send(log_type, items).await,
         }
     }
 
@@ -70,7 +75,7 @@ impl Sink {
     pub fn reset(&mut self) {
         match self {
             Sink::Syslog(s) => s.reset(),
-            Sink::Http(_) | Sink::Kafka(_) => {}
+            Sink::Http(_) | Sink::Kafka(_) | Sink::ClickHouse(_) => {}
         }
     }
 }
