@@ -150,7 +150,19 @@ pub struct ErrorAnswer {
     pub message: String,
 }
 
+/// Exception codes that mean "this data does not fit the table": a value that does not parse or
+/// that its column refuses. Retrying the same rows cannot help. (Codes are stable across
+/// releases; 49 is what 18.16 throws for a value that is not an element of an `Enum`, 691 what
+/// current releases throw.)
+pub const CONTENT_ERRORS: &[u32] = &[6, 25, 26, 27, 38, 41, 49, 53, 69, 70, 72, 117, 131, 321, 349, 691];
+
 impl ErrorAnswer {
+    /// Whether the answer blames the data (a row is named, or the code is one of
+    /// [`CONTENT_ERRORS`]) rather than the server or the table.
+    pub fn is_about_content(&self) -> bool {
+        self.row.is_some() || self.code.is_some_and(|c| CONTENT_ERRORS.contains(&c))
+    }
+
     /// Reads an answer's body.
     pub fn parse(body: &str) -> Self {
         let number_after = |marker: &str| -> Option<u64> {
@@ -224,7 +236,13 @@ mod tests {
         );
         let new = "Code: 60. DB::Exception: Table fa.flows does not exist. (UNKNOWN_TABLE) (version 24.8.4.13 (official build))";
         let a = ErrorAnswer::parse(new);
-        assert_eq!((a.code, a.row), (Some(UNKNOWN_TABLE), None));
+        assert_eq!((a.code, a.row, a.is_about_content()), (Some(UNKNOWN_TABLE), None, false));
+        assert!(ErrorAnswer::parse(old).is_about_content());
+        let enum_18 = "Code: 49, e.displayText() = DB::Exception: Unknown element 'icmp' for type Enum8('tcp' = 1): (while read the value of key proto), e.what() = DB::Exception";
+        assert!(ErrorAnswer::parse(enum_18).is_about_content());
+        assert!(
+            !ErrorAnswer::parse("Code: 252, e.displayText() = DB::Exception: Too many parts (300)").is_about_content()
+        );
         assert_eq!(
             ErrorAnswer::parse("Bad Gateway"),
             ErrorAnswer { code: None, row: None, message: "Bad Gateway".into() }

@@ -1,5 +1,5 @@
 //! Records per second per exporter and encoding, on one core, against the real servers of the
-//! exporter tests (rsyslog, osmem-server, Tansu, Rotel) on loopback.
+//! exporter tests (rsyslog, osmem-server, Tansu, Rotel, ClickHouse) on loopback.
 //!
 //! For each (exporter, encoding): a fresh `Outputs` on a single-threaded runtime (the agent's
 //! side gets one core; the servers run on the other), 50,000 records (2,000 for the slow
@@ -17,7 +17,7 @@ use flowaudit::{
         export::config::{Defaults, RawExporter, resolve},
     },
 };
-use flowaudit_lab::sinks::{Osmem, Rotel, Rsyslog, Tansu};
+use flowaudit_lab::sinks::{ClickHouse, Osmem, Rotel, Rsyslog, Tansu};
 use prometheus::Registry;
 use serde_json::{Value, json};
 
@@ -96,6 +96,7 @@ fn main() {
     let kafka = Tansu::start(&srv("tansu")).expect("tansu (cargo xtask setup)");
     kafka.create_topic("flows", 1).expect("topic");
     let rotel = Rotel::start_with(&srv("rotel"), false).expect("rotel (cargo xtask setup)");
+    let clickhouse = ClickHouse::start(&srv("clickhouse")).expect("clickhouse-server (cargo xtask setup)");
     let ca = rsyslog.ca.display().to_string();
     // (label, entry, records): osmem-server indexes every document in memory and slows down as
     // its index grows (0.5k/s at 10,000 documents), so it gets fewer records and smaller batches;
@@ -123,6 +124,11 @@ fn main() {
             50_000,
         ),
         ("otlp/http (Rotel)", json!({"type": "otlp", "url": format!("http://127.0.0.1:{}", rotel.port)}), 50_000),
+        (
+            "clickhouse (18.16)",
+            json!({"type": "clickhouse", "url": format!("http://127.0.0.1:{}", clickhouse.http)}),
+            50_000,
+        ),
     ];
     let encodings = ["calico", "ecs", "ocsf", "cef"];
     println!("| exporter | {} |", encodings.join(" | "));
@@ -138,6 +144,10 @@ fn main() {
         for enc in encodings {
             if enc == "cef" && base["type"] == "elasticsearch" {
                 row.push_str(" n/a (CEF is not JSON) |");
+                continue;
+            }
+            if enc != "calico" && base["type"] == "clickhouse" {
+                row.push_str(" n/a (calico only) |");
                 continue;
             }
             n += 1;

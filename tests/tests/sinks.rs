@@ -1,7 +1,8 @@
 //! Exporters against real servers on loopback: rsyslog (UDP, TCP, TLS), an OpenSearch-API
 //! emulator (osmem-server: no real Elasticsearch runs here), a Kafka-protocol broker (Tansu), an
-//! OTLP collector (Rotel), and a Splunk HEC stand-in (no Splunk runs here: a small HTTP server in
-//! this file plays HEC's documented answers, and says so).
+//! OTLP collector (Rotel), ClickHouse 18.16 (Debian's; also read back as a report's `--store`),
+//! and a Splunk HEC stand-in (no Splunk runs here: a small HTTP server in this file plays HEC's
+//! documented answers, and says so).
 //!
 //! Every test writes through `Outputs` with a `file` exporter beside the network one, so "every
 //! record of flows.log arrives" is checked literally: the sink's records are compared with the
@@ -20,13 +21,18 @@ use std::{
 };
 
 use flowaudit::{
-    model::FlowRecord,
+    model::{Action, FlowRecord, Policies, RecordLabels, Reporter},
     output::{
         Outputs,
         export::config::{Defaults, ExporterConfig, RawExporter, resolve},
     },
+    report::{
+        TimeRange,
+        clickhouse::ClickHouseStore,
+        flows::{FlowLogDirs, FlowRow, FlowSource},
+    },
 };
-use flowaudit_lab::sinks::{self, Osmem, Rotel, Rsyslog, Tansu};
+use flowaudit_lab::sinks::{self, ClickHouse, Osmem, Rotel, Rsyslog, Tansu};
 use prometheus::Registry;
 use serde_json::{Value, json};
 
@@ -549,4 +555,310 @@ async fn splunk_hec_retries_while_busy_then_delivers_each_event_once() {
     assert_eq!(events[0]["host"], NODE);
     assert_eq!(metric(&registry, "flowaudit_export_retries_total", &[("exporter", "hec")]), 2.0);
     assert_eq!(metric(&registry, "flowaudit_export_records_sent_total", &[("exporter", "hec")]), 80.0);
+}
+
+/// 2025-12-31T23:00:00Z: the records' intervals cross a UTC midnight.
+const DAY_BEFORE: u64 = 1_767_222_000;
+
+/// `n` records of every shape the flow log has: both reporters and actions, pods with labels and
+/// policy traces, ICMP (no ports, type and code), level 1 (no source port), no source address,
+/// host-network ends, cgroup ids, a 64-bit counter past 2^53; one interval of 60 s per four
+/// records, from an hour before a UTC midnight.
+fn varied_records(n: u32) -> Vec<FlowRecord> {
+    (0..n)
+        .map(|i| {
+            let mut r = FlowRecord::sample("10.1.0.1", 10_000 + i as u16, "10.2.0.2", 443);
+            let k = u64::from(i);
+            r.id = format!("{:016x}", 0xc0ff_ee00_0000 + k);
+            r.start_time = DAY_BEFORE + k / 4 * 60;
+            r.end_time = r.start_time + 60;
+            r.reporter = if i % 2 == 0 { Reporter::Src } else { Reporter::Dst };
+            if i % 3 == 0 {
+                (r.action, r.flow_action, r.pending_action) = (Action::Deny, Action::Deny, Action::Deny);
+            }
+            if i % 5 != 0 {
+                r.source_name = format!("web-{}", i % 7).into();
+                r.source_name_aggr = "web-*".into();
+                r.source_namespace = format!("ns{}", i % 3).into();
+                r.source_type = "wep".into();
+                r.source_labels = RecordLabels::List(vec!["app=web".to_owned(), format!("tier=\"{}\"", i % 2)].into());
+            }
+            if i % 4 != 0 {
+                r.dest_name = "db-0".into();
+                r.dest_name_aggr = "db-0".into();
+                r.dest_namespace = "data".into();
+                r.dest_type = "wep".into();
+                r.dest_labels = RecordLabels::List(Vec::new().into());
+                r.policies = Policies {
+                    enforced_policies: vec![format!("0|default|np:ns{}/allow-web|allow|0", i % 3)].into(),
+                    pending_policies: Vec::new().into(),
+                };
+            }
+            match i % 10 {
+                7 => {
+                    r.proto = "icmp".into();
+                    (r.source_port, r.dest_port, r.icmp_type, r.icmp_code) = (None, None, Some(8), Some(0));
+                }
+                3 => r.source_port = None,
+                9 => (r.source_ip, r.source_name_aggr) = (None, "pub".into()),
+                _ => {}
+            }
+            r.host_network = i % 11 == 0;
+            r.source_cgroup_id = (i % 2 == 0).then_some(4_000_000_000 + k);
+            (r.packets_in, r.packets_out, r.num_flows) = (k, 2 * k, 1 + k % 3);
+            (r.num_violations, r.num_established) = (u64::from(i % 6 == 0), k % 2);
+            if i % 13 == 0 {
+                r.bytes_in = u64::MAX - k;
+            }
+            r
+        })
+        .collect()
+}
+
+/// A row of the table as the flow-log line it came from: JSON text back to objects, absent
+/// fields (NULL ICMP type and code, cgroup id; host_network 0) left out.
+fn as_flow_log(mut row: Value) -> Value {
+    let m = row.as_object_mut().expect("a row is an object");
+    for k in ["source_labels", "dest_labels", "policies"] {
+        if let Some(Value::String(text)) = m.get(k).cloned()
+            && text.starts_with('{')
+        {
+            m.insert(k.to_owned(), serde_json::from_str(&text).expect("the column holds JSON"));
+        }
+    }
+    for k in ["icmp_type", "icmp_code", "source_cgroup_id"] {
+        if m[k].is_null() {
+            m.remove(k);
+        }
+    }
+    match m.remove("host_network").and_then(|v| v.as_u64()) {
+        Some(1) => m.insert("host_network".to_owned(), json!(true)),
+        _ => None,
+    };
+    row
+}
+
+fn sorted(mut v: Vec<Value>) -> Vec<Value> {
+    v.sort_by_cached_key(Value::to_string);
+    v
+}
+
+/// Every record of `flows.log` is one row, field for field; nothing else is in the table.
+fn assert_table_is_flows_log(ch: &ClickHouse, table: &str, dir: &Path) {
+    let expected: Vec<Value> = flows_log(dir).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = ch.rows(&format!("SELECT * FROM {table} FORMAT JSONEachRow")).unwrap();
+    let got: Vec<Value> = rows.into_iter().map(as_flow_log).collect();
+    assert_eq!(got.len(), expected.len(), "rows in {table}");
+    assert_eq!(sorted(got), sorted(expected), "{table} holds exactly the records of flows.log");
+}
+
+/// A temporary directory with a ClickHouse server in `clickhouse/`, or `None` (skipped).
+fn clickhouse(test: &str) -> Option<(tempfile::TempDir, ClickHouse)> {
+    if !sinks::available(test, &[("clickhouse-server", ClickHouse::installed())]) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ch_dir = dir.path().join("clickhouse");
+    std::fs::create_dir(&ch_dir).unwrap();
+    let ch = ClickHouse::start(&ch_dir).unwrap();
+    Some((dir, ch))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_holds_every_record_of_flows_log_exactly_once() {
+    let Some((dir, ch)) = clickhouse("clickhouse") else { return };
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, format!("{}\n", ClickHouse::WRITER_PASSWORD)).unwrap();
+    let cfg = exporters(
+        json!([
+            {"name": "file", "type": "file"},
+            {"name": "ch", "type": "clickhouse", "url": format!("http://127.0.0.1:{}", ch.http),
+             "username": "writer", "password_file": password, "batch_max_records": 100},
+        ]),
+        dir.path(),
+    );
+    let registry = Registry::new();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
+    for chunk in varied_records(400).chunks(50) {
+        out.write_flows(chunk);
+    }
+    out.write_audit(&[json!({"kind": "Event", "verb": "create"})]);
+    out.close(Duration::from_secs(30)).await;
+    assert_eq!(flows_log(dir.path()).len(), 400);
+    assert_table_is_flows_log(&ch, "flowaudit.flows", dir.path());
+    assert_eq!(ch.query("SELECT count(), uniqExact(id) FROM flowaudit.flows FORMAT TSV").unwrap(), "400\t400\n");
+    // Partitioned by the UTC day of end_time.
+    assert_eq!(
+        ch.query(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = 'flowaudit' AND table = 'flows' \
+             AND active ORDER BY partition FORMAT TSV"
+        )
+        .unwrap(),
+        "20251231\n20260101\n"
+    );
+    assert_eq!(metric(&registry, "flowaudit_export_records_sent_total", &[("exporter", "ch")]), 400.0);
+    assert_eq!(metric(&registry, "flowaudit_export_records_failed_total", &[("exporter", "ch")]), 0.0);
+    assert_eq!(
+        metric(&registry, "flowaudit_export_records_dropped_total", &[("exporter", "ch"), ("reason", "rejected")]),
+        0.0
+    );
+    eprintln!(
+        "clickhouse {}: 400 records of flows.log, 400 rows, 400 distinct ids, equal field for field",
+        ch.query("SELECT version() FORMAT TSV").unwrap().trim()
+    );
+}
+
+fn range(from: u64, to: u64) -> TimeRange {
+    let t = |s: u64| jiff::Timestamp::from_second(s as i64).unwrap();
+    TimeRange { from: t(from), to: t(to) }
+}
+
+fn scan_sorted(source: &dyn FlowSource, range: TimeRange) -> (u64, Vec<FlowRow>) {
+    let mut rows = Vec::new();
+    let n = source.scan(range, &mut |r| rows.push(r)).unwrap();
+    rows.sort_by_cached_key(|r| format!("{r:?}"));
+    (n, rows)
+}
+
+/// Records exported to ClickHouse read back through `--store` as the same rows as from the
+/// flow-log files, for whole and partial intervals (boundaries on record bounds), also after a
+/// batch was stored twice (as when an insert's answer is lost and the batch is sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clickhouse_store_gives_the_rows_of_the_flow_log_files() {
+    let Some((dir, ch)) = clickhouse("clickhouse store") else { return };
+    let url = format!("http://127.0.0.1:{}", ch.http);
+    let cfg = exporters(
+        json!([
+            {"name": "file", "type": "file"},
+            {"name": "ch", "type": "clickhouse", "url": url, "database": "cluster", "table": "flows_a"},
+        ]),
+        dir.path(),
+    );
+    let records = varied_records(400);
+    let registry = Registry::new();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
+    out.write_flows(&records);
+    out.close(Duration::from_secs(30)).await;
+    // The first 100 again, through another exporter: a batch stored twice.
+    let again = dir.path().join("again");
+    let cfg = exporters(
+        json!([{"name": "ch", "type": "clickhouse", "url": url, "database": "cluster", "table": "flows_a"}]),
+        &again,
+    );
+    let mut out = Outputs::start(cfg, NODE, &Registry::new(), Default::default()).unwrap();
+    out.write_flows(&records[..100]);
+    out.close(Duration::from_secs(30)).await;
+    assert_eq!(ch.query("SELECT count() FROM cluster.flows_a FORMAT TSV").unwrap(), "500\n");
+
+    let files = FlowLogDirs(vec![dir.path().join("logs")]);
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, ClickHouse::WRITER_PASSWORD).unwrap();
+    let store = ClickHouseStore::parse_with(
+        &format!("clickhouse://writer@127.0.0.1:{}/cluster?table=flows_a", ch.http),
+        None,
+        Some(password),
+    )
+    .unwrap();
+    let last_end = DAY_BEFORE + 100 * 60;
+    let ranges = [
+        ("everything", range(DAY_BEFORE - 3600, last_end + 3600)),
+        ("from a record's end to another's start", range(DAY_BEFORE + 600, DAY_BEFORE + 1800)),
+        ("across midnight", range(DAY_BEFORE + 3590, DAY_BEFORE + 3610)),
+        ("one second inside the first interval", range(DAY_BEFORE + 59, DAY_BEFORE + 60)),
+        ("after the last record", range(last_end, last_end + 60)),
+    ];
+    for (what, r) in ranges {
+        let (n_files, from_files) = scan_sorted(&files, r);
+        let (n_store, from_store) = scan_sorted(&store, r);
+        eprintln!("store vs files, {what}: {n_files} rows from flows.log, {n_store} from ClickHouse");
+        assert_eq!(n_store, n_files, "{what}");
+        assert_eq!(from_store, from_files, "{what}: the same rows");
+    }
+    let (n, _) = scan_sorted(&files, ranges[1].1);
+    assert_eq!(n, 80, "20 intervals of four records overlap [600, 1800)");
+    assert_eq!(scan_sorted(&files, ranges[0].1).0, 400);
+    assert_eq!(scan_sorted(&files, ranges[4].1).0, 0);
+}
+
+/// The server is not there when the agent starts: the exporter retries, creates the database
+/// and table when it comes, and stores everything. Then a table made by hand whose `proto`
+/// column takes only `tcp`: ClickHouse refuses the ICMP rows (18.16 does not say which row);
+/// the exporter narrows the refusal down to them, dead-letters exactly those and stores the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_late_gets_everything_and_only_refused_rows_are_dead_letters() {
+    if !sinks::available("clickhouse late", &[("clickhouse-server", ClickHouse::installed())]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = sinks::free_port();
+    let cfg = exporters(
+        json!([
+            {"name": "file", "type": "file"},
+            {"name": "ch", "type": "clickhouse", "url": format!("http://127.0.0.1:{port}"),
+             "batch_max_records": 40, "retry_initial": "100ms", "retry_max": "500ms"},
+        ]),
+        dir.path(),
+    );
+    let registry = Registry::new();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
+    out.write_flows(&varied_records(80));
+    wait_until("a failed attempt", Duration::from_secs(10), || {
+        metric(&registry, "flowaudit_export_records_failed_total", &[("exporter", "ch")]) > 0.0
+    })
+    .await;
+    let ch_dir = dir.path().join("clickhouse");
+    std::fs::create_dir(&ch_dir).unwrap();
+    let ch = ClickHouse::start_on(&ch_dir, port).unwrap();
+    wait_until("80 records sent", Duration::from_secs(30), || {
+        metric(&registry, "flowaudit_export_records_sent_total", &[("exporter", "ch")]) == 80.0
+    })
+    .await;
+    out.close(Duration::from_secs(10)).await;
+    assert_table_is_flows_log(&ch, "flowaudit.flows", dir.path());
+    let failed = metric(&registry, "flowaudit_export_records_failed_total", &[("exporter", "ch")]);
+
+    let strict =
+        flowaudit::clickhouse::create_table("flowaudit", "strict").replace("proto String", "proto Enum8('tcp' = 1)");
+    assert!(strict.contains("Enum8"));
+    ch.query(&strict).unwrap();
+    let dead = dir.path().join("strict-dead-letters.log");
+    let cfg = exporters(
+        json!([{"name": "strict", "type": "clickhouse", "url": format!("http://127.0.0.1:{port}"), "table": "strict",
+                "dead_letter_file": dead}]),
+        &dir.path().join("strict"),
+    );
+    let registry = Registry::new();
+    let mut out = Outputs::start(cfg, NODE, &registry, Default::default()).unwrap();
+    let records = varied_records(80);
+    out.write_flows(&records);
+    out.close(Duration::from_secs(30)).await;
+    let icmp: Vec<&str> = records.iter().filter(|r| &*r.proto == "icmp").map(|r| r.id.as_str()).collect();
+    assert_eq!(icmp.len(), 8);
+    let letters: Vec<Value> =
+        std::fs::read_to_string(&dead).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut refused: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l["record"].as_str().unwrap()).unwrap()["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(refused, icmp, "exactly the ICMP records are dead letters");
+    assert!(
+        letters.iter().all(|l| l["reason"].as_str().unwrap().contains("Unknown element 'icmp'")),
+        "{:?}",
+        letters[0]
+    );
+    assert_eq!(ch.query("SELECT count() FROM flowaudit.strict FORMAT TSV").unwrap(), "72\n");
+    assert_eq!(ch.query("SELECT count() FROM flowaudit.strict WHERE proto != 'tcp' FORMAT TSV").unwrap(), "0\n");
+    assert_eq!(metric(&registry, "flowaudit_export_records_sent_total", &[("exporter", "strict")]), 72.0);
+    assert_eq!(
+        metric(&registry, "flowaudit_export_records_dropped_total", &[("exporter", "strict"), ("reason", "rejected")]),
+        8.0
+    );
+    eprintln!(
+        "clickhouse late: 80 of 80 stored after {failed} records in failed attempts; strict table: 72 stored, \
+         the 8 ICMP records dead-lettered ({})",
+        letters[0]["reason"].as_str().unwrap().lines().next().unwrap_or_default()
+    );
 }

@@ -220,7 +220,8 @@ fn write_doc(programs: &str, iperf: &str, attribution: &str, encode: &str, expor
          ## Exporters\n\n\
          `cargo run --release -p flowaudit-lab --example export_bench`: records per second per \
          exporter and encoding, the agent's side on one core (a single-threaded runtime), against \
-         the real servers of the exporter tests on loopback (rsyslog, osmem-server, Tansu, Rotel); \
+         the real servers of the exporter tests on loopback (rsyslog, osmem-server, Tansu, Rotel, \
+         ClickHouse 18.16); \
          50,000 records in flushes of 1,000, timed from the first submit until the sink accepted \
          the last (spooled, synced, sent, removed from the spool). The `file` row is the baseline: \
          the local write every deployment has.\n\n{export}\n",

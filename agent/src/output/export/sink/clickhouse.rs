@@ -8,7 +8,7 @@
 //! block: all of it or nothing), drop a row the server refused without naming it (the row it
 //! names goes to the dead letters, the rest is inserted), or store anything but flows.
 
-use std::{fmt, time::Duration};
+use std::{collections::VecDeque, fmt, time::Duration};
 
 use reqwest::header::HeaderValue;
 use serde::de::{self, Deserializer as _, MapAccess, Visitor};
@@ -53,9 +53,16 @@ impl ClickHouseSink {
         })
     }
 
-    /// One request: `query` in the URL, `body` as the body; the answer's text on 200.
-    async fn request(&self, query: &str, settings: &[(&str, &str)], body: Vec<u8>) -> Result<String, SinkError> {
-        let url = reqwest::Url::parse_with_params(&self.url, std::iter::once(&("query", query)).chain(settings))
+    /// One statement, its text as the body (18.16 refuses a POST without a body); the
+    /// answer's text on 200.
+    async fn statement(&self, sql: &str) -> Result<String, SinkError> {
+        self.request(&[], sql.as_bytes().to_vec()).await
+    }
+
+    /// One request: `params` in the URL (`query` for an insert, settings), `body` as the body;
+    /// the answer's text on 200.
+    async fn request(&self, params: &[(&str, &str)], body: Vec<u8>) -> Result<String, SinkError> {
+        let url = reqwest::Url::parse_with_params(&self.url, params)
             .map_err(|e| SinkError::Config(format!("{}: {e}", self.url)))?;
         let mut req = self.client.post(url).body(body);
         if let Some(auth) = &self.auth {
@@ -77,14 +84,14 @@ impl ClickHouseSink {
         let (db, table) = (self.database.as_str(), self.table.as_str());
         let mut have = self.columns().await?;
         if have.is_empty() {
-            self.request(&ch::create_database(db), &[], Vec::new()).await?;
-            self.request(&ch::create_table(db, table), &[], Vec::new()).await?;
+            self.statement(&ch::create_database(db)).await?;
+            self.statement(&ch::create_table(db, table)).await?;
             tracing::info!(message = "ClickHouse table created (if it was missing).", database = db, table);
             have = self.columns().await?;
         }
         for (name, ty) in ch::COLUMNS {
             if !have.iter().any(|h| h == name) {
-                self.request(&ch::add_column(db, table, name, ty), &[], Vec::new()).await?;
+                self.statement(&ch::add_column(db, table, name, ty)).await?;
                 tracing::info!(message = "ClickHouse column added.", database = db, table, column = name, r#type = ty);
             }
         }
@@ -93,13 +100,14 @@ impl ClickHouseSink {
     }
 
     async fn columns(&self) -> Result<Vec<String>, SinkError> {
-        let text = self.request(&ch::list_columns(&self.database, &self.table), &[], Vec::new()).await?;
+        let text = self.statement(&ch::list_columns(&self.database, &self.table)).await?;
         Ok(text.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
     }
 
-    /// Inserts one batch. A row the server refuses for its content (its answer names the row)
-    /// goes to the dead letters and the others are sent again at once; any other failure
-    /// retries the whole batch.
+    /// Inserts one batch. A failure that names the content (a row that does not parse, a value
+    /// the column refuses) is narrowed down to the rows at fault: the row the answer names is
+    /// tried alone first, else the part is halved, until single rows are refused (they go to the
+    /// dead letters) and the others are stored. Any other failure retries what is not stored yet.
     pub async fn send(&mut self, log_type: LogType, items: &[Item]) -> Result<Outcome, SinkError> {
         let mut outcome = Outcome::default();
         if log_type == LogType::Audit {
@@ -113,7 +121,7 @@ impl ClickHouseSink {
         }
         // Each item's row, or why it is not one.
         let mut buf = Vec::with_capacity(items.iter().map(|i| i.line.len() + 64).sum());
-        let mut rows: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(items.len());
+        let mut rows: Vec<Row> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let start = buf.len();
             match row(&item.line, &mut buf) {
@@ -128,31 +136,64 @@ impl ClickHouseSink {
             }
         }
         let query = ch::insert(&self.database, &self.table);
-        while !rows.is_empty() {
-            let body: Vec<u8> = if rows.len() == items.len() {
+        let mut params = vec![("query", query.as_str())];
+        params.extend_from_slice(ch::INSERT_SETTINGS);
+        let whole = rows.len() == items.len();
+        let mut parts: VecDeque<Vec<Row>> = VecDeque::from([rows]);
+        let mut stored = 0;
+        while let Some(mut part) = parts.pop_front() {
+            if part.is_empty() {
+                continue;
+            }
+            let body: Vec<u8> = if whole && stored == 0 && part.len() == items.len() {
                 buf.clone()
             } else {
-                rows.iter().flat_map(|(_, r)| buf[r.clone()].iter().copied()).collect()
+                part.iter().flat_map(|(_, r)| buf[r.clone()].iter().copied()).collect()
             };
-            let Err(error) = self.request(&query, ch::INSERT_SETTINGS, body).await else { break };
-            let SinkError::Status { body: text, .. } = &error else { return Err(error) };
-            let answer = ErrorAnswer::parse(text);
+            let error = match self.request(&params, body).await {
+                Ok(_) => {
+                    stored += part.len();
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let answer = match &error {
+                SinkError::Status { body, .. } => ErrorAnswer::parse(body),
+                _ => ErrorAnswer::parse(""),
+            };
             if matches!(answer.code, Some(ch::UNKNOWN_TABLE | ch::UNKNOWN_DATABASE)) {
                 self.ready = false;
+            } else if answer.is_about_content() {
+                if part.len() == 1 {
+                    outcome.rejected.push((part[0].0, answer.message));
+                } else if let Some(n) = answer.row.filter(|&n| n <= part.len()) {
+                    let named = part.remove(n - 1);
+                    parts.push_front(part);
+                    parts.push_front(vec![named]);
+                } else {
+                    let second = part.split_off(part.len() / 2);
+                    parts.push_front(second);
+                    parts.push_front(part);
+                }
+                continue;
+            }
+            // Not about the rows: what is not stored yet is sent again after the backoff.
+            if stored == 0 && outcome.rejected.is_empty() {
                 return Err(error);
             }
-            match answer.row {
-                Some(n) if n <= rows.len() => {
-                    let (i, _) = rows.remove(n - 1);
-                    outcome.rejected.push((i, answer.message));
-                }
-                _ => return Err(error),
-            }
+            tracing::warn!(message = "ClickHouse insert failed after part of the batch was stored; retrying the rest.", table = %format!("{}.{}", self.database, self.table), %error);
+            parts.push_front(part);
+            outcome.retry = parts.iter().flatten().map(|(i, _)| *i).collect();
+            outcome.retry.sort_unstable();
+            break;
         }
         outcome.rejected.sort_unstable_by_key(|(i, _)| *i);
         Ok(outcome)
     }
 }
+
+/// An item's index and its row's bytes in the batch's buffer.
+type Row = (usize, std::ops::Range<usize>);
 
 /// Writes a flow-log line as a `JSONEachRow` row: the same fields, with each JSON object value
 /// (labels, policies) as a string holding the object's JSON text, and `true`/`false` as 1/0, so
