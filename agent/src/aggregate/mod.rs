@@ -655,16 +655,9 @@ pub fn proto_name(p: u8) -> String {
     }
 }
 
-/// `pvt` for RFC 1918, fc00::/7 and fe80::/10; `pub` otherwise.
+/// `pvt` for private addresses ([`crate::model::is_private_ip`]); `pub` otherwise.
 pub fn net_aggr(ip: IpAddr) -> &'static str {
-    let private = match ip {
-        IpAddr::V4(v4) => v4.is_private(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments()[0];
-            (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
-        }
-    };
-    if private { "pvt" } else { "pub" }
+    if crate::model::is_private_ip(ip) { "pvt" } else { "pub" }
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ impl FlowLogDirs {
                 return Err(ReportError::input(dir, "-", "holds no flows.log file"));
             }
             // flows.log.N is older than flows.log.N-1; flows.log is the newest.
-            files.sort_by(|a, b| b.0.cmp(&a.0));
+            files.sort_by_key(|f| std::cmp::Reverse(f.0));
             all.extend(files.into_iter().map(|(_, p)| p));
         }
         Ok(all)

@@ -115,8 +115,10 @@ pub struct Options {
     pub kube_bench: Vec<PathBuf>,
     /// `--audit-log` (policy-audit).
     pub audit_logs: Vec<PathBuf>,
-    /// `--flow-log-dir` (network-access, not implemented yet: accepted and kept for it).
+    /// `--flow-log-dir` (network-access).
     pub flow_log_dirs: Vec<PathBuf>,
+    /// `--store` (network-access, instead of `--flow-log-dir`).
+    pub store: Option<String>,
     /// `--metrics-addr`.
     pub metrics_addr: SocketAddr,
     /// `--snapshot-interval`: how often the cluster state is written to `<archive>/snapshots`
@@ -283,8 +285,13 @@ pub struct FileRunner {
     pub audit_logs: Vec<PathBuf>,
     /// The manifests directory (cis-benchmark decides check 5.3.2 from it), in manifests mode.
     pub cluster_dir: Option<PathBuf>,
-    /// Snapshots of the cluster state (`<archive>/snapshots`), read by the inventory report.
+    /// Snapshots of the cluster state (`<archive>/snapshots`), read by the inventory and
+    /// network-access reports.
     pub snapshots: Option<PathBuf>,
+    /// `--flow-log-dir` (network-access).
+    pub flow_log_dirs: Vec<PathBuf>,
+    /// `--store` (network-access).
+    pub store: Option<String>,
 }
 
 impl Runner for FileRunner {
@@ -334,7 +341,12 @@ impl Runner for FileRunner {
                 }
                 report::write(&audit, out, &self.formats, generated)
             }
-            Kind::Inventory => {
+            Kind::Inventory | Kind::NetworkAccess => {
+                let flows = if kind == Kind::NetworkAccess {
+                    Some(report::flow_source(self.store.as_deref(), &self.flow_log_dirs)?)
+                } else {
+                    None
+                };
                 // The state at the start: the newest snapshot before it, else (manifests mode)
                 // the manifests directory; then the audit events of the interval.
                 let has_snapshot =
@@ -345,9 +357,11 @@ impl Runner for FileRunner {
                     _ => {
                         return Err(ReportError::Flag {
                             flag: "--archive",
-                            reason: "the inventory report needs a snapshot from before the interval in \
-                                     <archive>/snapshots (written every --snapshot-interval, or by flowaudit snapshot)"
-                                .into(),
+                            reason: format!(
+                                "the {} report needs a snapshot from before the interval in <archive>/snapshots \
+                                 (written every --snapshot-interval, or by flowaudit snapshot)",
+                                kind.as_str()
+                            ),
                         });
                     }
                 };
@@ -356,9 +370,14 @@ impl Runner for FileRunner {
                 for w in &inventory.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
                 }
-                report::write(&inventory, out, &self.formats, generated)
+                match flows {
+                    None => report::write(&inventory, out, &self.formats, generated),
+                    Some(flows) => {
+                        let access = report::network_access::build(inventory, flows.as_ref())?;
+                        report::write(&access, out, &self.formats, generated)
+                    }
+                }
             }
-            Kind::NetworkAccess => Err(ReportError::NotImplemented(format!("the {} report", kind.as_str()))),
         }
     }
 }
@@ -682,6 +701,8 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
             Source::Kube => None,
         },
         snapshots: Some(opts.archive.join(report::replay::SNAPSHOTS_DIR)),
+        flow_log_dirs: opts.flow_log_dirs.clone(),
+        store: opts.store.clone(),
     };
     let scheduler = Scheduler::new(SystemClock, opts.timing);
     let mut reporter = Some(Reporter::new(scheduler, archive.clone(), runner, metrics));
