@@ -994,11 +994,12 @@ async fn kube_audit_log_events_keep_their_user_and_resume_after_restart() {
 
 /// `flowaudit reporter --cluster kube` against the real API server: the GlobalReport CRD as
 /// generated (deploy/base/crds), a `cis-benchmark` report on `*/5 * * * *` and a
-/// `network-access` one (not implemented yet), `--delay 0s`. The archive says the reporter first
-/// saw both 12 minutes ago (as if it had been down since): at start it makes the intervals since
-/// then, archives the CIS reports, and records every run in the resources' status through the
-/// status subresource (the CIS runs as successful, the network-access runs as failed); a schedule
-/// with 15 runs an hour is refused and its status left alone.
+/// `network-access` one (no `--flow-log-dir` given: its runs fail, naming it), `--delay 0s`.
+/// The archive says the reporter first saw both 12 minutes ago (as if it had been down since):
+/// at start it makes the intervals since then, archives the CIS reports, and records every run
+/// in the resources' status through the status subresource (the CIS runs as successful, the
+/// network-access runs as failed); a schedule with 15 runs an hour is refused and its status
+/// left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reporter_records_runs_in_the_globalreport_status() {
     use flowaudit::report::resource::GlobalReport;
