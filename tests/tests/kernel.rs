@@ -684,6 +684,64 @@ fn identity_and_verdicts_from_manifests() {
     assert_eq!(before["policies"]["pending_policies"], serde_json::json!(["0|default|sknp:ops/default-deny|deny|-1"]));
     let after = records.iter().rfind(|r| r["reporter"] == "dst" && r["source_port"] == 41005).unwrap();
     assert_eq!(after["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:ops/default-deny|deny|-1"]));
+
+    // The network-access report over this run's flow log: each endpoint's ingress from its `dst`
+    // records, its egress from its `src` records, next to what its policies allow.
+    let access = network_access_rows(cluster.path(), logs.path());
+    let db = &access["Pod.v1(shop/db)"];
+    assert_eq!(db["endpointsGeneratingTrafficToThisEndpoint"], "Pod.v1(ops/monitor);Pod.v1(shop/web-7d9f-p1)");
+    assert_eq!(db["endpointsReceivingTrafficFromThisEndpoint"], "");
+    // db's policies admit no other namespace, yet monitor's denied connection got through.
+    assert_eq!(
+        (db["ingressFromOtherNamespace"].as_str(), db["observedIngressFromOtherNamespace"].as_str()),
+        ("false", "true")
+    );
+    // Denied: monitor's dropped attempt (41002) and its violation (41003), one connection each.
+    assert_eq!((db["deniedFlows"].as_str(), db["enforcementViolations"].as_str()), ("2", "1"));
+    let monitor = &access["Pod.v1(ops/monitor)"];
+    assert_eq!(monitor["endpointsGeneratingTrafficToThisEndpoint"], "Pod.v1(ops/node-agent);Pod.v1(shop/web-7d9f-p1)");
+    // monitor sent to db, and ICMP port unreachables back to web (nothing listens on 7000).
+    assert_eq!(monitor["endpointsReceivingTrafficFromThisEndpoint"], "Pod.v1(shop/db);Pod.v1(shop/web-7d9f-p1)");
+    // Denied at monitor: the 3 datagrams after ops went default-deny (one flow); its egress
+    // record of 41003 carries the violation.
+    assert_eq!((monitor["deniedFlows"].as_str(), monitor["enforcementViolations"].as_str()), ("1", "1"));
+    assert_eq!(monitor["observedEgressToOtherNamespace"], "true");
+}
+
+/// `flowaudit report network-access` over a manifests directory and a flow-log directory, for
+/// the hour around now: `endpoints.csv` as endpoint → column → value.
+fn network_access_rows(
+    cluster: &Path,
+    logs: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let out = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let rfc3339 = |secs: u64| {
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let status = std::process::Command::new(workspace_bin("flowaudit"))
+        .args(["report", "network-access", "--from", &rfc3339(now - 3600), "--to", &rfc3339(now + 3600)])
+        .args(["--cluster".as_ref(), cluster.as_os_str(), "--flow-log-dir".as_ref(), logs.as_os_str()])
+        .args(["--out".as_ref(), out.path().as_os_str()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "flowaudit report network-access: {status}");
+    let text = std::fs::read_to_string(out.path().join("endpoints.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|line| {
+            // No value of these rows holds a comma or a quote (checked: the header's width).
+            let cells: Vec<&str> = line.split(',').collect();
+            assert_eq!(cells.len(), header.len(), "{line}");
+            let row = header.iter().zip(&cells).map(|(h, c)| ((*h).to_owned(), (*c).to_owned())).collect();
+            (cells[0].to_owned(), row)
+        })
+        .collect()
 }
 
 /// A private bpffs instance mounted on a temporary directory; unmounted on drop (also on panic).
