@@ -730,16 +730,13 @@ fn network_access_rows(
         .status()
         .unwrap();
     assert!(status.success(), "flowaudit report network-access: {status}");
-    let text = std::fs::read_to_string(out.path().join("endpoints.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    lines
-        .map(|line| {
-            // No value of these rows holds a comma or a quote (checked: the header's width).
-            let cells: Vec<&str> = line.split(',').collect();
-            assert_eq!(cells.len(), header.len(), "{line}");
-            let row = header.iter().zip(&cells).map(|(h, c)| ((*h).to_owned(), (*c).to_owned())).collect();
-            (cells[0].to_owned(), row)
+    let mut reader = csv::Reader::from_path(out.path().join("endpoints.csv")).unwrap();
+    let header = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            (row[0].to_owned(), header.iter().zip(&row).map(|(h, c)| (h.to_owned(), c.to_owned())).collect())
         })
         .collect()
 }

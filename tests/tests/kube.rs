@@ -1145,3 +1145,49 @@ async fn reporter_records_runs_in_the_globalreport_status() {
         got.len()
     );
 }
+
+/// `flowaudit report cis-benchmark --cluster kube` against the real API server: check 5.3.2
+/// ("every namespace has a NetworkPolicy") is decided from the server's namespaces and policies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_decides_check_5_3_2_from_the_api_server() {
+    let Some(server) = server_or_skip("report_decides_check_5_3_2_from_the_api_server") else { return };
+    server
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: open}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: shop}\n\
+             spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+        )
+        .expect("create the namespaces and the policy");
+    let out = tempfile::tempdir().unwrap();
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src/report/testdata/kube-bench/master-1.json");
+    let kubeconfig = server.kubeconfig().to_owned();
+    let dir = out.path().to_owned();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(flowaudit_lab::workspace_bin("flowaudit"))
+            .args(["report", "cis-benchmark", "--from", "2026-11-20T00:00:00Z", "--to", "2026-11-21T00:00:00Z"])
+            .args(["--cluster", "kube", "--kube-bench"])
+            .arg(bench)
+            .arg("--out")
+            .arg(&dir)
+            .env("KUBECONFIG", kubeconfig)
+            .status()
+    })
+    .await
+    .unwrap()
+    .expect("run flowaudit report");
+    assert!(status.success(), "flowaudit report cis-benchmark --cluster kube: {status}");
+    let mut reader = csv::Reader::from_path(out.path().join("all-tests.csv")).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let row = rows.iter().find(|r| &r[col("testIndex")] == "5.3.2").expect("a 5.3.2 row");
+    assert_eq!((&row[col("status")], &row[col("decidedBy")]), ("FAIL", "flowaudit"));
+    assert!(
+        row[col("remediation")]
+            .ends_with("Namespaces without a NetworkPolicy: default;kube-node-lease;kube-public;kube-system;open"),
+        "{}",
+        &row[col("remediation")]
+    );
+}

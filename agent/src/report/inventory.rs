@@ -990,7 +990,6 @@ spec:
         );
         assert_eq!(refused(&|r| r.from = "2026-11-18T00:00:00Z".into()).exit_code(), 2);
         assert_eq!(refused(&|r| r.kind = Some(Kind::PolicyAudit)).exit_code(), 2);
-        assert_eq!(refused(&|r| r.cluster = Some("kube".into())).exit_code(), 1);
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //! directories, or a store) showed. The reporter writes snapshots with
 //! [`replay::Snapshot::write`] every `--snapshot-interval`.
 //!
-//! Not yet here: `--cluster kube` for reports (the reporter reads the API itself).
+//! `--cluster kube` reads the API server's state now: cis-benchmark decides its checks from it;
+//! the reports of an interval's endpoints refuse it (they need the state at the start: a
+//! snapshot).
 
 pub mod cis;
 pub mod exposure;
@@ -621,7 +623,18 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
     }
     let cluster = match req.cluster.as_deref() {
         None => None,
-        Some("kube") => return Err(ReportError::NotImplemented("--cluster kube for reports".into())),
+        Some("kube") if replays => {
+            return Err(ReportError::Flag {
+                flag: "--cluster",
+                reason: format!(
+                    "kube gives the state now, not at the start of the interval: the {} report reads \
+                     snapshots (flowaudit snapshot --cluster kube --archive DIR, or the reporter's), \
+                     give --archive or --snapshot-dir",
+                    kind.as_str()
+                ),
+            });
+        }
+        Some("kube") => Some(replay::kube_state_blocking()?),
         Some(_) if replays => None,
         Some(dir) => Some(crate::cluster::manifests::load_dir(Path::new(dir)).map_err(ReportError::Manifests)?.state),
     };

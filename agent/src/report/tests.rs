@@ -562,7 +562,12 @@ fn run_writes_the_files_and_refuses_what_does_not_belong() {
         refused(&|r| r.store = Some("clickhouse://h:8123/db".into())).to_string(),
         "--store: flows are read by the network-access report, not cis-benchmark"
     );
-    assert_eq!(refused(&|r| r.cluster = Some("kube".into())).exit_code(), 1);
+    let e = refused(&|r| {
+        r.kind = Some(Kind::Inventory);
+        r.cluster = Some("kube".into());
+    });
+    assert!(e.to_string().starts_with("--cluster: kube gives the state now, not at the start"), "{e}");
+    assert_eq!(e.exit_code(), 2);
     assert_eq!(refused(&|r| r.kube_bench.clear()).to_string(), "--kube-bench: is needed by the cis-benchmark report");
     assert_eq!(refused(&|r| r.format = "xml".into()).exit_code(), 2);
     let bad_cluster = tempfile::tempdir().unwrap();

@@ -312,16 +312,24 @@ impl Runner for FileRunner {
                         reason: "is needed by the cis-benchmark report".into(),
                     });
                 }
-                let cluster = match &self.cluster_dir {
-                    Some(dir) => Some(crate::cluster::manifests::load_dir(dir).map_err(ReportError::Manifests)?.state),
-                    None => None,
+                // The manifests directory, else (kube mode) the newest snapshot before the end.
+                let (cluster_dir, cluster) = match (&self.cluster_dir, &self.snapshots) {
+                    (Some(dir), _) => (
+                        Some(dir.clone()),
+                        Some(crate::cluster::manifests::load_dir(dir).map_err(ReportError::Manifests)?.state),
+                    ),
+                    (None, Some(dir)) if dir.is_dir() => match report::replay::snapshot_state(dir, interval.end)? {
+                        Some((file, state)) => (Some(file), Some(state)),
+                        None => (None, None),
+                    },
+                    (None, _) => (None, None),
                 };
                 let cis = report::cis::build(&report::cis::Input {
                     range,
                     kube_bench: self.kube_bench.clone(),
                     report: Some(report.clone()),
                     cluster: cluster.as_ref(),
-                    cluster_dir: self.cluster_dir.clone(),
+                    cluster_dir,
                 })?;
                 for w in &cis.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);

@@ -272,15 +272,7 @@ fn the_real_runner_makes_the_same_cis_files_as_the_report_command() {
         let when = std::time::UNIX_EPOCH + Duration::from_secs(t("2026-11-27T00:30:00Z").as_second() as u64);
         filetime::set_file_mtime(&to, filetime::FileTime::from_system_time(when)).unwrap();
     }
-    let runner = FileRunner {
-        formats: vec![Format::Csv],
-        kube_bench: vec![kb.clone()],
-        audit_logs: vec![],
-        cluster_dir: None,
-        snapshots: None,
-        flow_log_dirs: vec![],
-        store: None,
-    };
+    let runner = FileRunner { kube_bench: vec![kb.clone()], ..file_runner() };
     let named = NamedReport {
         name: "cis".into(),
         spec: GlobalReportSpec { report_type: "cis-benchmark".into(), ..Default::default() },
@@ -340,13 +332,9 @@ fn the_real_runner_makes_the_same_inventory_as_the_report_command() {
     let dir = tempfile::tempdir().unwrap();
     // Manifests mode without snapshots: the manifests directory is the state at the start.
     let runner = FileRunner {
-        formats: vec![Format::Csv],
-        kube_bench: vec![],
-        audit_logs: vec![],
         cluster_dir: Some(testdata.join("cluster")),
         snapshots: Some(dir.path().join("no-snapshots")),
-        flow_log_dirs: vec![],
-        store: None,
+        ..file_runner()
     };
     let named = NamedReport {
         name: "inv".into(),
@@ -392,13 +380,10 @@ fn the_real_runner_makes_the_same_network_access_report_as_the_report_command() 
     let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/testdata/network-access");
     let dir = tempfile::tempdir().unwrap();
     let runner = FileRunner {
-        formats: vec![Format::Csv],
-        kube_bench: vec![],
         audit_logs: vec![testdata.join("audit/audit.log")],
-        cluster_dir: None,
         snapshots: Some(testdata.join("snapshots")),
         flow_log_dirs: vec![testdata.join("flows")],
-        store: None,
+        ..file_runner()
     };
     let named = NamedReport {
         name: "access".into(),
@@ -424,5 +409,52 @@ fn the_real_runner_makes_the_same_network_access_report_as_the_report_command() 
     for f in files {
         let name = f.file_name().unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
+    }
+}
+
+/// In kube mode (no manifests directory) cis-benchmark decides 5.3.2 from the newest snapshot
+/// taken before the interval's end.
+#[test]
+fn cis_in_kube_mode_decides_from_the_newest_snapshot_before_the_end() {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/testdata");
+    let dir = tempfile::tempdir().unwrap();
+    let runner = FileRunner {
+        kube_bench: vec![testdata.join("kube-bench/master-1.json")],
+        snapshots: Some(testdata.join("inventory/snapshots")),
+        ..file_runner()
+    };
+    let named = NamedReport {
+        name: "cis".into(),
+        spec: GlobalReportSpec { report_type: "cis-benchmark".into(), ..Default::default() },
+        raw_spec: serde_json::json!({"reportType": "cis-benchmark"}),
+    };
+    let row = |end: &str| {
+        let interval = Interval { start: t("2026-11-16T00:00:00Z"), end: t(end) };
+        let out = dir.path().join(end);
+        runner.run(&named, Kind::CisBenchmark, interval, &out, Timestamp::now()).unwrap();
+        let text = std::fs::read_to_string(out.join("all-tests.csv")).unwrap();
+        let at = text.find("master-1,5.3.2,")?;
+        Some(text[at..].split("\nmaster-1,").next().unwrap().trim_end().to_owned())
+    };
+    // The snapshot of 2026-11-19 has legacy, shop and web; shop has db-ingress, web a global policy.
+    let decided = row("2026-11-19T12:00:00Z").unwrap();
+    assert!(
+        decided.contains(",FAIL,") && decided.ends_with("Namespaces without a NetworkPolicy: legacy\",flowaudit"),
+        "{decided}"
+    );
+    // Before any snapshot: undecided, and (unscored, includeUnscoredTests unset) not listed.
+    assert_eq!(row("2026-11-17T12:00:00Z"), None);
+}
+
+/// A runner of CSV files with no inputs; tests set what they need.
+fn file_runner() -> FileRunner {
+    FileRunner {
+        formats: vec![Format::Csv],
+        kube_bench: vec![],
+        audit_logs: vec![],
+        cluster_dir: None,
+        snapshots: None,
+        flow_log_dirs: vec![],
+        store: None,
     }
 }
