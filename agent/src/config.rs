@@ -92,6 +92,15 @@ struct FileConfig {
     kube_audit_log: Option<PathBuf>,
     retention: Option<RetentionFile>,
     evidence: Option<EvidenceFile>,
+    snapshots: Option<SnapshotsFile>,
+}
+
+/// `snapshots:` of the YAML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotsFile {
+    archive: Option<PathBuf>,
+    interval: Option<String>,
 }
 
 /// `retention:` of the YAML file: one entry per log type.
@@ -171,6 +180,17 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// A kube-apiserver audit log to follow into `audit.log` (`None`: none).
     pub kube_audit_log: Option<PathBuf>,
+    /// `snapshots:`: write the cluster state to an archive (`None`: never).
+    pub snapshots: Option<Snapshots>,
+}
+
+/// Snapshots of the cluster state written by `run` (the reports' state at an interval's start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshots {
+    /// `snapshots.archive`: snapshots go to `<archive>/snapshots/`.
+    pub archive: PathBuf,
+    /// `snapshots.interval` (default 24h): a snapshot is written when the newest is this old.
+    pub interval: Duration,
 }
 
 /// Where the cluster state comes from.
@@ -368,6 +388,26 @@ impl Settings {
             }
             other => other.map(|(v, _)| v),
         };
+        let snapshots = match file.snapshots {
+            None => None,
+            Some(SnapshotsFile { archive: None, .. }) => {
+                return Err(ConfigError::new(fname, "snapshots.archive", "required"));
+            }
+            Some(SnapshotsFile { archive: Some(archive), interval }) => {
+                if cluster.is_none() {
+                    return Err(ConfigError::new(
+                        fname,
+                        "snapshots",
+                        "needs a cluster state source (cluster: kube|DIR)",
+                    ));
+                }
+                let interval = duration(fname, "snapshots.interval", interval.as_deref().unwrap_or("24h"))?;
+                if interval < Duration::from_secs(60) {
+                    return Err(ConfigError::new(fname, "snapshots.interval", "must be at least 1m"));
+                }
+                Some(Snapshots { archive, interval })
+            }
+        };
         let exporters = export_config::resolve(
             file.exporters.as_deref(),
             &export_config::Defaults {
@@ -407,6 +447,7 @@ impl Settings {
             hmac_key,
             state_dir,
             kube_audit_log,
+            snapshots,
         })
     }
 }
@@ -580,6 +621,24 @@ mod tests {
         let err = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "evidence.hmac_key_file");
         assert!(err.reason.contains("/no/such/key"), "{err}");
+    }
+
+    #[test]
+    fn snapshots_need_an_archive_and_a_cluster() {
+        let (_d, path) = write_config("cluster: /tmp/m\nsnapshots: {archive: /var/lib/flowaudit/archive}\n");
+        let s = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap();
+        let want = Snapshots { archive: "/var/lib/flowaudit/archive".into(), interval: Duration::from_secs(86_400) };
+        assert_eq!(s.snapshots, Some(want));
+        for (text, field, reason) in [
+            ("cluster: /tmp/m\nsnapshots: {interval: 1h}\n", "snapshots.archive", "required"),
+            ("snapshots: {archive: /a}\n", "snapshots", "needs a cluster state source"),
+            ("cluster: /tmp/m\nsnapshots: {archive: /a, interval: 10s}\n", "snapshots.interval", "at least 1m"),
+            ("cluster: /tmp/m\nsnapshots: {archive: /a, every: 1h}\n", "every", "unknown field `every`"),
+        ] {
+            let (_d, path) = write_config(text);
+            let e = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
+            assert!(e.field.starts_with(field) && e.reason.contains(reason), "{text}: {e}");
+        }
     }
 
     #[test]

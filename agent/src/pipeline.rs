@@ -1,7 +1,8 @@
 //! The one place where stages are wired: capture → aggregate → enrich → attribute → rollup →
 //! output, with the cluster state as a side input, plus telemetry and signals. Beside the flow
 //! path: audit (cluster state versions and the kube-apiserver audit log → [`AuditEvent`]s on one
-//! channel → `audit.log`, written by `write_audit_log`).
+//! channel → `audit.log`, written by `write_audit_log`) and, when configured, snapshots of the
+//! cluster state for the reports (`snapshots:`, written by `write_snapshots`).
 //!
 //! Takes: validated [`Settings`]. Gives: a running agent until SIGINT/SIGTERM, then a last drain
 //! of every open flow written to the flow log, everything detached, and `Ok`. Must never: hold
@@ -18,10 +19,11 @@ use crate::{
     audit::{self, AuditError, AuditEvent, AuditMetrics, Auditor, Follower, FollowerConfig},
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
     cluster::{ClusterState, kube, manifests},
-    config::{ClusterSource, Settings},
+    config::{ClusterSource, Settings, Snapshots},
     enrich::{EnrichConfig, Enricher},
     model::{CaptureBatch, Reporter},
     output::{Evidence, LogEvidence, OutputError, Outputs},
+    report::replay,
     rollup::{self, RollupConfig},
     telemetry,
 };
@@ -213,6 +215,19 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         };
         let auditor = Auditor::open(&settings.state_dir, &id, live)?;
         audit_tasks.push(tokio::spawn(audit_states(auditor, rx.clone(), audit_tx.clone(), shutdown_rx.clone())));
+        if let Some(snapshots) = &settings.snapshots {
+            let written = IntCounterVec::new(
+                Opts::new(
+                    "flowaudit_snapshots_total",
+                    "Cluster state snapshots written, by result (success, failure).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(written.clone())).expect("registered once");
+            let task = write_snapshots(rx.clone(), id.clone(), snapshots.clone(), written, shutdown_rx.clone());
+            audit_tasks.push(tokio::spawn(task));
+        }
     }
     if let Some(path) = &settings.kube_audit_log {
         let config = FollowerConfig {
@@ -318,6 +333,48 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     stages.outputs.close(EXPORT_GRACE).await;
     let _ = server.await?;
     Ok(())
+}
+
+/// Writes the cluster state to `<archive>/snapshots` whenever the newest snapshot there is
+/// `interval` old (at start when there is none), until shutdown: the reports' state at the start
+/// of an interval. A failure is logged and counted, and tried again a minute later.
+async fn write_snapshots(
+    states: watch::Receiver<Arc<ClusterState>>,
+    source: String,
+    cfg: Snapshots,
+    written: IntCounterVec,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let dir = cfg.archive.join(replay::SNAPSHOTS_DIR);
+    let every = jiff::SignedDuration::try_from(cfg.interval).unwrap_or(jiff::SignedDuration::from_hours(24));
+    for result in ["success", "failure"] {
+        written.with_label_values(&[result]);
+    }
+    loop {
+        let now = jiff::Timestamp::now();
+        if replay::snapshot_due(&dir, now, every) {
+            let snapshot = replay::Snapshot::from_state(&states.borrow().clone(), &source, now);
+            let archive = cfg.archive.clone();
+            match tokio::task::spawn_blocking(move || snapshot.write(&archive)).await {
+                Ok(Ok(path)) => {
+                    written.with_label_values(&["success"]).inc();
+                    tracing::info!(message = "Cluster state snapshot written.", path = %path.display());
+                }
+                Ok(Err(error)) => {
+                    written.with_label_values(&["failure"]).inc();
+                    tracing::error!(message = "Writing the cluster state snapshot failed.", %error);
+                }
+                Err(error) => {
+                    written.with_label_values(&["failure"]).inc();
+                    tracing::error!(message = "Writing the cluster state snapshot failed.", %error);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Audit events waiting to be written.

@@ -562,10 +562,23 @@ fn identity_and_verdicts_from_manifests() {
     // but gets through: a violation flowaudit must report.
     lab.nft_drop(&[format!("ip saddr {} ip daddr {} tcp dport 5432", p3.ipv4, p2.ipv4)]).unwrap();
     let glob = format!("fa{}p*", lab.id);
+    // The agent also writes a snapshot of the cluster state at start, for the reports.
+    let archive = tempfile::tempdir().unwrap();
+    let config = logs.path().join("flowaudit.yaml");
+    std::fs::write(&config, format!("snapshots: {{archive: {}, interval: 24h}}\n", archive.path().display())).unwrap();
     let agent = Agent::start(
         &mut lab,
         logs.path(),
-        &["--interfaces", &glob, "--flush-interval", "1h", "--cluster", cluster.path().to_str().unwrap()],
+        &[
+            "--interfaces",
+            &glob,
+            "--flush-interval",
+            "1h",
+            "--cluster",
+            cluster.path().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
     )
     .expect("agent");
     assert_eq!(agent.metric("flowaudit_cluster_state_version").unwrap(), 0.0);
@@ -603,6 +616,7 @@ fn identity_and_verdicts_from_manifests() {
     }
     run(&lab, lab.pod_command("p1", &t).unwrap(), &["udp-send", &ip(&p3), "7000", "41005", "3", "100"]);
     let counters = lab.read_counters().unwrap();
+    assert_eq!(agent.metric("flowaudit_snapshots_total{result=\"success\"}").unwrap(), 1.0);
     assert!(agent.stop(&mut lab).expect("exit").success());
     let records = Agent::records(logs.path());
     let port = |p: u64| move |r: &Value| r["source_port"] == p;
@@ -685,9 +699,10 @@ fn identity_and_verdicts_from_manifests() {
     let after = records.iter().rfind(|r| r["reporter"] == "dst" && r["source_port"] == 41005).unwrap();
     assert_eq!(after["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:ops/default-deny|deny|-1"]));
 
-    // The network-access report over this run's flow log: each endpoint's ingress from its `dst`
-    // records, its egress from its `src` records, next to what its policies allow.
-    let access = network_access_rows(cluster.path(), logs.path());
+    // The network-access report over this run: the state at the start from the agent's snapshot,
+    // replayed through its audit log (ops' default-deny came later); each endpoint's ingress from
+    // its `dst` records, its egress from its `src` records, next to what its policies allow.
+    let access = network_access_rows(archive.path(), logs.path());
     let db = &access["Pod.v1(shop/db)"];
     assert_eq!(db["endpointsGeneratingTrafficToThisEndpoint"], "Pod.v1(ops/monitor);Pod.v1(shop/web-7d9f-p1)");
     assert_eq!(db["endpointsReceivingTrafficFromThisEndpoint"], "");
@@ -706,15 +721,28 @@ fn identity_and_verdicts_from_manifests() {
     // record of 41003 carries the violation.
     assert_eq!((monitor["deniedFlows"].as_str(), monitor["enforcementViolations"].as_str()), ("1", "1"));
     assert_eq!(monitor["observedEgressToOtherNamespace"], "true");
+    // ops' default-deny, created mid-run, reached the report through the audit log: it applied
+    // to monitor for part of the interval, so it is listed, and monitor was not protected for all of it.
+    assert!(monitor["appliedPolicies"].contains("NetworkPolicy.networking.k8s.io/v1(ops/default-deny)"), "{monitor:?}");
+    assert_eq!(monitor["ingressProtected"], "false");
 }
 
-/// `flowaudit report network-access` over a manifests directory and a flow-log directory, for
-/// the hour around now: `endpoints.csv` as endpoint → column → value.
+/// `flowaudit report network-access` over an archive holding one snapshot and a flow-log
+/// directory (with the audit log), from the snapshot's time to an hour from now: `endpoints.csv`
+/// as endpoint → column → value.
 fn network_access_rows(
-    cluster: &Path,
+    archive: &Path,
     logs: &Path,
 ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
     let out = tempfile::tempdir().unwrap();
+    let snapshots: Vec<String> = std::fs::read_dir(archive.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "one snapshot, written at start: {snapshots:?}");
+    // 20261127T041500Z.json → 2026-11-27T04:15:00Z
+    let n = &snapshots[0];
+    let from = format!("{}-{}-{}T{}:{}:{}Z", &n[0..4], &n[4..6], &n[6..8], &n[9..11], &n[11..13], &n[13..15]);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let rfc3339 = |secs: u64| {
         let out = std::process::Command::new("date")
@@ -724,8 +752,9 @@ fn network_access_rows(
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     let status = std::process::Command::new(workspace_bin("flowaudit"))
-        .args(["report", "network-access", "--from", &rfc3339(now - 3600), "--to", &rfc3339(now + 3600)])
-        .args(["--cluster".as_ref(), cluster.as_os_str(), "--flow-log-dir".as_ref(), logs.as_os_str()])
+        .args(["report", "network-access", "--from", &from, "--to", &rfc3339(now + 3600)])
+        .args(["--archive".as_ref(), archive.as_os_str(), "--flow-log-dir".as_ref(), logs.as_os_str()])
+        .args(["--audit-log".as_ref(), logs.as_os_str()])
         .args(["--out".as_ref(), out.path().as_os_str()])
         .status()
         .unwrap();

@@ -208,6 +208,21 @@ pub fn snapshot_time(file_name: &str) -> Option<Timestamp> {
     jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stem).ok()?.to_zoned(TimeZone::UTC).ok().map(|z| z.timestamp())
 }
 
+/// Whether a snapshot is due in `dir` (a `snapshots` directory) at `now`: the newest there (by
+/// file name) is `every` old, or there is none. Never when `every` is zero or negative.
+pub fn snapshot_due(dir: &Path, now: Timestamp, every: jiff::SignedDuration) -> bool {
+    if every.is_zero() || every.is_negative() {
+        return false;
+    }
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| snapshot_time(&e.file_name().to_string_lossy()))
+        .max();
+    newest.is_none_or(|t| now.duration_since(t) >= every)
+}
+
 /// The newest snapshot in `dir` (a `snapshots` directory) taken at or before `at`, by file name.
 pub fn newest_snapshot(dir: &Path, at: Timestamp) -> Result<Option<PathBuf>, ReportError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ReportError::input(dir, "-", e))?;

@@ -814,25 +814,11 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
     Ok(())
 }
 
-/// Whether a snapshot is due at `now`: none in `dir` yet, or the newest is `every` old.
-pub fn snapshot_due(dir: &Path, now: Timestamp, every: SignedDuration) -> bool {
-    if every.is_zero() || every.is_negative() {
-        return false;
-    }
-    let newest = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| report::replay::snapshot_time(&e.file_name().to_string_lossy()))
-        .max();
-    newest.is_none_or(|t| now.duration_since(t) >= every)
-}
-
 /// Writes a snapshot of the cluster state to `<archive>/snapshots` when one is due (the
 /// inventory report replays audit events from it). A failure is logged and retried at the next
 /// step; it never stops the reporter.
 async fn take_snapshot_if_due(opts: &Options, now: Timestamp) {
-    if !snapshot_due(&opts.archive.join(report::replay::SNAPSHOTS_DIR), now, opts.snapshot_interval) {
+    if !report::replay::snapshot_due(&opts.archive.join(report::replay::SNAPSHOTS_DIR), now, opts.snapshot_interval) {
         return;
     }
     let written = match &opts.source {

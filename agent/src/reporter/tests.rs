@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use jiff::SignedDuration;
 
 use super::{scheduler::FakeClock, *};
+use crate::report::replay::snapshot_due;
 
 fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
