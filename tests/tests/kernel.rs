@@ -725,6 +725,29 @@ fn identity_and_verdicts_from_manifests() {
     // to monitor for part of the interval, so it is listed, and monitor was not protected for all of it.
     assert!(monitor["appliedPolicies"].contains("NetworkPolicy.networking.k8s.io/v1(ops/default-deny)"), "{monitor:?}");
     assert_eq!(monitor["ingressProtected"], "false");
+
+    // CIS 5.3.1 ("the CNI supports NetworkPolicies") decided from the same flow log: the lab's
+    // "CNI" dropped monitor → db:5432 but let monitor → db:9000 through.
+    let out = tempfile::tempdir().unwrap();
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src/report/testdata/kube-bench/master-1.json");
+    let status = std::process::Command::new(workspace_bin("flowaudit"))
+        .args(["report", "cis-benchmark", "--from", "2026-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z"])
+        .args(["--kube-bench".as_ref(), bench.as_os_str(), "--flow-log-dir".as_ref(), logs.path().as_os_str()])
+        .args(["--out".as_ref(), out.path().as_os_str()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "flowaudit report cis-benchmark: {status}");
+    let mut reader = csv::Reader::from_path(out.path().join("all-tests.csv")).unwrap();
+    let row = reader.records().map(Result::unwrap).find(|r| &r[1] == "5.3.1").expect("a 5.3.1 row");
+    assert_eq!((&row[3], &row[6]), ("FAIL", "flowaudit"));
+    assert!(
+        row[5].ends_with(
+            "Flow logs: 1 connections denied by policy were established anyway (enforcement violations, \
+             e.g. ops/monitor to shop/db); 1 denied connections were dropped."
+        ),
+        "{}",
+        &row[5]
+    );
 }
 
 /// `flowaudit report network-access` over an archive holding one snapshot and a flow-log

@@ -601,12 +601,15 @@ pub struct Request {
 /// written are returned). Warnings go to stderr.
 pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
     let kind = req.kind.ok_or(ReportError::Flag { flag: "report", reason: "no report kind".into() })?;
-    if kind != Kind::NetworkAccess {
+    if !matches!(kind, Kind::NetworkAccess | Kind::CisBenchmark) {
         for (flag, given) in [("--flow-log-dir", !req.flow_log_dirs.is_empty()), ("--store", req.store.is_some())] {
             if given {
                 return Err(ReportError::Flag {
                     flag,
-                    reason: format!("flows are read by the network-access report, not {}", kind.as_str()),
+                    reason: format!(
+                        "flows are read by the network-access and cis-benchmark reports, not {}",
+                        kind.as_str()
+                    ),
                 });
             }
         }
@@ -653,12 +656,17 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
                     reason: "is needed by the cis-benchmark report".into(),
                 });
             }
+            let flows = match (&req.store, req.flow_log_dirs.is_empty()) {
+                (None, true) => None,
+                _ => Some(flow_source(req.store.as_deref(), &req.flow_log_dirs)?),
+            };
             let cis = cis::build(&cis::Input {
                 range,
                 kube_bench: req.kube_bench.clone(),
                 report,
                 cluster: cluster.as_ref(),
                 cluster_dir: req.cluster.as_ref().map(PathBuf::from),
+                flows: flows.as_deref(),
             })?;
             for w in &cis.warnings {
                 eprintln!("warning: {w}");

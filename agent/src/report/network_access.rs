@@ -570,6 +570,9 @@ mod tests {
         req.kind = Some(Kind::Inventory);
         req.flow_log_dirs = vec![testdata("network-access/flows")];
         let e = run(&req).unwrap_err();
-        assert_eq!(e.to_string(), "--flow-log-dir: flows are read by the network-access report, not inventory");
+        assert_eq!(
+            e.to_string(),
+            "--flow-log-dir: flows are read by the network-access and cis-benchmark reports, not inventory"
+        );
     }
 }

@@ -324,12 +324,17 @@ impl Runner for FileRunner {
                     },
                     (None, _) => (None, None),
                 };
+                let flows = match (&self.store, self.flow_log_dirs.is_empty()) {
+                    (None, true) => None,
+                    _ => Some(report::flow_source(self.store.as_deref(), &self.flow_log_dirs)?),
+                };
                 let cis = report::cis::build(&report::cis::Input {
                     range,
                     kube_bench: self.kube_bench.clone(),
                     report: Some(report.clone()),
                     cluster: cluster.as_ref(),
                     cluster_dir,
+                    flows: flows.as_deref(),
                 })?;
                 for w in &cis.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
