@@ -5,6 +5,7 @@
 //! the lab) say so when run without root.
 
 mod bench;
+mod bench_memory;
 mod demo;
 mod fuzz;
 mod kube_apiserver;
