@@ -64,7 +64,23 @@ fn sample(agent: &Agent) -> anyhow::Result<Sample> {
     Ok(Sample { rss: agent.status_bytes("VmRSS")?, hwm: agent.status_bytes("VmHWM")?, maps: agent.bpf_maps()? })
 }
 
-/// Runs the measurement and returns the section's body.
+/// `cargo xtask bench-memory`: builds the release binaries and prints the section.
+pub fn alone() -> anyhow::Result<()> {
+    crate::setup::run()?;
+    if !crate::is_root() {
+        bail!("the memory bench creates namespaces and loads eBPF programs: run as root");
+    }
+    let bin = crate::build(true)?;
+    // SAFETY: single-threaded at this point; the lab reads these when it starts processes.
+    unsafe {
+        std::env::set_var("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
+        std::env::set_var("FLOWAUDIT_BIN_FA_TRAFFIC", bin.join("fa-traffic"));
+    }
+    println!("{}", run()?);
+    Ok(())
+}
+
+/// Runs the measurement and returns the section (heading included).
 pub fn run() -> anyhow::Result<String> {
     let mut lab = Lab::new(2)?;
     let dir = crate::root().join("target").join("bench-memory");
