@@ -83,6 +83,7 @@ struct FileConfig {
     ring_buffer_size: Option<String>,
     idle_timeout: Option<String>,
     tcp_idle_timeout: Option<String>,
+    max_connections: Option<u32>,
     flow_log_max_file_size: Option<String>,
     flow_log_max_files: Option<u32>,
     pin: Option<bool>,
@@ -157,6 +158,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// A TCP connection with no packet and no FIN/RST for this long is forgotten.
     pub tcp_idle_timeout: Duration,
+    /// Connections the aggregate stage remembers between intervals at most.
+    pub max_connections: u32,
     /// `flows.log` is rotated when it would grow past this many bytes.
     pub flow_log_max_file_size: u64,
     /// Rotated files kept (`flows.log.1` ... `flows.log.N`).
@@ -216,6 +219,8 @@ const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 65_536;
 const DEFAULT_RING_BUFFER_SIZE: &str = "1MiB";
 const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 const DEFAULT_TCP_IDLE_TIMEOUT: &str = "2h";
+/// Default `max_connections`: the same as Linux's common `nf_conntrack_max`.
+const DEFAULT_MAX_CONNECTIONS: u32 = 262_144;
 const DEFAULT_MAX_FILE_SIZE: &str = "100MB";
 const DEFAULT_MAX_FILES: u32 = 5;
 const DEFAULT_POD_DELETION_GRACE: &str = "60s";
@@ -354,6 +359,10 @@ impl Settings {
             duration(fname, "idle_timeout", file.idle_timeout.as_deref().unwrap_or(DEFAULT_IDLE_TIMEOUT))?;
         let tcp_idle_timeout =
             duration(fname, "tcp_idle_timeout", file.tcp_idle_timeout.as_deref().unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT))?;
+        let max_connections = file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::new(fname, "max_connections", "must be at least 1"));
+        }
         let flow_log_max_file_size = size(
             fname,
             "flow_log_max_file_size",
@@ -434,6 +443,7 @@ impl Settings {
             ring_buffer_size: ring_buffer_size as u32,
             idle_timeout,
             tcp_idle_timeout,
+            max_connections,
             flow_log_max_file_size,
             flow_log_max_files,
             pin: pick(&flags.pin, &file.pin, &file_name).map(|(v, _)| v).unwrap_or(false),
@@ -577,6 +587,7 @@ mod tests {
         assert_eq!(s.flow_log_max_file_size, 100_000_000);
         assert_eq!(s.flow_log_max_files, 5);
         assert_eq!(s.ring_buffer_size, 1 << 20);
+        assert_eq!(s.max_connections, 262_144);
         assert_eq!(
             (s.aggregation_allowed, s.aggregation_denied),
             (AggregationLevel::PrefixName, AggregationLevel::NoSourcePort)
@@ -774,6 +785,7 @@ mod tests {
                 "flush_interval",
                 "idle_timeout",
                 "interfaces",
+                "max_connections",
                 "pod_deletion_grace",
                 "retention",
                 "ring_buffer_size",

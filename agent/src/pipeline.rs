@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, atomic::AtomicBool};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
@@ -68,6 +68,8 @@ struct OutputMetrics {
     bytes: IntCounter,
     dropped: IntCounterVec,
     connections: IntGauge,
+    untracked: IntCounter,
+    drain_lag: Histogram,
 }
 
 impl OutputMetrics {
@@ -86,6 +88,21 @@ impl OutputMetrics {
         .expect("valid");
         let connections = IntGauge::new("flowaudit_connections_tracked", "Connections the aggregate stage remembers.")
             .expect("valid");
+        let untracked = IntCounter::new(
+            "flowaudit_connections_untracked_total",
+            "New connections written but not remembered because max_connections were (no \
+             completion record; seen again, they are new again).",
+        )
+        .expect("valid");
+        let drain_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "flowaudit_drain_lag_seconds",
+                "From a drain of the kernel table to its records handed to the exporters: how far \
+                 the pipeline runs behind capture.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("valid");
         let state_version =
             IntGauge::new("flowaudit_cluster_state_version", "Version of the cluster state in force (0: none).")
                 .expect("valid");
@@ -94,7 +111,9 @@ impl OutputMetrics {
         registry.register(Box::new(bytes.clone())).expect("unique");
         registry.register(Box::new(dropped.clone())).expect("unique");
         registry.register(Box::new(connections.clone())).expect("unique");
-        Self { state_version, records, bytes, dropped, connections }
+        registry.register(Box::new(untracked.clone())).expect("unique");
+        registry.register(Box::new(drain_lag.clone())).expect("unique");
+        Self { state_version, records, bytes, dropped, connections, untracked, drain_lag }
     }
 }
 
@@ -126,7 +145,9 @@ impl Stages {
         self.attributor.attribute(&mut records);
         let records = rollup::rollup(records, &self.levels);
         self.metrics.connections.set(self.aggregator.tracked() as i64);
+        self.metrics.untracked.inc_by(self.aggregator.untracked().saturating_sub(self.metrics.untracked.get()));
         let written = self.outputs.write_flows(&records);
+        self.metrics.drain_lag.observe(now_ns().saturating_sub(batch.end_ns) as f64 / 1e9);
         self.metrics.bytes.inc_by(written.file_bytes);
         for r in &records {
             let reporter = match r.reporter {
@@ -261,6 +282,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
             node: settings.node.clone(),
             idle_timeout: settings.idle_timeout,
             tcp_idle_timeout: settings.tcp_idle_timeout,
+            max_connections: settings.max_connections as usize,
         }),
         enricher: Enricher::new(EnrichConfig {
             cgroup_root: cgroup_root(&settings),
@@ -278,7 +300,9 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     }
 
     let server = tokio::spawn(telemetry::serve(listener, registry.clone(), ready, shutdown_rx.clone()));
-    let (batches_tx, mut batches) = mpsc::channel(4);
+    // One batch waits while one is processed and capture builds the next: under a flood each holds up
+    // to 2 x flow_table_entries flows, so the queue is kept short (docs/performance.md, "Memory").
+    let (batches_tx, mut batches) = mpsc::channel(1);
     let (drain_tx, drain_rx) = mpsc::channel(1);
     let capture_task = tokio::spawn(capture.run(batches_tx, drain_rx, shutdown_rx));
     tokio::spawn(async move {
