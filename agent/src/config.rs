@@ -83,6 +83,7 @@ struct FileConfig {
     ring_buffer_size: Option<String>,
     idle_timeout: Option<String>,
     tcp_idle_timeout: Option<String>,
+    max_connections: Option<u32>,
     flow_log_max_file_size: Option<String>,
     flow_log_max_files: Option<u32>,
     pin: Option<bool>,
@@ -92,6 +93,15 @@ struct FileConfig {
     kube_audit_log: Option<PathBuf>,
     retention: Option<RetentionFile>,
     evidence: Option<EvidenceFile>,
+    snapshots: Option<SnapshotsFile>,
+}
+
+/// `snapshots:` of the YAML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotsFile {
+    archive: Option<PathBuf>,
+    interval: Option<String>,
 }
 
 /// `retention:` of the YAML file: one entry per log type.
@@ -148,6 +158,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// A TCP connection with no packet and no FIN/RST for this long is forgotten.
     pub tcp_idle_timeout: Duration,
+    /// Connections the aggregate stage remembers between intervals at most.
+    pub max_connections: u32,
     /// `flows.log` is rotated when it would grow past this many bytes.
     pub flow_log_max_file_size: u64,
     /// Rotated files kept (`flows.log.1` ... `flows.log.N`).
@@ -171,6 +183,17 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// A kube-apiserver audit log to follow into `audit.log` (`None`: none).
     pub kube_audit_log: Option<PathBuf>,
+    /// `snapshots:`: write the cluster state to an archive (`None`: never).
+    pub snapshots: Option<Snapshots>,
+}
+
+/// Snapshots of the cluster state written by `run` (the reports' state at an interval's start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshots {
+    /// `snapshots.archive`: snapshots go to `<archive>/snapshots/`.
+    pub archive: PathBuf,
+    /// `snapshots.interval` (default 24h): a snapshot is written when the newest is this old.
+    pub interval: Duration,
 }
 
 /// Where the cluster state comes from.
@@ -196,6 +219,8 @@ const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 65_536;
 const DEFAULT_RING_BUFFER_SIZE: &str = "1MiB";
 const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 const DEFAULT_TCP_IDLE_TIMEOUT: &str = "2h";
+/// Default `max_connections`: the same as Linux's common `nf_conntrack_max`.
+const DEFAULT_MAX_CONNECTIONS: u32 = 262_144;
 const DEFAULT_MAX_FILE_SIZE: &str = "100MB";
 const DEFAULT_MAX_FILES: u32 = 5;
 const DEFAULT_POD_DELETION_GRACE: &str = "60s";
@@ -334,6 +359,10 @@ impl Settings {
             duration(fname, "idle_timeout", file.idle_timeout.as_deref().unwrap_or(DEFAULT_IDLE_TIMEOUT))?;
         let tcp_idle_timeout =
             duration(fname, "tcp_idle_timeout", file.tcp_idle_timeout.as_deref().unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT))?;
+        let max_connections = file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::new(fname, "max_connections", "must be at least 1"));
+        }
         let flow_log_max_file_size = size(
             fname,
             "flow_log_max_file_size",
@@ -368,6 +397,26 @@ impl Settings {
             }
             other => other.map(|(v, _)| v),
         };
+        let snapshots = match file.snapshots {
+            None => None,
+            Some(SnapshotsFile { archive: None, .. }) => {
+                return Err(ConfigError::new(fname, "snapshots.archive", "required"));
+            }
+            Some(SnapshotsFile { archive: Some(archive), interval }) => {
+                if cluster.is_none() {
+                    return Err(ConfigError::new(
+                        fname,
+                        "snapshots",
+                        "needs a cluster state source (cluster: kube|DIR)",
+                    ));
+                }
+                let interval = duration(fname, "snapshots.interval", interval.as_deref().unwrap_or("24h"))?;
+                if interval < Duration::from_secs(60) {
+                    return Err(ConfigError::new(fname, "snapshots.interval", "must be at least 1m"));
+                }
+                Some(Snapshots { archive, interval })
+            }
+        };
         let exporters = export_config::resolve(
             file.exporters.as_deref(),
             &export_config::Defaults {
@@ -394,6 +443,7 @@ impl Settings {
             ring_buffer_size: ring_buffer_size as u32,
             idle_timeout,
             tcp_idle_timeout,
+            max_connections,
             flow_log_max_file_size,
             flow_log_max_files,
             pin: pick(&flags.pin, &file.pin, &file_name).map(|(v, _)| v).unwrap_or(false),
@@ -407,6 +457,7 @@ impl Settings {
             hmac_key,
             state_dir,
             kube_audit_log,
+            snapshots,
         })
     }
 }
@@ -536,6 +587,7 @@ mod tests {
         assert_eq!(s.flow_log_max_file_size, 100_000_000);
         assert_eq!(s.flow_log_max_files, 5);
         assert_eq!(s.ring_buffer_size, 1 << 20);
+        assert_eq!(s.max_connections, 262_144);
         assert_eq!(
             (s.aggregation_allowed, s.aggregation_denied),
             (AggregationLevel::PrefixName, AggregationLevel::NoSourcePort)
@@ -580,6 +632,24 @@ mod tests {
         let err = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "evidence.hmac_key_file");
         assert!(err.reason.contains("/no/such/key"), "{err}");
+    }
+
+    #[test]
+    fn snapshots_need_an_archive_and_a_cluster() {
+        let (_d, path) = write_config("cluster: /tmp/m\nsnapshots: {archive: /var/lib/flowaudit/archive}\n");
+        let s = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap();
+        let want = Snapshots { archive: "/var/lib/flowaudit/archive".into(), interval: Duration::from_secs(86_400) };
+        assert_eq!(s.snapshots, Some(want));
+        for (text, field, reason) in [
+            ("cluster: /tmp/m\nsnapshots: {interval: 1h}\n", "snapshots.archive", "required"),
+            ("snapshots: {archive: /a}\n", "snapshots", "needs a cluster state source"),
+            ("cluster: /tmp/m\nsnapshots: {archive: /a, interval: 10s}\n", "snapshots.interval", "at least 1m"),
+            ("cluster: /tmp/m\nsnapshots: {archive: /a, every: 1h}\n", "every", "unknown field `every`"),
+        ] {
+            let (_d, path) = write_config(text);
+            let e = resolve(RunFlags { config: Some(path), ..Default::default() }).unwrap_err();
+            assert!(e.field.starts_with(field) && e.reason.contains(reason), "{text}: {e}");
+        }
     }
 
     #[test]
@@ -715,6 +785,7 @@ mod tests {
                 "flush_interval",
                 "idle_timeout",
                 "interfaces",
+                "max_connections",
                 "pod_deletion_grace",
                 "retention",
                 "ring_buffer_size",

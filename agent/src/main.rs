@@ -116,7 +116,7 @@ struct ReportArgs {
     /// Cluster state: a directory of manifests (cis-benchmark: decides check 5.3.2 from it).
     #[arg(long, value_name = "DIR|kube")]
     cluster: Option<String>,
-    /// A flow-log directory (network-access; not implemented yet).
+    /// Network-access: a flow-log directory (one node's flows.log*; repeatable).
     #[arg(long, value_name = "DIR")]
     flow_log_dir: Vec<PathBuf>,
     /// An audit log: flowaudit's audit.log* or a kube-apiserver audit log, or a directory of audit.log* (repeatable).
@@ -128,13 +128,13 @@ struct ReportArgs {
     /// A GlobalReport resource: the YAML file and the report's name.
     #[arg(long, value_name = "FILE:NAME")]
     global_report: Option<String>,
-    /// Read from ClickHouse (not implemented yet).
+    /// Network-access: read the flows from a store (a cluster's, instead of --flow-log-dir).
     #[arg(long, value_name = "clickhouse://HOST:PORT/DB")]
     store: Option<String>,
-    /// Inventory: a directory of snapshots (`flowaudit snapshot`); the newest at or before --from is the start.
+    /// Inventory, network-access: a directory of snapshots (`flowaudit snapshot`); the newest at or before --from is the start.
     #[arg(long, value_name = "DIR", conflicts_with = "archive")]
     snapshot_dir: Option<PathBuf>,
-    /// Inventory: an archive whose `snapshots/` directory is read.
+    /// Inventory, network-access: an archive whose `snapshots/` directory is read.
     #[arg(long, value_name = "DIR")]
     archive: Option<PathBuf>,
 }
@@ -233,9 +233,12 @@ struct ReporterArgs {
     /// An audit log file or a directory of audit.log* (repeatable; policy-audit).
     #[arg(long, value_name = "FILE|DIR")]
     audit_log: Vec<PathBuf>,
-    /// A flow-log directory (repeatable; network-access, not implemented yet).
+    /// A flow-log directory (repeatable; network-access).
     #[arg(long, value_name = "DIR")]
     flow_log_dir: Vec<PathBuf>,
+    /// Network-access: read the flows from a store (a cluster's, instead of --flow-log-dir).
+    #[arg(long, value_name = "clickhouse://HOST:PORT/DB")]
+    store: Option<String>,
     /// Address of /metrics and /healthz.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9465")]
     metrics_addr: String,
@@ -261,6 +264,7 @@ fn reporter(args: ReporterArgs) -> ExitCode {
             kube_bench: args.kube_bench,
             audit_logs: args.audit_log,
             flow_log_dirs: args.flow_log_dir,
+            store: args.store,
             metrics_addr,
             snapshot_interval,
         })

@@ -390,6 +390,18 @@ pub struct RecordContext {
     pub alt: [u64; 4],
 }
 
+/// Whether an address is private: RFC 1918, fc00::/7 and fe80::/10 (`pvt` in records; the
+/// network-access report's "internet" is everything else).
+pub fn is_private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments()[0];
+            (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// A record id: FNV-1a (64-bit) of `input`, as 16 hex digits. Stable across builds and
 /// platforms, so the same flow, interval and reporter always get the same id.
 pub fn record_id(input: &str) -> String {

@@ -1,7 +1,8 @@
 //! The one place where stages are wired: capture → aggregate → enrich → attribute → rollup →
 //! output, with the cluster state as a side input, plus telemetry and signals. Beside the flow
 //! path: audit (cluster state versions and the kube-apiserver audit log → [`AuditEvent`]s on one
-//! channel → `audit.log`, written by `write_audit_log`).
+//! channel → `audit.log`, written by `write_audit_log`) and, when configured, snapshots of the
+//! cluster state for the reports (`snapshots:`, written by `write_snapshots`).
 //!
 //! Takes: validated [`Settings`]. Gives: a running agent until SIGINT/SIGTERM, then a last drain
 //! of every open flow written to the flow log, everything detached, and `Ok`. Must never: hold
@@ -9,7 +10,7 @@
 
 use std::sync::{Arc, atomic::AtomicBool};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
@@ -18,10 +19,11 @@ use crate::{
     audit::{self, AuditError, AuditEvent, AuditMetrics, Auditor, Follower, FollowerConfig},
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
     cluster::{ClusterState, kube, manifests},
-    config::{ClusterSource, Settings},
+    config::{ClusterSource, Settings, Snapshots},
     enrich::{EnrichConfig, Enricher},
     model::{CaptureBatch, Reporter},
     output::{Evidence, LogEvidence, OutputError, Outputs},
+    report::replay,
     rollup::{self, RollupConfig},
     telemetry,
 };
@@ -66,6 +68,8 @@ struct OutputMetrics {
     bytes: IntCounter,
     dropped: IntCounterVec,
     connections: IntGauge,
+    untracked: IntCounter,
+    drain_lag: Histogram,
 }
 
 impl OutputMetrics {
@@ -84,6 +88,21 @@ impl OutputMetrics {
         .expect("valid");
         let connections = IntGauge::new("flowaudit_connections_tracked", "Connections the aggregate stage remembers.")
             .expect("valid");
+        let untracked = IntCounter::new(
+            "flowaudit_connections_untracked_total",
+            "New connections written but not remembered because max_connections were (no \
+             completion record; seen again, they are new again).",
+        )
+        .expect("valid");
+        let drain_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "flowaudit_drain_lag_seconds",
+                "From a drain of the kernel table to its records handed to the exporters: how far \
+                 the pipeline runs behind capture.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("valid");
         let state_version =
             IntGauge::new("flowaudit_cluster_state_version", "Version of the cluster state in force (0: none).")
                 .expect("valid");
@@ -92,7 +111,9 @@ impl OutputMetrics {
         registry.register(Box::new(bytes.clone())).expect("unique");
         registry.register(Box::new(dropped.clone())).expect("unique");
         registry.register(Box::new(connections.clone())).expect("unique");
-        Self { state_version, records, bytes, dropped, connections }
+        registry.register(Box::new(untracked.clone())).expect("unique");
+        registry.register(Box::new(drain_lag.clone())).expect("unique");
+        Self { state_version, records, bytes, dropped, connections, untracked, drain_lag }
     }
 }
 
@@ -124,7 +145,9 @@ impl Stages {
         self.attributor.attribute(&mut records);
         let records = rollup::rollup(records, &self.levels);
         self.metrics.connections.set(self.aggregator.tracked() as i64);
+        self.metrics.untracked.inc_by(self.aggregator.untracked().saturating_sub(self.metrics.untracked.get()));
         let written = self.outputs.write_flows(&records);
+        self.metrics.drain_lag.observe(now_ns().saturating_sub(batch.end_ns) as f64 / 1e9);
         self.metrics.bytes.inc_by(written.file_bytes);
         for r in &records {
             let reporter = match r.reporter {
@@ -213,6 +236,19 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
         };
         let auditor = Auditor::open(&settings.state_dir, &id, live)?;
         audit_tasks.push(tokio::spawn(audit_states(auditor, rx.clone(), audit_tx.clone(), shutdown_rx.clone())));
+        if let Some(snapshots) = &settings.snapshots {
+            let written = IntCounterVec::new(
+                Opts::new(
+                    "flowaudit_snapshots_total",
+                    "Cluster state snapshots written, by result (success, failure).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(written.clone())).expect("registered once");
+            let task = write_snapshots(rx.clone(), id.clone(), snapshots.clone(), written, shutdown_rx.clone());
+            audit_tasks.push(tokio::spawn(task));
+        }
     }
     if let Some(path) = &settings.kube_audit_log {
         let config = FollowerConfig {
@@ -246,6 +282,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
             node: settings.node.clone(),
             idle_timeout: settings.idle_timeout,
             tcp_idle_timeout: settings.tcp_idle_timeout,
+            max_connections: settings.max_connections as usize,
         }),
         enricher: Enricher::new(EnrichConfig {
             cgroup_root: cgroup_root(&settings),
@@ -263,7 +300,9 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     }
 
     let server = tokio::spawn(telemetry::serve(listener, registry.clone(), ready, shutdown_rx.clone()));
-    let (batches_tx, mut batches) = mpsc::channel(4);
+    // One batch waits while one is processed and capture builds the next: under a flood each holds up
+    // to 2 x flow_table_entries flows, so the queue is kept short (docs/performance.md, "Memory").
+    let (batches_tx, mut batches) = mpsc::channel(1);
     let (drain_tx, drain_rx) = mpsc::channel(1);
     let capture_task = tokio::spawn(capture.run(batches_tx, drain_rx, shutdown_rx));
     tokio::spawn(async move {
@@ -318,6 +357,48 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     stages.outputs.close(EXPORT_GRACE).await;
     let _ = server.await?;
     Ok(())
+}
+
+/// Writes the cluster state to `<archive>/snapshots` whenever the newest snapshot there is
+/// `interval` old (at start when there is none), until shutdown: the reports' state at the start
+/// of an interval. A failure is logged and counted, and tried again a minute later.
+async fn write_snapshots(
+    states: watch::Receiver<Arc<ClusterState>>,
+    source: String,
+    cfg: Snapshots,
+    written: IntCounterVec,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let dir = cfg.archive.join(replay::SNAPSHOTS_DIR);
+    let every = jiff::SignedDuration::try_from(cfg.interval).unwrap_or(jiff::SignedDuration::from_hours(24));
+    for result in ["success", "failure"] {
+        written.with_label_values(&[result]);
+    }
+    loop {
+        let now = jiff::Timestamp::now();
+        if replay::snapshot_due(&dir, now, every) {
+            let snapshot = replay::Snapshot::from_state(&states.borrow().clone(), &source, now);
+            let archive = cfg.archive.clone();
+            match tokio::task::spawn_blocking(move || snapshot.write(&archive)).await {
+                Ok(Ok(path)) => {
+                    written.with_label_values(&["success"]).inc();
+                    tracing::info!(message = "Cluster state snapshot written.", path = %path.display());
+                }
+                Ok(Err(error)) => {
+                    written.with_label_values(&["failure"]).inc();
+                    tracing::error!(message = "Writing the cluster state snapshot failed.", %error);
+                }
+                Err(error) => {
+                    written.with_label_values(&["failure"]).inc();
+                    tracing::error!(message = "Writing the cluster state snapshot failed.", %error);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Audit events waiting to be written.

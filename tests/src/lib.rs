@@ -12,6 +12,7 @@
 //! carries.
 
 pub mod apiserver;
+pub mod memcg;
 pub mod sinks;
 
 use std::{
@@ -122,24 +123,25 @@ fn netns_file(name: &str) -> Result<File> {
     File::open(format!("/run/netns/{name}")).map_err(io(format!("opening netns {name}")))
 }
 
-/// A command that runs in `netns` and, if given, joins `cgroup` before it starts.
-fn command_in(netns: &str, cgroup: Option<&Path>, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+/// A command that runs in `netns` and joins each of `cgroups` (directories of any hierarchy)
+/// before it starts.
+fn command_in(netns: &str, cgroups: &[&Path], program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
     let ns = netns_file(netns)?;
-    let procs = match cgroup {
-        Some(dir) => Some(
+    let procs = cgroups
+        .iter()
+        .map(|dir| {
             fs::OpenOptions::new()
                 .write(true)
                 .open(dir.join("cgroup.procs"))
-                .map_err(io(format!("opening {}/cgroup.procs", dir.display())))?,
-        ),
-        None => None,
-    };
+                .map_err(io(format!("opening {}/cgroup.procs", dir.display())))
+        })
+        .collect::<Result<Vec<File>>>()?;
     let mut cmd = Command::new(program);
     // SAFETY: between fork and exec only async-signal-safe syscalls run (write, setns), on fds
     // opened before the fork and moved into the closure.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(procs) = &procs {
+            for procs in &procs {
                 // "0" moves the writing process: the child itself.
                 if libc::write(procs.as_raw_fd(), b"0\n".as_ptr().cast(), 2) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -202,7 +204,7 @@ impl Lab {
 
     /// Runs a command in the node namespace and waits for it.
     pub fn node_run(&self, program: &str, args: &[&str]) -> Result<String> {
-        let out = command_in(&self.node_netns, None, program)?
+        let out = command_in(&self.node_netns, &[], program)?
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -276,17 +278,23 @@ impl Lab {
     /// A command that runs inside `pod` (its netns and cgroup).
     pub fn pod_command(&self, pod: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
         let p = self.pod(pod);
-        command_in(&p.netns, Some(&p.cgroup), program)
+        command_in(&p.netns, &[&p.cgroup], program)
     }
 
     /// A command that runs inside `pod`'s netns but outside every lab cgroup.
     pub fn pod_command_no_cgroup(&self, pod: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        command_in(&self.pod(pod).netns, None, program)
+        command_in(&self.pod(pod).netns, &[], program)
     }
 
     /// A command that runs in the node namespace (the agent's place).
     pub fn node_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        command_in(&self.node_netns, None, program)
+        command_in(&self.node_netns, &[], program)
+    }
+
+    /// A command in the node namespace that joins each of `cgroups` first (a memory cgroup of
+    /// [`memcg::MemoryCgroup`], say).
+    pub fn node_command_in(&self, cgroups: &[&Path], program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        command_in(&self.node_netns, cgroups, program)
     }
 
     /// Starts `cmd` and keeps it to be killed when the lab goes. Returns its PID.
@@ -312,22 +320,20 @@ impl Lab {
     /// Loads nftables counters into the node: one named counter per `(name, match)`, counting
     /// forwarded packets (IP-layer bytes) that match. The independent count of the tests.
     pub fn nft_counters(&self, rules: &[(&str, String)]) -> Result<()> {
-        let mut script = String::from("table inet falab {\n");
-        for (name, _) in rules {
-            script.push_str(&format!("  counter {name} {{ }}\n"));
-        }
-        script.push_str("  chain counted {\n    type filter hook forward priority -500; policy accept;\n");
-        for (name, matcher) in rules {
-            script.push_str(&format!("    {matcher} counter name \"{name}\"\n"));
-        }
-        script.push_str("  }\n}\n");
-        self.nft_script(&script)
+        self.nft_script(&self.node_netns, &counters_script("forward priority -500", rules))
     }
 
-    /// Loads an nftables script (`nft -f -`) in the node.
-    fn nft_script(&self, script: &str) -> Result<()> {
-        let mut child = self
-            .node_command("nft")?
+    /// Loads nftables counters into `pod`'s namespace, counting in its postrouting hook at the
+    /// last priority: what its sockets send, after every netfilter decision and right before
+    /// the cgroup egress hook, so a packet dropped later (a full veth backlog) is still counted.
+    /// Read them with [`Lab::read_pod_counters`].
+    pub fn pod_nft_counters(&self, pod: &str, rules: &[(&str, String)]) -> Result<()> {
+        self.nft_script(&self.pod(pod).netns, &counters_script("postrouting priority 2147483647", rules))
+    }
+
+    /// Loads an nftables script (`nft -f -`) in `netns`.
+    fn nft_script(&self, netns: &str, script: &str) -> Result<()> {
+        let mut child = command_in(netns, &[], "nft")?
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
@@ -354,7 +360,7 @@ impl Lab {
             script.push_str(&format!("    {m} drop\n"));
         }
         script.push_str("  }\n}\n");
-        self.nft_script(&script)
+        self.nft_script(&self.node_netns, &script)
     }
 
     /// A cgroup of its own under the lab's (for a "host-network pod": a process in the node's
@@ -367,7 +373,7 @@ impl Lab {
 
     /// A command in the node's network namespace and the lab cgroup `name` (see [`Lab::add_cgroup`]).
     pub fn node_command_in_cgroup(&self, name: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        command_in(&self.node_netns, Some(&self.cgroup.join(name)), program)
+        command_in(&self.node_netns, &[&self.cgroup.join(name)], program)
     }
 
     /// The path of the lab's cgroup relative to the cgroup v2 mount (for manifests' annotations).
@@ -379,18 +385,46 @@ impl Lab {
     /// Reads the named counters: name → (packets, bytes).
     pub fn read_counters(&self) -> Result<HashMap<String, (u64, u64)>> {
         let text = self.node_run("nft", &["-j", "list", "counters", "table", "inet", "falab"])?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| LabError::Io { what: "parsing nft -j output".into(), source: std::io::Error::other(e) })?;
-        let mut out = HashMap::new();
-        for item in json["nftables"].as_array().into_iter().flatten() {
-            if let Some(c) = item.get("counter") {
-                let name = c["name"].as_str().unwrap_or_default().to_owned();
-                out.insert(name, (c["packets"].as_u64().unwrap_or(0), c["bytes"].as_u64().unwrap_or(0)));
-            }
-        }
-        Ok(out)
+        parse_counters(&text)
     }
 
+    /// Reads the named counters of [`Lab::pod_nft_counters`] in `pod`.
+    pub fn read_pod_counters(&self, pod: &str) -> Result<HashMap<String, (u64, u64)>> {
+        let mut cmd = command_in(&self.pod(pod).netns, &[], "nft")?;
+        cmd.args(["-j", "list", "counters", "table", "inet", "falab"]);
+        parse_counters(&self.output(cmd)?)
+    }
+}
+
+/// An nftables table `inet falab` with one named counter per rule in a chain on `hook`.
+fn counters_script(hook: &str, rules: &[(&str, String)]) -> String {
+    let mut script = String::from("table inet falab {\n");
+    for (name, _) in rules {
+        script.push_str(&format!("  counter {name} {{ }}\n"));
+    }
+    script.push_str(&format!("  chain counted {{\n    type filter hook {hook}; policy accept;\n"));
+    for (name, matcher) in rules {
+        script.push_str(&format!("    {matcher} counter name \"{name}\"\n"));
+    }
+    script.push_str("  }\n}\n");
+    script
+}
+
+/// The counters of `nft -j list counters` output: name → (packets, bytes).
+fn parse_counters(text: &str) -> Result<HashMap<String, (u64, u64)>> {
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| LabError::Io { what: "parsing nft -j output".into(), source: std::io::Error::other(e) })?;
+    let mut out = HashMap::new();
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        if let Some(c) = item.get("counter") {
+            let name = c["name"].as_str().unwrap_or_default().to_owned();
+            out.insert(name, (c["packets"].as_u64().unwrap_or(0), c["bytes"].as_u64().unwrap_or(0)));
+        }
+    }
+    Ok(out)
+}
+
+impl Lab {
     /// Kills one process this lab started (by PID) and reaps it.
     pub fn kill(&mut self, pid: u32, signal: i32) -> Option<std::process::ExitStatus> {
         let i = self.children.iter().position(|c| c.id() == pid)?;
@@ -452,8 +486,10 @@ impl Drop for Lab {
     }
 }
 
-/// Removes namespaces and cgroups of labs whose creating process no longer runs.
+/// Removes namespaces and cgroups of labs (and memory cgroups) whose creating process no longer
+/// runs.
 pub fn cleanup_stale() {
+    memcg::remove_stale();
     let Some(root) = cgroup2_root() else { return };
     let alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
     let mut dead_ids = Vec::new();
@@ -517,15 +553,23 @@ impl Agent {
     /// 1 s flushes unless `extra` sets `--flush-interval`, the state directory `<flow_log_dir>/state`
     /// unless `extra` sets `--state-dir`, then `extra`, and waits until `/readyz` answers 200.
     pub fn start(lab: &mut Lab, flow_log_dir: &Path, extra: &[&str]) -> Result<Agent> {
+        Agent::start_in(lab, &[], flow_log_dir, extra)
+    }
+
+    /// [`Agent::start`] in `cgroups` (joined before the agent starts, so everything it allocates
+    /// is charged there: a [`memcg::MemoryCgroup`] bounds its memory). `extra` may set
+    /// `--aggregation-allowed`, which then replaces the level 0 default.
+    pub fn start_in(lab: &mut Lab, cgroups: &[&Path], flow_log_dir: &Path, extra: &[&str]) -> Result<Agent> {
         let bin = workspace_bin("flowaudit");
-        let mut cmd = lab.node_command(&bin)?;
+        let mut cmd = lab.node_command_in(cgroups, &bin)?;
         cmd.arg("run")
             .arg("--cgroup")
             .arg(&lab.cgroup)
             .arg("--flow-log-dir")
             .arg(flow_log_dir)
             .args(if extra.contains(&"--flush-interval") { &[][..] } else { &["--flush-interval", "1s"][..] })
-            .args(["--aggregation-allowed", "0", "--aggregation-denied", "0", "--node", "lab-node"])
+            .args(if extra.contains(&"--aggregation-allowed") { &[][..] } else { &["--aggregation-allowed", "0"][..] })
+            .args(["--aggregation-denied", "0", "--node", "lab-node"])
             .args(["--metrics-addr", &format!("127.0.0.1:{AGENT_METRICS_PORT}")])
             // The restart state stays with the test's files, never in the machine's /var/lib.
             .args(if extra.contains(&"--state-dir") {
@@ -589,6 +633,16 @@ impl Agent {
                 l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0.0))
+    }
+
+    /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+    pub fn status_bytes(&self, field: &str) -> Result<u64> {
+        proc_status_bytes(self.pid, field)
+    }
+
+    /// The BPF maps the agent holds open now, from `/proc/PID/fdinfo`.
+    pub fn bpf_maps(&self) -> Result<Vec<BpfMap>> {
+        bpf_maps(self.pid)
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -681,4 +735,48 @@ pub fn tcx_programs(netns: &str, ifname: &str, ingress: bool) -> Result<u32> {
         Ok(q.prog_cnt)
     })?
     .map_err(io(format!("BPF_PROG_QUERY on {ifname}")))
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).map_err(io(format!("reading {path}")))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| LabError::Io { what: format!("{field} in {path}"), source: std::io::Error::other("absent") })
+}
+
+/// One BPF map a process holds open, as `/proc/PID/fdinfo` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BpfMap {
+    /// `map_type` (a number of `enum bpf_map_type`: 1 hash, 6 per-CPU array, 12 array of maps, 27 ring buffer).
+    pub map_type: u32,
+    /// `max_entries` (bytes for a ring buffer).
+    pub max_entries: u64,
+    /// `memlock`: the bytes the kernel charges for the map.
+    pub memlock: u64,
+    /// `map_id`.
+    pub id: u32,
+}
+
+/// The BPF maps process `pid` holds open (each map once, however many fds point to it).
+pub fn bpf_maps(pid: u32) -> Result<Vec<BpfMap>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut maps: Vec<BpfMap> = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(io(format!("reading {dir}")))?.flatten() {
+        let Ok(text) = fs::read_to_string(entry.path()) else { continue };
+        let field =
+            |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok());
+        let (Some(map_type), Some(max_entries), Some(memlock), Some(id)) =
+            (field("map_type"), field("max_entries"), field("memlock"), field("map_id"))
+        else {
+            continue;
+        };
+        if maps.iter().all(|m| m.id != id as u32) {
+            maps.push(BpfMap { map_type: map_type as u32, max_entries, memlock, id: id as u32 });
+        }
+    }
+    maps.sort_by_key(|m| m.id);
+    Ok(maps)
 }

@@ -7,7 +7,7 @@
 
 use std::{path::Path, time::Duration};
 
-use flowaudit_lab::{Agent, Lab, is_root, totals, workspace_bin};
+use flowaudit_lab::{Agent, Lab, is_root, memcg::MemoryCgroup, totals, workspace_bin};
 use serde_json::Value;
 
 fn root_or_skip(test: &str) -> bool {
@@ -373,6 +373,159 @@ fn a_full_table_spills_to_the_ring_buffer_and_counts_every_loss() {
     assert_eq!((packets + lost, bytes + lost_bytes), (nft_packets, nft_bytes), "{n} records, {lost} lost");
 }
 
+/// One sample of a `/metrics` body (`name{labels}` exactly as exposed), 0 if absent.
+fn sample(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_flood_of_a_million_new_flows_is_counted_exactly_within_a_memory_limit() {
+    if !root_or_skip("a_flood_of_a_million_new_flows_is_counted_exactly_within_a_memory_limit") {
+        return;
+    }
+    // The DaemonSet's memory limit (deploy/base/daemonset.yaml), kernel maps included: they are
+    // charged to the cgroup of the process that creates them.
+    const LIMIT: u64 = 512 << 20;
+    const PORTS: u16 = 50_000;
+    const SPORTS: u16 = 10;
+    const SENDERS: u16 = 2;
+    let flows = u64::from(PORTS) * u64::from(SPORTS) * u64::from(SENDERS);
+    let memory = MemoryCgroup::create(LIMIT).expect("memory cgroup");
+    let mut lab = Lab::new(2).expect("lab");
+    let logs = tempfile::tempdir().unwrap();
+    // Default table, ring buffer and max_connections; idle_timeout longer than the test, so the
+    // connection count is not lowered by expiry while the agent catches up.
+    let config = logs.path().join("flowaudit.yaml");
+    std::fs::write(&config, "idle_timeout: 10m\n").unwrap();
+    let flow_dir = logs.path().join("flows");
+    // Level 3: one record per interval and reporter, so the flow log stays small (a million
+    // level-0 records would be rotated away) while the counts are summed exactly.
+    let args = ["--config", config.to_str().unwrap(), "--aggregation-allowed", "3"];
+    let agent = Agent::start_in(&mut lab, &[memory.dir()], &flow_dir, &args).expect("agent");
+    let (p1, p2) = (lab.pod("p1").clone(), lab.pod("p2").clone());
+    let flood = format!(
+        "ip saddr {} ip daddr {} udp sport 41000-{} udp dport 10000-{}",
+        p1.ipv4,
+        p2.ipv4,
+        41000 + SPORTS * SENDERS - 1,
+        10000 + PORTS - 1
+    );
+    // Counted in p1 right before its cgroup egress hook; dropped in the node, so p2 sends no
+    // port-unreachable messages back.
+    lab.pod_nft_counters("p1", &[("flood", flood.clone())]).unwrap();
+    lab.nft_drop(std::slice::from_ref(&flood)).unwrap();
+    let metrics = || agent.get("/metrics").expect("metrics").1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sample(&metrics(), r#"flowaudit_drains_total{reason="interval"}"#) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no drain within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past the agent's first interval (where a flow's initiator is guessed from its ports).
+    let started = std::time::Instant::now();
+    let sent: u64 = std::thread::scope(|s| {
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|i| {
+                let mut cmd = lab.pod_command("p1", traffic()).unwrap();
+                let (ports, sports, first_sport) = (PORTS.to_string(), SPORTS.to_string(), 41000 + i * SPORTS);
+                cmd.args(["udp-flood", &p2.ipv4.to_string(), "10000", &ports, &first_sport.to_string(), &sports]);
+                let lab = &lab;
+                s.spawn(move || lab.output(cmd).expect("udp-flood"))
+            })
+            .collect();
+        senders
+            .into_iter()
+            .map(|h| {
+                let out: Value = serde_json::from_str(h.join().unwrap().trim()).unwrap();
+                out["datagrams"].as_u64().unwrap()
+            })
+            .sum()
+    });
+    let flood_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(sent, flows);
+    // Wait until every packet the flood left in the table or the ring buffer is in written
+    // records: a drain that started after the flood, every spilled packet read from the ring,
+    // none pending, every drained batch through the pipeline (all in one scrape).
+    let after = sample(&metrics(), "flowaudit_drain_duration_seconds_count");
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let body = loop {
+        let body = metrics();
+        let drains = sample(&body, "flowaudit_drain_duration_seconds_count");
+        let spilled =
+            sample(&body, r#"flowaudit_kernel_events_total{counter="table_full_packets",hook="cgroup_egress"}"#);
+        if drains >= after + 1.0
+            && sample(&body, "flowaudit_ringbuf_events_total") == spilled
+            && sample(&body, "flowaudit_ringbuf_pending_flows") == 0.0
+            && sample(&body, "flowaudit_drain_lag_seconds_count") == drains
+        {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "the agent did not catch up within 240 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let caught_up = started.elapsed().as_secs_f64();
+    let hwm = agent.status_bytes("VmHWM").unwrap();
+    let rss = agent.status_bytes("VmRSS").unwrap();
+    let maps = agent.bpf_maps().unwrap();
+    let counters = lab.read_pod_counters("p1").unwrap();
+    assert!(agent.stop(&mut lab).expect("exit").success(), "the agent was not killed (OOM) and exited 0");
+    let peak = memory.peak().unwrap();
+    assert_eq!(memory.oom_kills().unwrap(), 0, "no OOM kill in the agent's memory cgroup");
+    let m = |name: &str| sample(&body, name) as u64;
+    let hook =
+        |counter: &str| m(&format!(r#"flowaudit_kernel_events_total{{counter="{counter}",hook="cgroup_egress"}}"#));
+    let (lost, lost_bytes, spilled) = (hook("lost_packets"), hook("lost_bytes"), hook("table_full_packets"));
+    let counted = m(r#"flowaudit_packets_total{hook="cgroup_egress"}"#);
+    let counted_bytes = m(r#"flowaudit_bytes_total{hook="cgroup_egress"}"#);
+    let entries = m(r#"flowaudit_flow_entries_total{hook="cgroup_egress"}"#);
+    let tracked = m("flowaudit_connections_tracked");
+    let untracked = m("flowaudit_connections_untracked_total");
+    let records = Agent::records(&flow_dir);
+    let (packets, bytes, _, _, n) = totals(&records, "src", |r| r["proto"] == "udp");
+    let (nft_packets, nft_bytes) = counters["flood"];
+    eprintln!(
+        "flood: {sent} datagrams of {flows} distinct 5-tuples in {flood_seconds:.1} s ({:.0} packets/s); \
+         agent caught up after {caught_up:.1} s",
+        sent as f64 / flood_seconds
+    );
+    eprintln!("nftables: {nft_packets} packets, {nft_bytes} bytes");
+    eprintln!("records: {packets} packets, {bytes} bytes in {n} records; lost: {lost} packets, {lost_bytes} bytes");
+    eprintln!(
+        "metrics: packets {counted}, bytes {counted_bytes}, entries {entries}, spilled to the ring buffer {spilled}"
+    );
+    eprintln!(
+        "drains: interval {}, pending_full {}, full tables {}, fill ratio at the last {}, lag sum {:.2} s over {} batches, capture blocked {:.2} s",
+        m(r#"flowaudit_drains_total{reason="interval"}"#),
+        m(r#"flowaudit_drains_total{reason="pending_full"}"#),
+        m("flowaudit_flow_table_full_drains_total"),
+        sample(&body, "flowaudit_flow_table_fill_ratio"),
+        sample(&body, "flowaudit_drain_lag_seconds_sum"),
+        m("flowaudit_drain_lag_seconds_count"),
+        sample(&body, "flowaudit_capture_blocked_seconds_total"),
+    );
+    eprintln!("connections: tracked {tracked}, untracked {untracked}");
+    eprintln!(
+        "memory: VmHWM {} KiB, VmRSS {} KiB, cgroup peak {} KiB of {} KiB; maps {maps:?}",
+        hwm / 1024,
+        rss / 1024,
+        peak / 1024,
+        LIMIT / 1024
+    );
+    // Every packet is in a record or in a loss counter: exactly the independent count.
+    assert_eq!(nft_packets, flows);
+    assert_eq!((packets + lost, bytes + lost_bytes), (nft_packets, nft_bytes), "records + counted losses = nftables");
+    assert_eq!((counted + lost, counted_bytes + lost_bytes), (nft_packets, nft_bytes), "metrics + losses = nftables");
+    assert_eq!(m("flowaudit_ringbuf_events_total"), spilled, "every spilled packet was read");
+    // One packet per flow: each counted packet is one flow-table entry and one connection.
+    assert_eq!(entries, counted);
+    assert_eq!(tracked + untracked, counted, "every connection is remembered or counted as not");
+    assert_eq!(tracked, counted.min(262_144), "max_connections (default) bounds the remembered ones");
+    assert_eq!(m("flowaudit_flow_table_capacity"), 65_536);
+    assert!(m("flowaudit_flow_table_full_drains_total") >= 1, "the flood filled the default table");
+    assert!(peak <= LIMIT);
+}
+
 #[test]
 fn interfaces_that_appear_later_are_attached_and_ones_that_go_are_forgotten() {
     if !root_or_skip("interfaces_that_appear_later_are_attached_and_ones_that_go_are_forgotten") {
@@ -562,10 +715,23 @@ fn identity_and_verdicts_from_manifests() {
     // but gets through: a violation flowaudit must report.
     lab.nft_drop(&[format!("ip saddr {} ip daddr {} tcp dport 5432", p3.ipv4, p2.ipv4)]).unwrap();
     let glob = format!("fa{}p*", lab.id);
+    // The agent also writes a snapshot of the cluster state at start, for the reports.
+    let archive = tempfile::tempdir().unwrap();
+    let config = logs.path().join("flowaudit.yaml");
+    std::fs::write(&config, format!("snapshots: {{archive: {}, interval: 24h}}\n", archive.path().display())).unwrap();
     let agent = Agent::start(
         &mut lab,
         logs.path(),
-        &["--interfaces", &glob, "--flush-interval", "1h", "--cluster", cluster.path().to_str().unwrap()],
+        &[
+            "--interfaces",
+            &glob,
+            "--flush-interval",
+            "1h",
+            "--cluster",
+            cluster.path().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
     )
     .expect("agent");
     assert_eq!(agent.metric("flowaudit_cluster_state_version").unwrap(), 0.0);
@@ -603,6 +769,7 @@ fn identity_and_verdicts_from_manifests() {
     }
     run(&lab, lab.pod_command("p1", &t).unwrap(), &["udp-send", &ip(&p3), "7000", "41005", "3", "100"]);
     let counters = lab.read_counters().unwrap();
+    assert_eq!(agent.metric("flowaudit_snapshots_total{result=\"success\"}").unwrap(), 1.0);
     assert!(agent.stop(&mut lab).expect("exit").success());
     let records = Agent::records(logs.path());
     let port = |p: u64| move |r: &Value| r["source_port"] == p;
@@ -684,6 +851,99 @@ fn identity_and_verdicts_from_manifests() {
     assert_eq!(before["policies"]["pending_policies"], serde_json::json!(["0|default|sknp:ops/default-deny|deny|-1"]));
     let after = records.iter().rfind(|r| r["reporter"] == "dst" && r["source_port"] == 41005).unwrap();
     assert_eq!(after["policies"]["enforced_policies"], serde_json::json!(["0|default|knp:ops/default-deny|deny|-1"]));
+
+    // The network-access report over this run: the state at the start from the agent's snapshot,
+    // replayed through its audit log (ops' default-deny came later); each endpoint's ingress from
+    // its `dst` records, its egress from its `src` records, next to what its policies allow.
+    let access = network_access_rows(archive.path(), logs.path());
+    let db = &access["Pod.v1(shop/db)"];
+    assert_eq!(db["endpointsGeneratingTrafficToThisEndpoint"], "Pod.v1(ops/monitor);Pod.v1(shop/web-7d9f-p1)");
+    assert_eq!(db["endpointsReceivingTrafficFromThisEndpoint"], "");
+    // db's policies admit no other namespace, yet monitor's denied connection got through.
+    assert_eq!(
+        (db["ingressFromOtherNamespace"].as_str(), db["observedIngressFromOtherNamespace"].as_str()),
+        ("false", "true")
+    );
+    // Denied: monitor's dropped attempt (41002) and its violation (41003), one connection each.
+    assert_eq!((db["deniedFlows"].as_str(), db["enforcementViolations"].as_str()), ("2", "1"));
+    let monitor = &access["Pod.v1(ops/monitor)"];
+    assert_eq!(monitor["endpointsGeneratingTrafficToThisEndpoint"], "Pod.v1(ops/node-agent);Pod.v1(shop/web-7d9f-p1)");
+    // monitor sent to db, and ICMP port unreachables back to web (nothing listens on 7000).
+    assert_eq!(monitor["endpointsReceivingTrafficFromThisEndpoint"], "Pod.v1(shop/db);Pod.v1(shop/web-7d9f-p1)");
+    // Denied at monitor: the 3 datagrams after ops went default-deny (one flow); its egress
+    // record of 41003 carries the violation.
+    assert_eq!((monitor["deniedFlows"].as_str(), monitor["enforcementViolations"].as_str()), ("1", "1"));
+    assert_eq!(monitor["observedEgressToOtherNamespace"], "true");
+    // ops' default-deny, created mid-run, reached the report through the audit log: it applied
+    // to monitor for part of the interval, so it is listed, and monitor was not protected for all of it.
+    assert!(monitor["appliedPolicies"].contains("NetworkPolicy.networking.k8s.io/v1(ops/default-deny)"), "{monitor:?}");
+    assert_eq!(monitor["ingressProtected"], "false");
+
+    // CIS 5.3.1 ("the CNI supports NetworkPolicies") decided from the same flow log: the lab's
+    // "CNI" dropped monitor → db:5432 but let monitor → db:9000 through.
+    let out = tempfile::tempdir().unwrap();
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src/report/testdata/kube-bench/master-1.json");
+    let status = std::process::Command::new(workspace_bin("flowaudit"))
+        .args(["report", "cis-benchmark", "--from", "2026-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z"])
+        .args(["--kube-bench".as_ref(), bench.as_os_str(), "--flow-log-dir".as_ref(), logs.path().as_os_str()])
+        .args(["--out".as_ref(), out.path().as_os_str()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "flowaudit report cis-benchmark: {status}");
+    let mut reader = csv::Reader::from_path(out.path().join("all-tests.csv")).unwrap();
+    let row = reader.records().map(Result::unwrap).find(|r| &r[1] == "5.3.1").expect("a 5.3.1 row");
+    assert_eq!((&row[3], &row[6]), ("FAIL", "flowaudit"));
+    assert!(
+        row[5].ends_with(
+            "Flow logs: 1 connections denied by policy were established anyway (enforcement violations, \
+             e.g. ops/monitor to shop/db); 1 denied connections were dropped."
+        ),
+        "{}",
+        &row[5]
+    );
+}
+
+/// `flowaudit report network-access` over an archive holding one snapshot and a flow-log
+/// directory (with the audit log), from the snapshot's time to an hour from now: `endpoints.csv`
+/// as endpoint → column → value.
+fn network_access_rows(
+    archive: &Path,
+    logs: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let out = tempfile::tempdir().unwrap();
+    let snapshots: Vec<String> = std::fs::read_dir(archive.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "one snapshot, written at start: {snapshots:?}");
+    // 20261127T041500Z.json → 2026-11-27T04:15:00Z
+    let n = &snapshots[0];
+    let from = format!("{}-{}-{}T{}:{}:{}Z", &n[0..4], &n[4..6], &n[6..8], &n[9..11], &n[11..13], &n[13..15]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let rfc3339 = |secs: u64| {
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let status = std::process::Command::new(workspace_bin("flowaudit"))
+        .args(["report", "network-access", "--from", &from, "--to", &rfc3339(now + 3600)])
+        .args(["--archive".as_ref(), archive.as_os_str(), "--flow-log-dir".as_ref(), logs.as_os_str()])
+        .args(["--audit-log".as_ref(), logs.as_os_str()])
+        .args(["--out".as_ref(), out.path().as_os_str()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "flowaudit report network-access: {status}");
+    let mut reader = csv::Reader::from_path(out.path().join("endpoints.csv")).unwrap();
+    let header = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            (row[0].to_owned(), header.iter().zip(&row).map(|(h, c)| (h.to_owned(), c.to_owned())).collect())
+        })
+        .collect()
 }
 
 /// A private bpffs instance mounted on a temporary directory; unmounted on drop (also on panic).

@@ -994,11 +994,12 @@ async fn kube_audit_log_events_keep_their_user_and_resume_after_restart() {
 
 /// `flowaudit reporter --cluster kube` against the real API server: the GlobalReport CRD as
 /// generated (deploy/base/crds), a `cis-benchmark` report on `*/5 * * * *` and a
-/// `network-access` one (not implemented yet), `--delay 0s`. The archive says the reporter first
-/// saw both 12 minutes ago (as if it had been down since): at start it makes the intervals since
-/// then, archives the CIS reports, and records every run in the resources' status through the
-/// status subresource (the CIS runs as successful, the network-access runs as failed); a schedule
-/// with 15 runs an hour is refused and its status left alone.
+/// `network-access` one (no `--flow-log-dir` given: its runs fail, naming it), `--delay 0s`.
+/// The archive says the reporter first saw both 12 minutes ago (as if it had been down since):
+/// at start it makes the intervals since then, archives the CIS reports, and records every run
+/// in the resources' status through the status subresource (the CIS runs as successful, the
+/// network-access runs as failed); a schedule with 15 runs an hour is refused and its status
+/// left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reporter_records_runs_in_the_globalreport_status() {
     use flowaudit::report::resource::GlobalReport;
@@ -1142,5 +1143,51 @@ async fn reporter_records_runs_in_the_globalreport_status() {
         "reporter: {} CIS runs archived and recorded, {} network-access runs recorded as failed",
         got.len(),
         got.len()
+    );
+}
+
+/// `flowaudit report cis-benchmark --cluster kube` against the real API server: check 5.3.2
+/// ("every namespace has a NetworkPolicy") is decided from the server's namespaces and policies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_decides_check_5_3_2_from_the_api_server() {
+    let Some(server) = server_or_skip("report_decides_check_5_3_2_from_the_api_server") else { return };
+    server
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: open}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: shop}\n\
+             spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+        )
+        .expect("create the namespaces and the policy");
+    let out = tempfile::tempdir().unwrap();
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src/report/testdata/kube-bench/master-1.json");
+    let kubeconfig = server.kubeconfig().to_owned();
+    let dir = out.path().to_owned();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(flowaudit_lab::workspace_bin("flowaudit"))
+            .args(["report", "cis-benchmark", "--from", "2026-11-20T00:00:00Z", "--to", "2026-11-21T00:00:00Z"])
+            .args(["--cluster", "kube", "--kube-bench"])
+            .arg(bench)
+            .arg("--out")
+            .arg(&dir)
+            .env("KUBECONFIG", kubeconfig)
+            .status()
+    })
+    .await
+    .unwrap()
+    .expect("run flowaudit report");
+    assert!(status.success(), "flowaudit report cis-benchmark --cluster kube: {status}");
+    let mut reader = csv::Reader::from_path(out.path().join("all-tests.csv")).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let row = rows.iter().find(|r| &r[col("testIndex")] == "5.3.2").expect("a 5.3.2 row");
+    assert_eq!((&row[col("status")], &row[col("decidedBy")]), ("FAIL", "flowaudit"));
+    assert!(
+        row[col("remediation")]
+            .ends_with("Namespaces without a NetworkPolicy: default;kube-node-lease;kube-public;kube-system;open"),
+        "{}",
+        &row[col("remediation")]
     );
 }

@@ -131,7 +131,9 @@ pub fn run() -> anyhow::Result<()> {
         iperf_table.push_str(&format!("| {label} | {progs} | {:.2} Gbit/s | {:.3} |\n", m / 1e9, m / base));
     }
     println!("{iperf_table}");
-    write_doc(&program_table, &iperf_table, &attribution_table, &encode_table, &export_table)
+    let memory = crate::bench_memory::run()?;
+    println!("{memory}");
+    write_doc(&program_table, &iperf_table, &attribution_table, &encode_table, &export_table, &memory)
 }
 
 /// The empty programs attached in the lab's node namespace while this lives.
@@ -183,7 +185,14 @@ fn machine() -> String {
     format!("kernel {kernel}, {cores} × {cpu}")
 }
 
-fn write_doc(programs: &str, iperf: &str, attribution: &str, encode: &str, export: &str) -> anyhow::Result<()> {
+fn write_doc(
+    programs: &str,
+    iperf: &str,
+    attribution: &str,
+    encode: &str,
+    export: &str,
+    memory: &str,
+) -> anyhow::Result<()> {
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()
@@ -224,7 +233,7 @@ fn write_doc(programs: &str, iperf: &str, attribution: &str, encode: &str, expor
          ClickHouse 18.16); \
          50,000 records in flushes of 1,000, timed from the first submit until the sink accepted \
          the last (spooled, synced, sent, removed from the spool). The `file` row is the baseline: \
-         the local write every deployment has.\n\n{export}\n",
+         the local write every deployment has.\n\n{export}\n{memory}",
         machine = machine()
     );
     let path = root().join("docs").join("performance.md");

@@ -5,6 +5,7 @@
 //! the lab) say so when run without root.
 
 mod bench;
+mod bench_memory;
 mod demo;
 mod fuzz;
 mod kube_apiserver;
@@ -44,6 +45,10 @@ enum Task {
     DemoRun,
     /// Per-packet cost of each program and iperf3 throughput with and without the agent.
     Bench,
+    /// Only the memory part of `bench` (RSS at 100k live flows, kernel maps, bounds): prints
+    /// its section of `docs/performance.md` without writing the file.
+    #[command(hide = true)]
+    BenchMemory,
     /// Fuzz the parsers of what the agent reads from outside (cargo-fuzz, nightly): each target
     /// for N seconds; fails on a crash and names the reproducer. Not part of `test`.
     Fuzz {
@@ -184,6 +189,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo::supervise(),
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
+        Task::BenchMemory => bench_memory::alone(),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::KubeApiserver => kube_apiserver::run(),
         Task::Crdgen => crdgen(),

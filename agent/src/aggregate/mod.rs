@@ -22,6 +22,10 @@
 //!   then ingress, then the lowest interface index.
 //! - **Completion.** TCP completes on RST or a FIN from each side; others after `idle_timeout`
 //!   without packets, reported in the interval they expire in, with zero counts.
+//! - **Memory.** At most `max_connections` connections are remembered. A new connection seen
+//!   while the map is full gets its records from its own observations (counts exact) but is not
+//!   remembered: it gets no completion record, and if seen again it is new again. Each is
+//!   counted ([`Aggregator::untracked`]).
 //! - Records leave at aggregation level 0 (one per connection and reporter); rollup applies the
 //!   configured level once attribute has given each its verdict.
 
@@ -47,6 +51,10 @@ pub struct AggregateConfig {
     pub idle_timeout: Duration,
     /// A TCP connection with no packets and no FIN/RST for this long is forgotten.
     pub tcp_idle_timeout: Duration,
+    /// Connections remembered between intervals at most (`max_connections`). A new connection
+    /// seen while this many are remembered still gets its records, but is not remembered:
+    /// counted by [`Aggregator::untracked`].
+    pub max_connections: usize,
 }
 
 /// How long a completed TCP connection is remembered, so late packets (the last ACK, a
@@ -93,7 +101,8 @@ struct Conn {
     rev_flags: u64,
     replied: bool,
     completed_at_ns: Option<u64>,
-    reporters: HashSet<Reporter>,
+    /// Reporters that wrote a record of it: bit `1 << reporter as u8`.
+    reporters: u8,
     source_cgroup_id: Option<u64>,
     dest_cgroup_id: Option<u64>,
     first_seen_ns: u64,
@@ -106,6 +115,7 @@ pub struct Aggregator {
     cfg: AggregateConfig,
     conns: HashMap<ConnKey, Conn>,
     first_batch: bool,
+    untracked: u64,
 }
 
 /// Counts of one direction chosen for one side.
@@ -141,12 +151,17 @@ struct SideRecord {
 impl Aggregator {
     /// A new stage with no connection state.
     pub fn new(cfg: AggregateConfig) -> Self {
-        Self { cfg, conns: HashMap::new(), first_batch: true }
+        Self { cfg, conns: HashMap::new(), first_batch: true, untracked: 0 }
     }
 
     /// Connections currently remembered.
     pub fn tracked(&self) -> usize {
         self.conns.len()
+    }
+
+    /// New connections not remembered because `max_connections` were (since the start).
+    pub fn untracked(&self) -> u64 {
+        self.untracked
     }
 
     /// Turns one interval's observations into records (sorted for stable output).
@@ -168,6 +183,10 @@ impl Aggregator {
             self.account(*key, observations, &refused, &mut sides);
         }
         self.expire(batch.end_ns, &groups, &mut sides);
+        // A flood leaves a large map behind once its connections expire: give the memory back.
+        if self.conns.capacity() > 4 * self.conns.len().max(1024) {
+            self.conns.shrink_to_fit();
+        }
         self.first_batch = false;
         let echo = |side: &SideRecord| match side.key.extra {
             Extra::Echo(id) => id,
@@ -198,10 +217,18 @@ impl Aggregator {
     ) {
         let first_batch = self.first_batch;
         let mut is_new = false;
-        let conn = self.conns.entry(key).or_insert_with(|| {
+        let mut unremembered;
+        let conn = if self.conns.len() < self.cfg.max_connections || self.conns.contains_key(&key) {
+            self.conns.entry(key).or_insert_with(|| {
+                is_new = true;
+                new_conn(key, observations, first_batch)
+            })
+        } else {
             is_new = true;
-            new_conn(key, observations, first_batch)
-        });
+            self.untracked += 1;
+            unremembered = new_conn(key, observations, first_batch);
+            &mut unremembered
+        };
         conn.refused |= refused.contains(&key);
         let mut picks: HashMap<(Side, bool), &Observation> = HashMap::new();
         let mut syn_now = false;
@@ -252,7 +279,7 @@ impl Aggregator {
         };
         let (alt_fwd, alt_rev) = (most(true), most(false));
         let mut emit = |reporter: Reporter, out_counts: Counts, in_counts: Counts| {
-            conn.reporters.insert(reporter);
+            conn.reporters |= 1 << reporter as u8;
             out.push(SideRecord {
                 key,
                 reporter,
@@ -304,9 +331,8 @@ impl Aggregator {
                 return true;
             }
             let observed = observed(key.proto, key.extra, conn);
-            let mut reporters: Vec<_> = conn.reporters.iter().copied().collect();
-            reporters.sort();
-            for reporter in reporters {
+            let reporters = [Reporter::Src, Reporter::Dst, Reporter::Fwd];
+            for reporter in reporters.into_iter().filter(|r| conn.reporters & (1 << *r as u8) != 0) {
                 out.push(SideRecord {
                     key: *key,
                     reporter,
@@ -420,23 +446,36 @@ impl Aggregator {
 /// counted from the point that saw most of the connection's packets; and no `fwd` record for a
 /// connection with a local end. `node` is this node's name; an end is local when it is a pod
 /// scheduled on it. Call after enrich.
-pub fn localize(records: Vec<FlowRecord>, node: &str) -> Vec<FlowRecord> {
+pub fn localize(mut records: Vec<FlowRecord>, node: &str) -> Vec<FlowRecord> {
     let on_node = |ep: &Option<std::sync::Arc<crate::model::Endpoint>>| {
         ep.as_ref().is_some_and(|e| e.node.as_deref() == Some(node))
     };
-    let mut by_conn: HashMap<String, [bool; 3]> = HashMap::new();
-    for r in &records {
-        let seen = by_conn.entry(r.context.conn.clone()).or_default();
-        seen[r.reporter as usize] = true;
+    // Per record: its connection's index, and whether it is the connection's first record; per
+    // connection: the reporters that have a record. Indices, not copies of the connection
+    // strings: a flood brings a batch of `2 x flow_table_entries` records through here.
+    let mut conn_of = Vec::with_capacity(records.len());
+    let mut first = Vec::with_capacity(records.len());
+    let mut seen: Vec<[bool; 3]> = Vec::new();
+    {
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+        for r in &records {
+            let next = index.len();
+            let c = *index.entry(r.context.conn.as_str()).or_insert(next);
+            first.push(c == seen.len());
+            if c == seen.len() {
+                seen.push([false; 3]);
+            }
+            seen[c][r.reporter as usize] = true;
+            conn_of.push(c);
+        }
     }
-    let mut out = Vec::with_capacity(records.len());
     let mut extras = Vec::new();
-    let mut done: HashSet<String> = HashSet::new();
-    for r in records {
-        let seen = by_conn[&r.context.conn];
+    let mut keep = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let seen = seen[conn_of[i]];
         let local_src = seen[Reporter::Src as usize] || on_node(&r.context.source);
         let local_dst = seen[Reporter::Dst as usize] || on_node(&r.context.dest);
-        if done.insert(r.context.conn.clone()) {
+        if first[i] {
             let [fp, fb, rp, rb] = r.context.alt;
             let mut add = |reporter: Reporter, out_counts: (u64, u64), in_counts: (u64, u64)| {
                 let mut extra = r.clone();
@@ -453,13 +492,12 @@ pub fn localize(records: Vec<FlowRecord>, node: &str) -> Vec<FlowRecord> {
                 add(Reporter::Dst, (rp, rb), (fp, fb));
             }
         }
-        if r.reporter == Reporter::Fwd && (local_src || local_dst) {
-            continue;
-        }
-        out.push(r);
+        keep.push(!(r.reporter == Reporter::Fwd && (local_src || local_dst)));
     }
-    out.extend(extras);
-    out
+    let mut keep = keep.into_iter();
+    records.retain(|_| keep.next().unwrap_or(true));
+    records.extend(extras);
+    records
 }
 
 fn is_icmp(p: u8) -> bool {
@@ -547,7 +585,7 @@ fn new_conn(key: ConnKey, observations: &[&Observation], first_batch: bool) -> C
         rev_flags: 0,
         replied: false,
         completed_at_ns: None,
-        reporters: HashSet::new(),
+        reporters: 0,
         source_cgroup_id: None,
         dest_cgroup_id: None,
         first_seen_ns: earliest.first_seen_ns,
@@ -655,16 +693,9 @@ pub fn proto_name(p: u8) -> String {
     }
 }
 
-/// `pvt` for RFC 1918, fc00::/7 and fe80::/10; `pub` otherwise.
+/// `pvt` for private addresses ([`crate::model::is_private_ip`]); `pub` otherwise.
 pub fn net_aggr(ip: IpAddr) -> &'static str {
-    let private = match ip {
-        IpAddr::V4(v4) => v4.is_private(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments()[0];
-            (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
-        }
-    };
-    if private { "pvt" } else { "pub" }
+    if crate::model::is_private_ip(ip) { "pvt" } else { "pub" }
 }
 
 #[cfg(test)]

@@ -140,6 +140,7 @@ fn cfg() -> AggregateConfig {
         node: "node-1".into(),
         idle_timeout: Duration::from_secs(30),
         tcp_idle_timeout: Duration::from_secs(600),
+        max_connections: 1_000_000,
     }
 }
 

@@ -1,7 +1,9 @@
 //! Prometheus families of the capture stage. Kernel counters are cumulative in the kernel; they
 //! are exported as counters advanced by the difference since the last read.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Counter as FloatCounter, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use flowaudit_common::{Counter, ObsPoint};
 
@@ -15,6 +17,11 @@ pub struct CaptureMetrics {
     pub(super) ringbuf_events: prometheus::IntCounter,
     pub(super) table_entries: IntGauge,
     pub(super) table_capacity: IntGauge,
+    pub(super) table_fill: Gauge,
+    pub(super) full_drains: prometheus::IntCounter,
+    pub(super) pending: IntGauge,
+    pub(super) drains: IntCounterVec,
+    pub(super) send_wait_seconds: FloatCounter,
     pub(super) drain_seconds: Histogram,
     pub(super) drain_errors: prometheus::IntCounter,
     pub(super) attach_events: IntCounterVec,
@@ -108,6 +115,54 @@ impl CaptureMetrics {
                 registry,
                 IntGauge::new("flowaudit_flow_table_capacity", "Capacity of each flow table.").expect("valid"),
             ),
+            table_fill: reg(
+                registry,
+                Gauge::new(
+                    "flowaudit_flow_table_fill_ratio",
+                    "Entries of the flow table at the last drain over its capacity (1: full, new flows \
+                     went to the ring buffer).",
+                )
+                .expect("valid"),
+            ),
+            full_drains: reg(
+                registry,
+                prometheus::IntCounter::new(
+                    "flowaudit_flow_table_full_drains_total",
+                    "Drains that found the flow table full (raise flow_table_entries if this grows).",
+                )
+                .expect("valid"),
+            ),
+            pending: reg(
+                registry,
+                IntGauge::new(
+                    "flowaudit_ringbuf_pending_flows",
+                    "Flows merged from the ring buffer and waiting for the next drain (at most \
+                     flow_table_entries; reaching it ends the interval early).",
+                )
+                .expect("valid"),
+            ),
+            drains: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flowaudit_drains_total",
+                        "Drains of the kernel flow table, by reason: interval, request (before a \
+                         cluster-state change), pending_full (the flows from the ring buffer reached \
+                         flow_table_entries), shutdown.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            send_wait_seconds: reg(
+                registry,
+                FloatCounter::new(
+                    "flowaudit_capture_blocked_seconds_total",
+                    "Seconds capture waited for the pipeline to take a drained batch; the ring \
+                     buffer is not read meanwhile, so packets of new flows may be counted as lost.",
+                )
+                .expect("valid"),
+            ),
             drain_seconds: reg(
                 registry,
                 Histogram::with_opts(
@@ -142,6 +197,9 @@ impl CaptureMetrics {
             ),
             last: Default::default(),
         };
+        for reason in super::DrainReason::ALL {
+            this.drains.with_label_values(&[reason.name()]);
+        }
         for obs in ObsPoint::ALL {
             this.packets.with_label_values(&[obs.name()]);
             this.bytes.with_label_values(&[obs.name()]);

@@ -2,7 +2,11 @@
 //!
 //! Takes: [`CaptureConfig`] and link events from rtnetlink. Gives: one [`CaptureBatch`] per flush
 //! interval on a channel (the table and the ring-buffer packets of the interval, merged per
-//! direction, hook and interface), kernel counters as metrics, readiness. Must never: be bypassed
+//! direction, hook and interface), kernel counters as metrics, readiness. An interval ends early
+//! when the flows merged from the ring buffer reach `flow_table_entries` (the table is full and
+//! new flows keep coming), so a batch never holds more than twice `flow_table_entries` flows;
+//! while the pipeline has not taken the last batch the ring buffer is not read, and what it
+//! cannot hold is counted as lost by the kernel. Must never: be bypassed
 //! (it is the only module that touches aya), change a packet's fate, or drop a count: a drain
 //! installs a fresh table first (the map-of-maps update waits for running programs), then reads
 //! the old one whole; a table that cannot be replaced stays in place and is read next time.
@@ -161,6 +165,80 @@ fn mono_now_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Why a drain ran (the `reason` label of `flowaudit_drains_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DrainReason {
+    /// The flush interval elapsed.
+    Interval,
+    /// The pipeline asked for one (before a cluster-state change).
+    Request,
+    /// The flows merged from the ring buffer reached `flow_table_entries`: the table is full
+    /// and new flows keep coming, so the interval ends early rather than growing without bound.
+    PendingFull,
+    /// The agent is stopping.
+    Shutdown,
+}
+
+impl DrainReason {
+    const ALL: [DrainReason; 4] =
+        [DrainReason::Interval, DrainReason::Request, DrainReason::PendingFull, DrainReason::Shutdown];
+
+    fn name(self) -> &'static str {
+        match self {
+            DrainReason::Interval => "interval",
+            DrainReason::Request => "request",
+            DrainReason::PendingFull => "pending_full",
+            DrainReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How a read of the ring buffer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ring {
+    /// Every record was read.
+    Empty,
+    /// `pending` reached its cap; the rest stays in the ring.
+    PendingFull,
+}
+
+/// Reads ring-buffer records into `pending` (merged per key) until the ring is empty or
+/// `pending` holds `cap` flows (checked before each record, so never more than `cap`).
+fn read_ring(
+    ring: &mut RingBuf<MapData>,
+    pending: &mut HashMap<FlowKey, FlowStats>,
+    metrics: &CaptureMetrics,
+    cap: usize,
+) -> Ring {
+    let mut outcome = Ring::Empty;
+    loop {
+        if pending.len() >= cap {
+            outcome = Ring::PendingFull;
+            break;
+        }
+        let Some(item) = ring.next() else { break };
+        if item.len() != size_of::<FlowEvent>() {
+            metrics.ringbuf_malformed.inc();
+            continue;
+        }
+        // SAFETY: length checked; FlowEvent is plain data, read unaligned.
+        let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        metrics.ringbuf_events.inc();
+        let e = pending.entry(ev.key).or_insert(FlowStats {
+            first_seen_ns: ev.ts_ns,
+            cgroup_id: ev.cgroup_id,
+            ..Default::default()
+        });
+        e.packets += ev.packets as u64;
+        e.bytes += ev.bytes;
+        e.first_seen_ns = e.first_seen_ns.min(ev.ts_ns);
+        e.last_seen_ns = e.last_seen_ns.max(ev.ts_ns);
+        e.tcp_flags |= ev.tcp_flags as u64;
+    }
+    metrics.pending.set(pending.len() as i64);
+    outcome
 }
 
 impl Capture {
@@ -413,34 +491,18 @@ impl Capture {
         }
     }
 
-    /// Reads every ring-buffer record now available into `pending`.
-    fn read_ring(&mut self) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            if item.len() != size_of::<FlowEvent>() {
-                self.metrics.ringbuf_malformed.inc();
-                continue;
-            }
-            // SAFETY: length checked; FlowEvent is plain data, read unaligned.
-            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            self.metrics.ringbuf_events.inc();
-            let e = self.pending.entry(ev.key).or_insert(FlowStats {
-                first_seen_ns: ev.ts_ns,
-                cgroup_id: ev.cgroup_id,
-                ..Default::default()
-            });
-            e.packets += ev.packets as u64;
-            e.bytes += ev.bytes;
-            e.first_seen_ns = e.first_seen_ns.min(ev.ts_ns);
-            e.last_seen_ns = e.last_seen_ns.max(ev.ts_ns);
-            e.tcp_flags |= ev.tcp_flags as u64;
-        }
+    /// Reads ring-buffer records into `pending` until the ring is empty or `pending` holds
+    /// `flow_table_entries` flows; says which.
+    fn read_ring(&mut self) -> Ring {
+        let cap = self.cfg.flow_table_entries as usize;
+        read_ring(self.ring.get_mut(), &mut self.pending, &self.metrics, cap)
     }
 
     /// Swaps in a fresh table and reads the old one and the ring buffer. `last` marks the batch
     /// sent at shutdown.
-    fn drain(&mut self, last: bool, answers: Option<u64>) -> CaptureBatch {
+    fn drain(&mut self, reason: DrainReason, last: bool, answers: Option<u64>) -> CaptureBatch {
         let started = Instant::now();
+        self.metrics.drains.with_label_values(&[reason.name()]).inc();
         let end_ns = wall_now_ns();
         let wall_minus_mono = end_ns as i128 - mono_now_ns() as i128;
         let mut merged: HashMap<FlowKey, FlowStats> = HashMap::new();
@@ -463,13 +525,19 @@ impl Capture {
                     }
                 }
                 self.metrics.table_entries.set(entries);
+                let capacity = i64::from(self.cfg.flow_table_entries);
+                self.metrics.table_fill.set(entries as f64 / capacity as f64);
+                if entries >= capacity {
+                    self.metrics.full_drains.inc();
+                }
             }
             Err(error) => {
                 self.metrics.drain_errors.inc();
                 tracing::error!(message = "Swapping the flow table failed; its counts stay for the next drain.", %error);
             }
         }
-        // Ring-buffer records written before the swap are readable now.
+        // Ring-buffer records written before the swap are readable now (those past the cap on
+        // `pending` wait in the ring for the next drain).
         self.read_ring();
         for (key, ev) in self.pending.drain() {
             let e = merged.entry(key).or_insert(FlowStats {
@@ -486,6 +554,7 @@ impl Capture {
                 e.cgroup_id = ev.cgroup_id;
             }
         }
+        self.metrics.pending.set(0);
         self.read_counters();
         let to_wall = |mono: u64| (mono as i128 + wall_minus_mono).max(0) as u64;
         let mut observations = Vec::with_capacity(merged.len());
@@ -562,37 +631,43 @@ impl Capture {
             tokio::time::interval_at(tokio::time::Instant::now() + self.cfg.flush_interval, self.cfg.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let batch = self.drain(false, None);
-                    if out.send(batch).await.is_err() {
-                        break;
-                    }
+            let (reason, answers) = tokio::select! {
+                _ = tick.tick() => (DrainReason::Interval, None),
+                Some(request) = drain_requests.recv() => (DrainReason::Request, Some(request)),
+                Some(event) = async { links.as_mut()?.recv().await } => {
+                    self.on_link(event);
+                    continue;
                 }
-                Some(request) = drain_requests.recv() => {
-                    let batch = self.drain(false, Some(request));
-                    if out.send(batch).await.is_err() {
-                        break;
-                    }
-                }
-                Some(event) = async { links.as_mut()?.recv().await } => self.on_link(event),
                 guard = self.ring.readable_mut() => {
-                    if let Ok(mut guard) = guard {
-                        guard.clear_ready();
+                    let Ok(mut guard) = guard else { continue };
+                    let cap = self.cfg.flow_table_entries as usize;
+                    match read_ring(guard.get_inner_mut(), &mut self.pending, &self.metrics, cap) {
+                        // Readiness is cleared only once the ring is empty: records left behind
+                        // by a full `pending` are read right after the drain below.
+                        Ring::Empty => {
+                            guard.clear_ready();
+                            continue;
+                        }
+                        Ring::PendingFull => (DrainReason::PendingFull, None),
                     }
-                    self.read_ring();
                 }
                 _ = shutdown.changed() => break,
+            };
+            let batch = self.drain(reason, false, answers);
+            let waiting = Instant::now();
+            if out.send(batch).await.is_err() {
+                break;
             }
+            self.metrics.send_wait_seconds.inc_by(waiting.elapsed().as_secs_f64());
         }
         if self.cfg.pin.is_some() {
             // Pinned: programs keep counting into the installed table; the next process reads it.
-            let batch = self.drain(true, None);
+            let batch = self.drain(DrainReason::Shutdown, true, None);
             let _ = out.send(batch).await;
             tracing::info!(message = "Programs stay attached (pinned); final drain sent.");
         } else {
             self.detach_all();
-            let batch = self.drain(true, None);
+            let batch = self.drain(DrainReason::Shutdown, true, None);
             let _ = out.send(batch).await;
             tracing::info!(message = "Detached every program; final drain sent.");
         }

@@ -87,7 +87,10 @@ impl FileExporter {
     }
 }
 
-/// The records of one write in one encoding: one buffer, one span per record (`None`: the record
+/// Records encoded into one buffer at a time (about 1.5 MB of calico lines).
+const WRITE_CHUNK: usize = 1024;
+
+/// The records of one chunk of a write in one encoding: one buffer, one span per record (`None`: the record
 /// could not be encoded; it was logged and is counted by each exporter that wanted it).
 struct Encoded {
     encoding: Encoding,
@@ -212,8 +215,7 @@ impl Outputs {
         if n == 0 {
             return written;
         }
-        // Each record is encoded once per encoding in use, into one buffer per encoding.
-        let mut encoded: Vec<Encoded> = Vec::new();
+        let mut encodings: Vec<Encoding> = Vec::new();
         let wanted = self
             .files
             .iter()
@@ -221,45 +223,67 @@ impl Outputs {
             .map(|f| f.encoding)
             .chain(self.exporters.iter().filter(|e| e.log_types.contains(&log_type)).map(|e| e.encoding));
         for enc in wanted {
-            if encoded.iter().all(|e| e.encoding != enc) {
-                encoded.push(Encoded::new(enc, n, |i, out| encode(&self.ctx, enc, i, out)));
+            if !encodings.contains(&enc) {
+                encodings.push(enc);
             }
         }
-        let of = |enc: Encoding| encoded.iter().find(|e| e.encoding == enc).expect("encoded above");
-        for f in &mut self.files {
-            let (name, encoding) = (f.name.clone(), f.encoding);
-            let Some(log) = f.log(log_type) else { continue };
-            let lines = of(encoding);
-            self.metrics.drop(&name, "encode_error", lines.errors);
-            written.encode_errors += lines.errors;
-            let mut result = Ok(());
-            for line in lines.lines() {
-                match log.append_line(line) {
-                    Ok(b) => written.file_bytes += b,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
+        // A local write that failed stops that file for the rest of this write.
+        let mut failed: Vec<Option<OutputError>> = self.files.iter().map(|_| None).collect();
+        // A flood's batch (up to twice `flow_table_entries` records) is encoded a chunk at a
+        // time, never into one buffer. Each record is encoded once per encoding in use, into one
+        // buffer per chunk and encoding shared by the file and network exporters.
+        for start in (0..n).step_by(WRITE_CHUNK) {
+            let range = start..(start + WRITE_CHUNK).min(n);
+            let encoded: Vec<Encoded> = encodings
+                .iter()
+                .map(|&enc| Encoded::new(enc, range.len(), |i, out| encode(&self.ctx, enc, range.start + i, out)))
+                .collect();
+            let of = |enc: Encoding| encoded.iter().find(|e| e.encoding == enc).expect("encoded above");
+            for (f, failure) in self.files.iter_mut().zip(failed.iter_mut()) {
+                let (name, encoding) = (f.name.clone(), f.encoding);
+                let Some(log) = f.log(log_type) else { continue };
+                let lines = of(encoding);
+                self.metrics.drop(&name, "encode_error", lines.errors);
+                written.encode_errors += lines.errors;
+                if failure.is_some() {
+                    continue;
+                }
+                for line in lines.lines() {
+                    match log.append_line(line) {
+                        Ok(b) => written.file_bytes += b,
+                        Err(e) => {
+                            *failure = Some(e);
+                            break;
+                        }
                     }
                 }
             }
-            if let Err(e) = result.and_then(|()| log.flush()) {
+            let chunk_keys = keys.get(range.clone()).unwrap_or_default();
+            for e in &self.exporters {
+                if !e.log_types.contains(&log_type) {
+                    continue;
+                }
+                let lines = of(e.encoding);
+                self.metrics.drop(&e.name, "encode_error", lines.errors);
+                written.encode_errors += lines.errors;
+                let items = chunk_keys
+                    .iter()
+                    .zip(&lines.spans)
+                    .filter_map(|(key, span)| {
+                        span.clone().map(|r| Item { key: key.clone(), line: lines.buf[r].to_vec() })
+                    })
+                    .collect();
+                e.submit(log_type, items);
+            }
+        }
+        // One flush per write: one chain line for the whole write, as before chunking.
+        for (f, failure) in self.files.iter_mut().zip(failed) {
+            let name = f.name.clone();
+            let Some(log) = f.log(log_type) else { continue };
+            if let Err(e) = failure.map_or_else(|| log.flush(), Err) {
                 written.file_errors.push((name, e));
             }
             self.evidence.observe(log_type.name(), log.take_events());
-        }
-        for e in &self.exporters {
-            if !e.log_types.contains(&log_type) {
-                continue;
-            }
-            let lines = of(e.encoding);
-            self.metrics.drop(&e.name, "encode_error", lines.errors);
-            written.encode_errors += lines.errors;
-            let items = keys
-                .iter()
-                .zip(&lines.spans)
-                .filter_map(|(key, span)| span.clone().map(|r| Item { key: key.clone(), line: lines.buf[r].to_vec() }))
-                .collect();
-            e.submit(log_type, items);
         }
         written
     }

@@ -1,5 +1,5 @@
 //! The CIS benchmark report: kube-bench JSON results, one set per node, counted as Calico's
-//! reporter counted them, plus the manual checks flowaudit can decide from the cluster state.
+//! reporter counted them, plus the manual checks flowaudit can decide from its own data.
 //!
 //! Inputs: `--kube-bench FILE|DIR` (repeatable). A file is one node's results, the node named by
 //! the file name (`<node>.json`), always used. A directory is searched (recursively) for
@@ -15,13 +15,16 @@
 //! counted; HIGH at `highThreshold` (100) or more, MED at `medThreshold` (50) or more, else LOW.
 //! Unscored tests are dropped unless `includeUnscoredTests`; `resultsFilters` as in Calico.
 //!
-//! Decided by flowaudit (`decidedBy: flowaudit`), with `--cluster DIR`: 5.3.2 "Ensure that all
-//! Namespaces have NetworkPolicies defined", a manual check that kube-bench always reports WARN.
+//! Decided by flowaudit (`decidedBy: flowaudit`), manual checks that kube-bench always reports
+//! WARN: with `--cluster`, 5.3.2 "Ensure that all Namespaces have NetworkPolicies defined"; with
+//! flow records (`--flow-log-dir`, `--store`), 5.3.1 "Ensure that the CNI in use supports
+//! NetworkPolicies": FAIL when a connection denied by policy was established anyway, PASS when
+//! denied connections were dropped and none got through, undecided when none was denied.
 //! Such a row is always listed (unless a filter excludes it) but counts toward pass % only where
 //! it is scored or `includeUnscoredTests` is set.
 //!
-//! Takes: kube-bench files and directories, the interval, optionally a GlobalReport and a cluster
-//! state. Gives: a [`CisReport`]. Must never: count WARN or INFO toward pass %, change a status
+//! Takes: kube-bench files and directories, the interval, optionally a GlobalReport, a cluster
+//! state and flow records. Gives: a [`CisReport`]. Must never: count WARN or INFO toward pass %, change a status
 //! kube-bench decided other than the checks named above, or read a file outside the inputs.
 
 use std::{
@@ -36,7 +39,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Kind, NamedReport, Progress, Rendered, ReportError, Table, TimeRange, doc_index_cmp, escape, format_time, html_page,
+    Kind, NamedReport, Progress, Rendered, ReportError, Table, TimeRange, doc_index_cmp, escape,
+    flows::{FlowSource, RowAction},
+    format_time, html_page,
 };
 use crate::cluster::{
     CalicoPolicyKind, ClusterState,
@@ -48,6 +53,9 @@ use crate::cluster::{
 pub const WINDOW: Duration = Duration::from_secs(36 * 3600);
 /// The check flowaudit decides from the cluster state.
 pub const NAMESPACE_POLICY_CHECK: &str = "5.3.2";
+/// The check flowaudit decides from the flow records: "Ensure that the CNI in use supports
+/// NetworkPolicies".
+pub const CNI_ENFORCES_CHECK: &str = "5.3.1";
 
 /// `all-tests.csv` columns (Calico's, plus `decidedBy`).
 pub const ALL_TESTS_COLUMNS: &[&str] =
@@ -82,6 +90,71 @@ pub struct Input<'a> {
     pub cluster: Option<&'a ClusterState>,
     /// The directory it was loaded from (named in errors).
     pub cluster_dir: Option<PathBuf>,
+    /// `--flow-log-dir` or `--store`: decides [`CNI_ENFORCES_CHECK`].
+    pub flows: Option<&'a dyn FlowSource>,
+}
+
+/// What the flow records of an interval show about enforcement: denials that held, and
+/// denials that did not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Enforcement {
+    /// Connections in denied records that only attempted (no answer at all): the denial held.
+    pub held: u64,
+    /// Connections in denied records that were established anyway.
+    pub violations: u64,
+    /// One violation, for the remediation: `shop/monitor → shop/db:9000 (tcp)`.
+    pub example: Option<String>,
+}
+
+impl Enforcement {
+    /// Reads the denied records of `range` (each denial from the side that denied it).
+    pub fn read(flows: &dyn FlowSource, range: TimeRange) -> Result<Enforcement, ReportError> {
+        let mut e = Enforcement::default();
+        flows.scan(range, &mut |row| {
+            if row.action != RowAction::Deny {
+                return;
+            }
+            // Refused (RST, ICMP unreachable) is not counted: the packets may have reached the
+            // destination, which refused them (a closed port), so that proves nothing either way.
+            e.held += row.num_attempted;
+            e.violations += row.num_violations;
+            if row.num_violations > 0 && e.example.is_none() {
+                let end = |ns: &str, name: &str, aggr: &str| {
+                    let name = if name == "-" { aggr } else { name };
+                    if ns == "-" { name.to_owned() } else { format!("{ns}/{name}") }
+                };
+                e.example = Some(format!(
+                    "{} to {}",
+                    end(&row.source_namespace, &row.source_name, &row.source_name_aggr),
+                    end(&row.dest_namespace, &row.dest_name, &row.dest_name_aggr)
+                ));
+            }
+        })?;
+        Ok(e)
+    }
+
+    /// The check's status and the line added to its remediation, or `None` when the records
+    /// show no denial (nothing to judge by).
+    fn decide(&self) -> Option<(Status, String)> {
+        if self.violations > 0 {
+            let example = self.example.as_deref().map(|e| format!(", e.g. {e}")).unwrap_or_default();
+            Some((
+                Status::Fail,
+                format!(
+                    "Flow logs: {} connections denied by policy were established anyway (enforcement violations{example}); \
+                     {} denied connections were dropped.",
+                    self.violations, self.held
+                ),
+            ))
+        } else if self.held > 0 {
+            Some((
+                Status::Pass,
+                format!("Flow logs: {} connections denied by policy were dropped, none established.", self.held),
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// A kube-bench status.
@@ -642,6 +715,21 @@ pub fn build(input: &Input<'_>) -> Result<CisReport, ReportError> {
         (None, _) => None,
     };
 
+    let enforcement = match input.flows {
+        Some(flows) => {
+            let e = Enforcement::read(flows, input.range)?;
+            let d = e.decide();
+            if d.is_none() {
+                warnings.push(format!(
+                    "{}: no denied connection in the interval: {CNI_ENFORCES_CHECK} is left as kube-bench reported it",
+                    flows.describe()
+                ));
+            }
+            d
+        }
+        None => None,
+    };
+
     let chosen = choose(&input.kube_bench, input.range.to)?;
     if chosen.is_empty() {
         warnings.push(format!(
@@ -675,6 +763,14 @@ pub fn build(input: &Input<'_>) -> Result<CisReport, ReportError> {
                         format!("{}\nNamespaces without a NetworkPolicy: {list}", t.remediation)
                     };
                 }
+            }
+            if t.number == CNI_ENFORCES_CHECK
+                && let Some((status, evidence)) = &enforcement
+            {
+                t.decided_by = DecidedBy::Flowaudit;
+                t.status = *status;
+                t.remediation =
+                    if t.remediation.is_empty() { evidence.clone() } else { format!("{}\n{evidence}", t.remediation) };
             }
             if !filter.lists(&t) {
                 continue;
@@ -941,10 +1037,21 @@ impl Rendered for CisReport {
             "<footer>Generated by flowaudit {} at {} from kube-bench results{}.</footer>",
             env!("CARGO_PKG_VERSION"),
             format_time(generated),
-            if self.nodes.iter().any(|n| n.tests.iter().any(|t| t.decided_by == DecidedBy::Flowaudit)) {
-                format!("; {NAMESPACE_POLICY_CHECK} decided by flowaudit from the cluster state")
-            } else {
-                String::new()
+            {
+                let decided: BTreeSet<&str> = self
+                    .nodes
+                    .iter()
+                    .flat_map(|n| &n.tests)
+                    .filter(|t| t.decided_by == DecidedBy::Flowaudit)
+                    .map(|t| t.number.as_str())
+                    .collect();
+                let from = |check: &str, what: &str| decided.contains(check).then(|| format!("{check} from {what}"));
+                let parts: Vec<String> =
+                    [from(NAMESPACE_POLICY_CHECK, "the cluster state"), from(CNI_ENFORCES_CHECK, "the flow logs")]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                if parts.is_empty() { String::new() } else { format!("; decided by flowaudit: {}", parts.join(", ")) }
             }
         );
         let title = match &self.report {

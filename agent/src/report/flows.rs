@@ -90,6 +90,10 @@ pub struct FlowRow {
     pub num_violations: u64,
     /// Connections that completed a handshake or saw replies.
     pub num_established: u64,
+    /// Connections that only attempted (a SYN or echo request without answer).
+    pub num_attempted: u64,
+    /// Connections refused by RST or ICMP unreachable.
+    pub num_rejected: u64,
 }
 
 impl FlowRow {
@@ -229,7 +233,7 @@ pub fn open_store(url: &str) -> Result<Box<dyn FlowSource>, ReportError> {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"id":"1","start_time":100,"end_time":115,"host":"n","action":"deny","reporter":"dst","proto":"tcp","source_ip":"10.0.0.1","source_port":null,"source_name":"-","source_name_aggr":"web-7d*","source_namespace":"shop","source_type":"wep","source_labels":"-","dest_ip":"10.0.0.2","dest_port":80,"dest_name":"db-0","dest_name_aggr":"db-0","dest_namespace":"data","dest_type":"wep","dest_labels":"-","bytes_in":1,"bytes_out":2,"packets_in":3,"packets_out":4,"num_flows":5,"num_flows_started":5,"num_flows_completed":0,"num_violations":2,"num_established":2,"observed":"mixed"}"#;
+    const LINE: &str = r#"{"id":"1","start_time":100,"end_time":115,"host":"n","action":"deny","reporter":"dst","proto":"tcp","source_ip":"10.0.0.1","source_port":null,"source_name":"-","source_name_aggr":"web-7d*","source_namespace":"shop","source_type":"wep","source_labels":"-","dest_ip":"10.0.0.2","dest_port":80,"dest_name":"db-0","dest_name_aggr":"db-0","dest_namespace":"data","dest_type":"wep","dest_labels":"-","bytes_in":1,"bytes_out":2,"packets_in":3,"packets_out":4,"num_flows":5,"num_flows_started":5,"num_flows_completed":0,"num_violations":2,"num_established":2,"num_attempted":3,"num_rejected":0,"observed":"mixed"}"#;
 
     fn range(from: i64, to: i64) -> TimeRange {
         TimeRange { from: jiff::Timestamp::from_second(from).unwrap(), to: jiff::Timestamp::from_second(to).unwrap() }

@@ -17,14 +17,21 @@
 //! Schedules: [`crate::reporter`] (`flowaudit reporter`) runs these reports in-process on
 //! GlobalReports' schedules.
 //!
-//! Not yet here (the rest of issue 5): network-access, `--cluster kube` for reports,
-//! `--flow-log-dir`, `--store clickhouse://`. The reporter writes snapshots with
+//! The network-access report ([`network_access`]) adds to the inventory's endpoints what their
+//! policies exposed them to ([`exposure`]) and what their flow records ([`flows`]: flow-log
+//! directories, or a store) showed. The reporter writes snapshots with
 //! [`replay::Snapshot::write`] every `--snapshot-interval`.
+//!
+//! `--cluster kube` reads the API server's state now: cis-benchmark decides its checks from it;
+//! the reports of an interval's endpoints refuse it (they need the state at the start: a
+//! snapshot).
 
 pub mod cis;
 pub mod clickhouse;
+pub mod exposure;
 pub mod flows;
 pub mod inventory;
+pub mod network_access;
 pub mod policy_audit;
 pub mod replay;
 pub mod resource;
@@ -484,15 +491,24 @@ impl GlobalReportSpec {
 }
 
 /// The seven selection and time columns of Calico's endpoint report summaries.
-pub const SELECTION_COLUMNS: [&str; 7] = [
-    "startTime",
-    "endTime",
-    "endpointSelector",
-    "namespaceNames",
-    "namespaceSelector",
-    "serviceAccountNames",
-    "serviceAccountSelectors",
-];
+pub const SELECTION_COLUMNS: [&str; 7] = summary_columns!();
+
+/// A `summary.csv` header: the seven selection and time columns, then the report's own.
+macro_rules! summary_columns {
+    ($($column:literal),* $(,)?) => {
+        [
+            "startTime",
+            "endTime",
+            "endpointSelector",
+            "namespaceNames",
+            "namespaceSelector",
+            "serviceAccountNames",
+            "serviceAccountSelectors",
+            $($column),*
+        ]
+    };
+}
+use summary_columns;
 
 /// Progress of a long read on stderr, only when stderr is a terminal (a pipe or a log file sees
 /// nothing): `reading audit.log: 120000 lines`, rewritten in place at most 5 times a second.
@@ -586,28 +602,44 @@ pub struct Request {
 /// written are returned). Warnings go to stderr.
 pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
     let kind = req.kind.ok_or(ReportError::Flag { flag: "report", reason: "no report kind".into() })?;
-    if kind == Kind::NetworkAccess {
-        return Err(ReportError::NotImplemented(format!("the {} report", kind.as_str())));
-    }
-    if let Some(store) = &req.store {
-        return Err(ReportError::NotImplemented(format!("--store {store}")));
-    }
-    if !req.flow_log_dirs.is_empty() {
-        return Err(ReportError::NotImplemented(format!("--flow-log-dir for the {} report", kind.as_str())));
+    if !matches!(kind, Kind::NetworkAccess | Kind::CisBenchmark) {
+        for (flag, given) in [("--flow-log-dir", !req.flow_log_dirs.is_empty()), ("--store", req.store.is_some())] {
+            if given {
+                return Err(ReportError::Flag {
+                    flag,
+                    reason: format!(
+                        "flows are read by the network-access and cis-benchmark reports, not {}",
+                        kind.as_str()
+                    ),
+                });
+            }
+        }
     }
     let range = TimeRange::parse(&req.from, &req.to)?;
     let formats = parse_formats(if req.format.is_empty() { "csv" } else { &req.format })?;
     let report = req.global_report.as_deref().map(|arg| NamedReport::load(arg, kind)).transpose()?;
-    if kind != Kind::Inventory && (req.snapshot_dir.is_some() || req.archive.is_some()) {
+    let replays = matches!(kind, Kind::Inventory | Kind::NetworkAccess);
+    if !replays && (req.snapshot_dir.is_some() || req.archive.is_some()) {
         return Err(ReportError::Flag {
             flag: "--snapshot-dir",
-            reason: format!("snapshots are read by the inventory report, not {}", kind.as_str()),
+            reason: format!("snapshots are read by the inventory and network-access reports, not {}", kind.as_str()),
         });
     }
     let cluster = match req.cluster.as_deref() {
         None => None,
-        Some("kube") => return Err(ReportError::NotImplemented("--cluster kube for reports".into())),
-        Some(_) if kind == Kind::Inventory => None,
+        Some("kube") if replays => {
+            return Err(ReportError::Flag {
+                flag: "--cluster",
+                reason: format!(
+                    "kube gives the state now, not at the start of the interval: the {} report reads \
+                     snapshots (flowaudit snapshot --cluster kube --archive DIR, or the reporter's), \
+                     give --archive or --snapshot-dir",
+                    kind.as_str()
+                ),
+            });
+        }
+        Some("kube") => Some(replay::kube_state_blocking()?),
+        Some(_) if replays => None,
         Some(dir) => Some(crate::cluster::manifests::load_dir(Path::new(dir)).map_err(ReportError::Manifests)?.state),
     };
     let generated = Timestamp::now();
@@ -625,12 +657,17 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
                     reason: "is needed by the cis-benchmark report".into(),
                 });
             }
+            let flows = match (&req.store, req.flow_log_dirs.is_empty()) {
+                (None, true) => None,
+                _ => Some(flow_source(req.store.as_deref(), &req.flow_log_dirs)?),
+            };
             let cis = cis::build(&cis::Input {
                 range,
                 kube_bench: req.kube_bench.clone(),
                 report,
                 cluster: cluster.as_ref(),
                 cluster_dir: req.cluster.as_ref().map(PathBuf::from),
+                flows: flows.as_deref(),
             })?;
             for w in &cis.warnings {
                 eprintln!("warning: {w}");
@@ -662,13 +699,18 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
             }
             write(&audit, &req.out, &formats, generated)
         }
-        Kind::Inventory => {
+        Kind::Inventory | Kind::NetworkAccess => {
             if !req.kube_bench.is_empty() {
                 return Err(ReportError::Flag {
                     flag: "--kube-bench",
-                    reason: "is not read by the inventory report".into(),
+                    reason: format!("is not read by the {} report", kind.as_str()),
                 });
             }
+            let flows = if kind == Kind::NetworkAccess {
+                Some(flow_source(req.store.as_deref(), &req.flow_log_dirs)?)
+            } else {
+                None
+            };
             let snapshots =
                 req.snapshot_dir.clone().or_else(|| req.archive.as_ref().map(|a| a.join(replay::SNAPSHOTS_DIR)));
             let start = match (snapshots, req.cluster.as_deref()) {
@@ -682,7 +724,10 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
                 (None, None) => {
                     return Err(ReportError::Flag {
                         flag: "--snapshot-dir",
-                        reason: "the inventory report needs --snapshot-dir, --archive or --cluster DIR".into(),
+                        reason: format!(
+                            "the {} report needs --snapshot-dir, --archive or --cluster DIR",
+                            kind.as_str()
+                        ),
                     });
                 }
             };
@@ -691,8 +736,28 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
             for w in &inventory.warnings {
                 eprintln!("warning: {w}");
             }
-            write(&inventory, &req.out, &formats, generated)
+            match flows {
+                None => write(&inventory, &req.out, &formats, generated),
+                Some(flows) => {
+                    let access = network_access::build(inventory, flows.as_ref())?;
+                    write(&access, &req.out, &formats, generated)
+                }
+            }
         }
-        Kind::NetworkAccess => unreachable!("refused above"),
+    }
+}
+
+/// The network-access report's flows: `--flow-log-dir DIR ...` or `--store URL`, one of them.
+pub fn flow_source(store: Option<&str>, dirs: &[PathBuf]) -> Result<Box<dyn flows::FlowSource>, ReportError> {
+    match (store, dirs.is_empty()) {
+        (Some(_), false) => {
+            Err(ReportError::Flag { flag: "--store", reason: "give either --store or --flow-log-dir, not both".into() })
+        }
+        (Some(store), true) => Err(ReportError::NotImplemented(format!("--store {store}"))),
+        (None, false) => Ok(Box::new(flows::FlowLogDirs(dirs.to_vec()))),
+        (None, true) => Err(ReportError::Flag {
+            flag: "--flow-log-dir",
+            reason: "the network-access report needs --flow-log-dir DIR (one node's files) or --store URL".into(),
+        }),
     }
 }

@@ -43,8 +43,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use super::{
-    Kind, NamedReport, Progress, Rendered, ReportError, SELECTION_COLUMNS, Table, TimeRange, escape, format_time,
-    html_page,
+    Kind, NamedReport, Progress, Rendered, ReportError, Table, TimeRange, escape, format_time, html_page,
+    summary_columns,
 };
 use crate::{
     audit::{AuditEvent, OBSERVED_USER, SOURCE_ANNOTATION, Source, follow::parse_line},
@@ -58,18 +58,8 @@ pub const MATCH_WINDOW: Duration = Duration::from_secs(300);
 pub const ALSO_OBSERVED_ANNOTATION: &str = "flowaudit.io/also-observed";
 
 /// `summary.csv` columns.
-pub const SUMMARY_COLUMNS: &[&str] = &[
-    SELECTION_COLUMNS[0],
-    SELECTION_COLUMNS[1],
-    SELECTION_COLUMNS[2],
-    SELECTION_COLUMNS[3],
-    SELECTION_COLUMNS[4],
-    SELECTION_COLUMNS[5],
-    SELECTION_COLUMNS[6],
-    "numCreatedPolicies",
-    "numModifiedPolicies",
-    "numDeletedPolicies",
-];
+pub const SUMMARY_COLUMNS: &[&str] =
+    &summary_columns!["numCreatedPolicies", "numModifiedPolicies", "numDeletedPolicies",];
 
 /// The policy resources: `(API groups, resource)`.
 pub const POLICY_RESOURCES: &[(&[&str], &str)] = &[

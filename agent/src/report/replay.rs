@@ -208,6 +208,21 @@ pub fn snapshot_time(file_name: &str) -> Option<Timestamp> {
     jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stem).ok()?.to_zoned(TimeZone::UTC).ok().map(|z| z.timestamp())
 }
 
+/// Whether a snapshot is due in `dir` (a `snapshots` directory) at `now`: the newest there (by
+/// file name) is `every` old, or there is none. Never when `every` is zero or negative.
+pub fn snapshot_due(dir: &Path, now: Timestamp, every: jiff::SignedDuration) -> bool {
+    if every.is_zero() || every.is_negative() {
+        return false;
+    }
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| snapshot_time(&e.file_name().to_string_lossy()))
+        .max();
+    newest.is_none_or(|t| now.duration_since(t) >= every)
+}
+
 /// The newest snapshot in `dir` (a `snapshots` directory) taken at or before `at`, by file name.
 pub fn newest_snapshot(dir: &Path, at: Timestamp) -> Result<Option<PathBuf>, ReportError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ReportError::input(dir, "-", e))?;
@@ -422,10 +437,35 @@ pub fn snapshot_manifests(dir: &Path, archive: &Path, at: Timestamp) -> Result<P
 /// `kube` source keeps Pods trimmed to the fields the model reads (their annotations and
 /// containers are not in such a snapshot, so `envoyEnabled` is false for them).
 pub async fn snapshot_kube(archive: &Path) -> Result<PathBuf, ReportError> {
+    let state = kube_state().await?;
+    Snapshot::from_state(&state, "kube", Timestamp::now()).write(archive)
+}
+
+/// The cluster's state now, from the API server (KUBECONFIG or in-cluster), every cache of the
+/// `kube` source filled once.
+pub async fn kube_state() -> Result<ClusterState, ReportError> {
     let kube_error = |e: cluster::kube::KubeError| ReportError::input(Path::new("kube"), "-", e);
     let client = cluster::kube::client().await.map_err(kube_error)?;
     let state = cluster::kube::watch(client).await.map_err(kube_error)?.borrow().clone();
-    Snapshot::from_state(&state, "kube", Timestamp::now()).write(archive)
+    Ok((*state).clone())
+}
+
+/// [`kube_state`] for a caller without a runtime (`flowaudit report --cluster kube`).
+pub fn kube_state_blocking() -> Result<ClusterState, ReportError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReportError::input(Path::new("kube"), "-", format!("starting the runtime: {e}")))?;
+    runtime.block_on(kube_state())
+}
+
+/// The state a snapshot file holds (the newest in `dir` at or before `at`), with the file, if
+/// there is one.
+pub fn snapshot_state(dir: &Path, at: Timestamp) -> Result<Option<(PathBuf, ClusterState)>, ReportError> {
+    let Some(path) = newest_snapshot(dir, at)? else { return Ok(None) };
+    let snapshot = Snapshot::read(&path)?;
+    let state = build_state(&snapshot.objects, &mut Vec::new());
+    Ok(Some((path, state)))
 }
 
 #[cfg(test)]

@@ -52,8 +52,67 @@ fn cis_report(report: Option<NamedReport>, with_cluster: bool) -> cis::CisReport
         report,
         cluster: with_cluster.then_some(&state),
         cluster_dir: with_cluster.then(|| testdata("cluster")),
+        flows: None,
     })
     .unwrap()
+}
+
+/// 5.3.1 ("the CNI supports NetworkPolicies") from flow records: a denied connection that was
+/// established anyway fails it, denials that held pass it, no denial leaves it to kube-bench.
+#[test]
+fn cni_check_is_decided_from_the_flow_logs() {
+    use crate::report::flows::FlowLogDirs;
+    let decide = |dir: &std::path::Path| {
+        let flows = FlowLogDirs(vec![dir.to_owned()]);
+        let r = cis::build(&cis::Input {
+            range: range(),
+            kube_bench: vec![testdata("kube-bench/master-1.json")],
+            report: None,
+            cluster: None,
+            cluster_dir: None,
+            flows: Some(&flows),
+        })
+        .unwrap();
+        let t = r.nodes[0].tests.iter().find(|t| t.number == "5.3.1").cloned();
+        (t.map(|t| (t.status, t.decided_by, t.remediation.lines().last().unwrap_or("").to_owned())), r.warnings)
+    };
+    // The network-access flows: 3 connections from the internet to old-1 denied and dropped; one
+    // from front-5d8f-abc to db-0 denied but established.
+    let (t, _) = decide(&testdata("network-access/flows"));
+    assert_eq!(
+        t,
+        Some((
+            Status::Fail,
+            DecidedBy::Flowaudit,
+            "Flow logs: 1 connections denied by policy were established anyway (enforcement violations, e.g. \
+             web/front-5d8f-abc to shop/db-0); 3 denied connections were dropped."
+                .into()
+        ))
+    );
+    let held = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(testdata("network-access/flows/flows.log.1")).unwrap();
+    let denied_only: String =
+        text.lines().filter(|l| l.contains(r#""num_violations": 0"#)).map(|l| format!("{l}\n")).collect();
+    std::fs::write(held.path().join("flows.log"), denied_only).unwrap();
+    let (t, _) = decide(held.path());
+    assert_eq!(
+        t,
+        Some((
+            Status::Pass,
+            DecidedBy::Flowaudit,
+            "Flow logs: 3 connections denied by policy were dropped, none established.".into()
+        ))
+    );
+    let none = tempfile::tempdir().unwrap();
+    std::fs::write(none.path().join("flows.log"), "").unwrap();
+    let (t, warnings) = decide(none.path());
+    assert_eq!(t, None, "unscored and undecided: not listed");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.ends_with("no denied connection in the interval: 5.3.1 is left as kube-bench reported it")),
+        "{warnings:?}"
+    );
 }
 
 fn policy_audit_report() -> policy_audit::PolicyAudit {
@@ -165,6 +224,7 @@ fn bands_use_floor_and_thresholds() {
         report: None,
         cluster: None,
         cluster_dir: None,
+        flows: None,
     })
     .unwrap();
     let n = &r.nodes[0];
@@ -324,6 +384,7 @@ fn all_namespaces_covered_passes_5_3_2() {
         report: Some(global_report("daily-cis", Kind::CisBenchmark)),
         cluster: Some(&state),
         cluster_dir: Some(d.path().to_owned()),
+        flows: None,
     })
     .unwrap();
     let t = r.nodes[0].tests.iter().find(|t| t.number == "5.3.2").unwrap();
@@ -520,7 +581,7 @@ fn csv_quotes_where_needed() {
 }
 
 #[test]
-fn run_writes_the_files_and_refuses_what_is_not_there_yet() {
+fn run_writes_the_files_and_refuses_what_does_not_belong() {
     let out = tempfile::tempdir().unwrap();
     let req = Request {
         kind: Some(Kind::CisBenchmark),
@@ -550,13 +611,28 @@ fn run_writes_the_files_and_refuses_what_is_not_there_yet() {
         change(&mut r);
         run(&r).unwrap_err()
     };
-    assert_eq!(refused(&|r| r.kind = Some(Kind::NetworkAccess)).exit_code(), 1);
+    assert_eq!(
+        refused(&|r| r.kind = Some(Kind::NetworkAccess)).to_string(),
+        "--kube-bench: is not read by the network-access report"
+    );
     assert_eq!(
         refused(&|r| r.kind = Some(Kind::Inventory)).to_string(),
         "--kube-bench: is not read by the inventory report"
     );
-    assert_eq!(refused(&|r| r.store = Some("clickhouse://h:8123/db".into())).exit_code(), 1);
-    assert_eq!(refused(&|r| r.cluster = Some("kube".into())).exit_code(), 1);
+    assert_eq!(
+        refused(&|r| {
+            r.kind = Some(Kind::PolicyAudit);
+            r.store = Some("clickhouse://h:8123/db".into());
+        })
+        .to_string(),
+        "--store: flows are read by the network-access and cis-benchmark reports, not policy-audit"
+    );
+    let e = refused(&|r| {
+        r.kind = Some(Kind::Inventory);
+        r.cluster = Some("kube".into());
+    });
+    assert!(e.to_string().starts_with("--cluster: kube gives the state now, not at the start"), "{e}");
+    assert_eq!(e.exit_code(), 2);
     assert_eq!(refused(&|r| r.kube_bench.clear()).to_string(), "--kube-bench: is needed by the cis-benchmark report");
     assert_eq!(refused(&|r| r.format = "xml".into()).exit_code(), 2);
     let bad_cluster = tempfile::tempdir().unwrap();

@@ -115,8 +115,10 @@ pub struct Options {
     pub kube_bench: Vec<PathBuf>,
     /// `--audit-log` (policy-audit).
     pub audit_logs: Vec<PathBuf>,
-    /// `--flow-log-dir` (network-access, not implemented yet: accepted and kept for it).
+    /// `--flow-log-dir` (network-access).
     pub flow_log_dirs: Vec<PathBuf>,
+    /// `--store` (network-access, instead of `--flow-log-dir`).
+    pub store: Option<String>,
     /// `--metrics-addr`.
     pub metrics_addr: SocketAddr,
     /// `--snapshot-interval`: how often the cluster state is written to `<archive>/snapshots`
@@ -283,8 +285,13 @@ pub struct FileRunner {
     pub audit_logs: Vec<PathBuf>,
     /// The manifests directory (cis-benchmark decides check 5.3.2 from it), in manifests mode.
     pub cluster_dir: Option<PathBuf>,
-    /// Snapshots of the cluster state (`<archive>/snapshots`), read by the inventory report.
+    /// Snapshots of the cluster state (`<archive>/snapshots`), read by the inventory and
+    /// network-access reports.
     pub snapshots: Option<PathBuf>,
+    /// `--flow-log-dir` (network-access).
+    pub flow_log_dirs: Vec<PathBuf>,
+    /// `--store` (network-access).
+    pub store: Option<String>,
 }
 
 impl Runner for FileRunner {
@@ -305,16 +312,29 @@ impl Runner for FileRunner {
                         reason: "is needed by the cis-benchmark report".into(),
                     });
                 }
-                let cluster = match &self.cluster_dir {
-                    Some(dir) => Some(crate::cluster::manifests::load_dir(dir).map_err(ReportError::Manifests)?.state),
-                    None => None,
+                // The manifests directory, else (kube mode) the newest snapshot before the end.
+                let (cluster_dir, cluster) = match (&self.cluster_dir, &self.snapshots) {
+                    (Some(dir), _) => (
+                        Some(dir.clone()),
+                        Some(crate::cluster::manifests::load_dir(dir).map_err(ReportError::Manifests)?.state),
+                    ),
+                    (None, Some(dir)) if dir.is_dir() => match report::replay::snapshot_state(dir, interval.end)? {
+                        Some((file, state)) => (Some(file), Some(state)),
+                        None => (None, None),
+                    },
+                    (None, _) => (None, None),
+                };
+                let flows = match (&self.store, self.flow_log_dirs.is_empty()) {
+                    (None, true) => None,
+                    _ => Some(report::flow_source(self.store.as_deref(), &self.flow_log_dirs)?),
                 };
                 let cis = report::cis::build(&report::cis::Input {
                     range,
                     kube_bench: self.kube_bench.clone(),
                     report: Some(report.clone()),
                     cluster: cluster.as_ref(),
-                    cluster_dir: self.cluster_dir.clone(),
+                    cluster_dir,
+                    flows: flows.as_deref(),
                 })?;
                 for w in &cis.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
@@ -334,7 +354,12 @@ impl Runner for FileRunner {
                 }
                 report::write(&audit, out, &self.formats, generated)
             }
-            Kind::Inventory => {
+            Kind::Inventory | Kind::NetworkAccess => {
+                let flows = if kind == Kind::NetworkAccess {
+                    Some(report::flow_source(self.store.as_deref(), &self.flow_log_dirs)?)
+                } else {
+                    None
+                };
                 // The state at the start: the newest snapshot before it, else (manifests mode)
                 // the manifests directory; then the audit events of the interval.
                 let has_snapshot =
@@ -345,9 +370,11 @@ impl Runner for FileRunner {
                     _ => {
                         return Err(ReportError::Flag {
                             flag: "--archive",
-                            reason: "the inventory report needs a snapshot from before the interval in \
-                                     <archive>/snapshots (written every --snapshot-interval, or by flowaudit snapshot)"
-                                .into(),
+                            reason: format!(
+                                "the {} report needs a snapshot from before the interval in <archive>/snapshots \
+                                 (written every --snapshot-interval, or by flowaudit snapshot)",
+                                kind.as_str()
+                            ),
                         });
                     }
                 };
@@ -356,9 +383,14 @@ impl Runner for FileRunner {
                 for w in &inventory.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
                 }
-                report::write(&inventory, out, &self.formats, generated)
+                match flows {
+                    None => report::write(&inventory, out, &self.formats, generated),
+                    Some(flows) => {
+                        let access = report::network_access::build(inventory, flows.as_ref())?;
+                        report::write(&access, out, &self.formats, generated)
+                    }
+                }
             }
-            Kind::NetworkAccess => Err(ReportError::NotImplemented(format!("the {} report", kind.as_str()))),
         }
     }
 }
@@ -682,6 +714,8 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
             Source::Kube => None,
         },
         snapshots: Some(opts.archive.join(report::replay::SNAPSHOTS_DIR)),
+        flow_log_dirs: opts.flow_log_dirs.clone(),
+        store: opts.store.clone(),
     };
     let scheduler = Scheduler::new(SystemClock, opts.timing);
     let mut reporter = Some(Reporter::new(scheduler, archive.clone(), runner, metrics));
@@ -785,25 +819,11 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
     Ok(())
 }
 
-/// Whether a snapshot is due at `now`: none in `dir` yet, or the newest is `every` old.
-pub fn snapshot_due(dir: &Path, now: Timestamp, every: SignedDuration) -> bool {
-    if every.is_zero() || every.is_negative() {
-        return false;
-    }
-    let newest = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| report::replay::snapshot_time(&e.file_name().to_string_lossy()))
-        .max();
-    newest.is_none_or(|t| now.duration_since(t) >= every)
-}
-
 /// Writes a snapshot of the cluster state to `<archive>/snapshots` when one is due (the
 /// inventory report replays audit events from it). A failure is logged and retried at the next
 /// step; it never stops the reporter.
 async fn take_snapshot_if_due(opts: &Options, now: Timestamp) {
-    if !snapshot_due(&opts.archive.join(report::replay::SNAPSHOTS_DIR), now, opts.snapshot_interval) {
+    if !report::replay::snapshot_due(&opts.archive.join(report::replay::SNAPSHOTS_DIR), now, opts.snapshot_interval) {
         return;
     }
     let written = match &opts.source {

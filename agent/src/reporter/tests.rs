@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use jiff::SignedDuration;
 
 use super::{scheduler::FakeClock, *};
+use crate::report::replay::snapshot_due;
 
 fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -23,8 +24,8 @@ impl Runner for FakeRunner {
         out: &Path,
         _generated: Timestamp,
     ) -> Result<Vec<PathBuf>, ReportError> {
-        if matches!(kind, Kind::NetworkAccess | Kind::Inventory) {
-            return Err(ReportError::NotImplemented(format!("the {} report", kind.as_str())));
+        if kind == Kind::NetworkAccess {
+            return Err(ReportError::Flag { flag: "--flow-log-dir", reason: "missing".into() });
         }
         self.0.lock().unwrap().push((report.name.clone(), interval));
         let file = out.join("summary.csv");
@@ -125,7 +126,7 @@ fn due_reports_are_archived_once_and_a_restart_does_not_rerun_them() {
 }
 
 #[test]
-fn unimplemented_types_fail_with_not_implemented_yet_and_are_not_retried() {
+fn failed_runs_are_recorded_and_not_retried() {
     let dir = tempfile::tempdir().unwrap();
     let clock = FakeClock::new(t("2026-11-27T01:30:00Z"));
     let entries = [entry("access", "network-access", "0 * * * *")];
@@ -133,7 +134,7 @@ fn unimplemented_types_fail_with_not_implemented_yet_and_are_not_retried() {
     let mut r = reporter(&clock, dir.path(), FakeRunner::default(), &registry);
     let outcomes = r.step(&entries, &mut MemorySink::default());
     assert_eq!(outcomes.len(), 1);
-    assert_eq!(outcomes[0].result, Err("the network-access report: not implemented yet".into()));
+    assert_eq!(outcomes[0].result, Err("--flow-log-dir: missing".into()));
     assert_eq!(counter(&registry, "access", "failure"), 1);
     assert_eq!(r.status("access").unwrap().last_failed_report_jobs.len(), 1);
     assert!(!dir.path().join("access/20261127T000000Z_20261127T010000Z").exists(), "no fake report");
@@ -272,13 +273,7 @@ fn the_real_runner_makes_the_same_cis_files_as_the_report_command() {
         let when = std::time::UNIX_EPOCH + Duration::from_secs(t("2026-11-27T00:30:00Z").as_second() as u64);
         filetime::set_file_mtime(&to, filetime::FileTime::from_system_time(when)).unwrap();
     }
-    let runner = FileRunner {
-        formats: vec![Format::Csv],
-        kube_bench: vec![kb.clone()],
-        audit_logs: vec![],
-        cluster_dir: None,
-        snapshots: None,
-    };
+    let runner = FileRunner { kube_bench: vec![kb.clone()], ..file_runner() };
     let named = NamedReport {
         name: "cis".into(),
         spec: GlobalReportSpec { report_type: "cis-benchmark".into(), ..Default::default() },
@@ -302,9 +297,9 @@ fn the_real_runner_makes_the_same_cis_files_as_the_report_command() {
         let name = f.file_name().unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
     }
-    // Not implemented types are not faked.
+    // Network-access needs flows: without --flow-log-dir or --store it says so.
     let e = runner.run(&named, Kind::NetworkAccess, interval, &ours, Timestamp::now()).unwrap_err();
-    assert_eq!(e.to_string(), "the network-access report: not implemented yet");
+    assert!(e.to_string().starts_with("--flow-log-dir: the network-access report needs"), "{e}");
     // Inventory needs a state at the start: without snapshots or a manifests directory it says so.
     let e = runner.run(&named, Kind::Inventory, interval, &ours, Timestamp::now()).unwrap_err();
     assert!(e.to_string().contains("needs a snapshot from before the interval"), "{e}");
@@ -338,11 +333,9 @@ fn the_real_runner_makes_the_same_inventory_as_the_report_command() {
     let dir = tempfile::tempdir().unwrap();
     // Manifests mode without snapshots: the manifests directory is the state at the start.
     let runner = FileRunner {
-        formats: vec![Format::Csv],
-        kube_bench: vec![],
-        audit_logs: vec![],
         cluster_dir: Some(testdata.join("cluster")),
         snapshots: Some(dir.path().join("no-snapshots")),
+        ..file_runner()
     };
     let named = NamedReport {
         name: "inv".into(),
@@ -381,4 +374,88 @@ fn a_snapshot_is_due_when_none_is_newer_than_the_interval() {
     assert!(snapshot_due(dir.path(), t("2026-11-28T00:00:00Z"), day), "24 h old");
     std::fs::write(dir.path().join("not-a-snapshot.json"), "").unwrap();
     assert!(!snapshot_due(dir.path(), now, day), "other files are ignored");
+}
+
+#[test]
+fn the_real_runner_makes_the_same_network_access_report_as_the_report_command() {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/testdata/network-access");
+    let dir = tempfile::tempdir().unwrap();
+    let runner = FileRunner {
+        audit_logs: vec![testdata.join("audit/audit.log")],
+        snapshots: Some(testdata.join("snapshots")),
+        flow_log_dirs: vec![testdata.join("flows")],
+        ..file_runner()
+    };
+    let named = NamedReport {
+        name: "access".into(),
+        spec: GlobalReportSpec { report_type: "network-access".into(), ..Default::default() },
+        raw_spec: serde_json::json!({"reportType": "network-access"}),
+    };
+    let interval = Interval { start: t("2026-11-20T00:00:00Z"), end: t("2026-11-21T00:00:00Z") };
+    let ours = dir.path().join("ours");
+    let files = runner.run(&named, Kind::NetworkAccess, interval, &ours, Timestamp::now()).unwrap();
+    assert_eq!(files.len(), 2, "summary and endpoints: {files:?}");
+    let theirs = dir.path().join("theirs");
+    report::run(&report::Request {
+        kind: Some(Kind::NetworkAccess),
+        from: "2026-11-20T00:00:00Z".into(),
+        to: "2026-11-21T00:00:00Z".into(),
+        out: theirs.clone(),
+        audit_logs: vec![testdata.join("audit/audit.log")],
+        snapshot_dir: Some(testdata.join("snapshots")),
+        flow_log_dirs: vec![testdata.join("flows")],
+        ..Default::default()
+    })
+    .unwrap();
+    for f in files {
+        let name = f.file_name().unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
+    }
+}
+
+/// In kube mode (no manifests directory) cis-benchmark decides 5.3.2 from the newest snapshot
+/// taken before the interval's end.
+#[test]
+fn cis_in_kube_mode_decides_from_the_newest_snapshot_before_the_end() {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/testdata");
+    let dir = tempfile::tempdir().unwrap();
+    let runner = FileRunner {
+        kube_bench: vec![testdata.join("kube-bench/master-1.json")],
+        snapshots: Some(testdata.join("inventory/snapshots")),
+        ..file_runner()
+    };
+    let named = NamedReport {
+        name: "cis".into(),
+        spec: GlobalReportSpec { report_type: "cis-benchmark".into(), ..Default::default() },
+        raw_spec: serde_json::json!({"reportType": "cis-benchmark"}),
+    };
+    let row = |end: &str| {
+        let interval = Interval { start: t("2026-11-16T00:00:00Z"), end: t(end) };
+        let out = dir.path().join(end);
+        runner.run(&named, Kind::CisBenchmark, interval, &out, Timestamp::now()).unwrap();
+        let text = std::fs::read_to_string(out.join("all-tests.csv")).unwrap();
+        let at = text.find("master-1,5.3.2,")?;
+        Some(text[at..].split("\nmaster-1,").next().unwrap().trim_end().to_owned())
+    };
+    // The snapshot of 2026-11-19 has legacy, shop and web; shop has db-ingress, web a global policy.
+    let decided = row("2026-11-19T12:00:00Z").unwrap();
+    assert!(
+        decided.contains(",FAIL,") && decided.ends_with("Namespaces without a NetworkPolicy: legacy\",flowaudit"),
+        "{decided}"
+    );
+    // Before any snapshot: undecided, and (unscored, includeUnscoredTests unset) not listed.
+    assert_eq!(row("2026-11-17T12:00:00Z"), None);
+}
+
+/// A runner of CSV files with no inputs; tests set what they need.
+fn file_runner() -> FileRunner {
+    FileRunner {
+        formats: vec![Format::Csv],
+        kube_bench: vec![],
+        audit_logs: vec![],
+        cluster_dir: None,
+        snapshots: None,
+        flow_log_dirs: vec![],
+        store: None,
+    }
 }

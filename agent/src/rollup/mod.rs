@@ -77,6 +77,10 @@ fn shared_labels(a: &RecordLabels, b: &RecordLabels) -> RecordLabels {
 
 /// Applies the levels; the output is sorted like the input's first members.
 pub fn rollup(records: Vec<FlowRecord>, cfg: &RollupConfig) -> Vec<FlowRecord> {
+    // Level 0 for both actions keeps every record as it is: no second copy of a batch.
+    if cfg.allowed == AggregationLevel::FiveTuple && cfg.denied == AggregationLevel::FiveTuple {
+        return records;
+    }
     let mut groups: BTreeMap<usize, FlowRecord> = BTreeMap::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for (i, record) in records.into_iter().enumerate() {

@@ -9,7 +9,12 @@
 //! fa-traffic udp-echo ADDR PORT                   # echo every datagram
 //! fa-traffic udp-send ADDR PORT SPORT COUNT SIZE [ECHO] # COUNT datagrams; ECHO=1 waits for each echo
 //! fa-traffic udp-spray ADDR FIRST_PORT PORTS SPORT # one 64-byte datagram to each of PORTS ports
+//! fa-traffic udp-flood ADDR FIRST_PORT PORTS FIRST_SPORT SPORTS # PORTS x SPORTS new flows, fast
 //! ```
+//!
+//! `udp-flood` (IPv4) sends one 18-byte datagram from each of SPORTS source ports to each of PORTS
+//! destination ports (`sendmmsg`, 1,024 per call): PORTS x SPORTS distinct 5-tuples, one packet
+//! each, as fast as one core can; it prints the datagrams sent and the rate.
 
 use std::{
     io::{Read as _, Write as _},
@@ -154,9 +159,68 @@ fn main() {
             }
             println!("{{\"datagrams\":{sent}}}");
         }
+        "udp-flood" => {
+            let ip: std::net::Ipv4Addr = arg(&args, 2, "IPv4 addr");
+            let first: u16 = arg(&args, 3, "first port");
+            let ports: u16 = arg(&args, 4, "ports");
+            let first_sport: u16 = arg(&args, 5, "first sport");
+            let sports: u16 = arg(&args, 6, "sports");
+            let target = SocketAddr::new(IpAddr::V4(ip), first);
+            let socks: Vec<UdpSocket> = (0..sports)
+                .map(|i| bound(IpAddr::V4(ip), first_sport + i, &target, Type::DGRAM, Protocol::UDP).into())
+                .collect();
+            let started = std::time::Instant::now();
+            let sent: u64 = socks.iter().map(|s| flood(s, ip, first, ports)).sum();
+            let seconds = started.elapsed().as_secs_f64();
+            println!("{{\"datagrams\":{sent}}}");
+            eprintln!("udp-flood: {sent} datagrams in {seconds:.2} s ({:.0} packets/s)", sent as f64 / seconds);
+        }
         _ => {
-            eprintln!("usage: fa-traffic tcp-serve|tcp-send|tcp-refused|udp-echo|udp-send|udp-spray ...");
+            eprintln!("usage: fa-traffic tcp-serve|tcp-send|tcp-refused|udp-echo|udp-send|udp-spray|udp-flood ...");
             std::process::exit(2);
         }
     }
+}
+
+/// Sends one 18-byte datagram from `sock` to each of `ports` ports of `ip` from `first`, with
+/// `sendmmsg`; returns how many the kernel took.
+fn flood(sock: &UdpSocket, ip: std::net::Ipv4Addr, first: u16, ports: u16) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    const BATCH: usize = 1024;
+    let payload = [b'f'; 18];
+    let mut sent = 0u64;
+    let mut port = u32::from(first);
+    let end = u32::from(first) + u32::from(ports);
+    while port < end {
+        let n = (end - port).min(BATCH as u32) as usize;
+        // SAFETY: sockaddr_in, iovec and mmsghdr are plain C structs; all-zero is valid for each.
+        let mut addrs: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; n];
+        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
+        let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; n];
+        for (i, (a, m)) in addrs.iter_mut().zip(msgs.iter_mut()).enumerate() {
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_port = ((port + i as u32) as u16).to_be();
+            a.sin_addr.s_addr = u32::from(ip).to_be();
+            m.msg_hdr.msg_name = (a as *mut libc::sockaddr_in).cast();
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut done = 0;
+        while done < n {
+            // SAFETY: `msgs[done..]` point to live addresses and the payload for the call.
+            let rc = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs[done..].as_mut_ptr(), (n - done) as u32, 0) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                panic!("sendmmsg: {e}");
+            }
+            done += rc as usize;
+        }
+        sent += n as u64;
+        port += n as u32;
+    }
+    sent
 }
