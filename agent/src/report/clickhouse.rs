@@ -26,26 +26,35 @@ use crate::clickhouse as ch;
 pub const USER_ENV: &str = "FLOWAUDIT_CLICKHOUSE_USER";
 /// Environment variable naming the file that holds the user's password.
 pub const PASSWORD_FILE_ENV: &str = "FLOWAUDIT_CLICKHOUSE_PASSWORD_FILE";
-/// The columns of a [`FlowRow`], selected by name.
-const ROW_COLUMNS: &[&str] = &[
-    "start_time",
-    "end_time",
-    "action",
-    "reporter",
-    "source_name",
-    "source_name_aggr",
-    "source_namespace",
-    "source_type",
-    "dest_name",
-    "dest_name_aggr",
-    "dest_namespace",
-    "dest_type",
-    "packets_in",
-    "packets_out",
-    "num_flows",
-    "num_violations",
-    "num_established",
-];
+/// The columns of a [`FlowRow`]: its fields as serde reads them (so the query selects exactly
+/// what the rows need, also when `FlowRow` gains a field).
+pub fn row_columns() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    /// A deserializer that only notes the field names `deserialize_struct` is given.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields noted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = <FlowRow as serde::Deserialize>::deserialize(Probe(&mut fields));
+    fields
+}
 /// Longest wait for the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the next bytes of the answer.
@@ -157,7 +166,7 @@ impl ClickHouseStore {
 
     /// The query [`FlowSource::scan`] runs for `range`.
     pub fn query(&self, range: TimeRange) -> String {
-        ch::select_overlapping(&self.database, &self.table, ROW_COLUMNS, range.from.as_second(), range.to.as_second())
+        ch::select_overlapping(&self.database, &self.table, row_columns(), range.from.as_second(), range.to.as_second())
     }
 
     fn error(&self, field: impl Into<String>, reason: impl ToString) -> ReportError {
@@ -291,11 +300,11 @@ mod tests {
         );
         assert_eq!(
             s.query(range(100, 200)),
-            "SELECT start_time, end_time, action, reporter, source_name, source_name_aggr, source_namespace, \
-             source_type, dest_name, dest_name_aggr, dest_namespace, dest_type, packets_in, packets_out, num_flows, \
-             num_violations, num_established FROM netlogs.flows WHERE start_time < 200 AND end_time > 100 \
-             LIMIT 1 BY host, start_time, id FORMAT JSONEachRow"
-                .replace("netlogs.flows ", "netlogs.flows_v2 ")
+            format!(
+                "SELECT {} FROM netlogs.flows_v2 WHERE start_time < 200 AND end_time > 100 \
+                 LIMIT 1 BY host, start_time, id FORMAT JSONEachRow",
+                row_columns().join(", ")
+            )
         );
         let s = ClickHouseStore::parse_with("clickhouse://[::1]/fa", Some("env-user".into()), None).unwrap();
         assert_eq!((s.endpoint.as_str(), s.table.as_str()), ("http://[::1]:8123/", "flows"));
@@ -308,6 +317,16 @@ mod tests {
         // The URL's user wins; base64("reader:s3cret"); the password never shows.
         assert_eq!(s.auth.as_deref(), Some("Basic cmVhZGVyOnMzY3JldA=="));
         assert!(!format!("{s:?}{}", s.describe()).contains("s3cret"));
+    }
+
+    #[test]
+    fn the_query_selects_every_field_of_a_row_and_each_is_a_column() {
+        let fields = row_columns();
+        assert_eq!(&fields[..4], ["start_time", "end_time", "action", "reporter"]);
+        assert!(fields.contains(&"num_established") && fields.contains(&"dest_type"), "{fields:?}");
+        for f in fields {
+            assert!(ch::COLUMNS.iter().any(|(c, _)| c == f), "{f} is not a column of the table");
+        }
     }
 
     #[test]
