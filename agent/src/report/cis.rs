@@ -102,7 +102,7 @@ pub struct Enforcement {
     pub held: u64,
     /// Connections in denied records that were established anyway.
     pub violations: u64,
-    /// One violation, for the remediation: `shop/monitor → shop/db:9000 (tcp)`.
+    /// One violation, for the remediation (the least by name): `ops/monitor to shop/db`.
     pub example: Option<String>,
 }
 
@@ -118,16 +118,20 @@ impl Enforcement {
             // destination, which refused them (a closed port), so that proves nothing either way.
             e.held += row.num_attempted;
             e.violations += row.num_violations;
-            if row.num_violations > 0 && e.example.is_none() {
+            // The example is the least by name, so files and a store (rows in any order) agree.
+            if row.num_violations > 0 {
                 let end = |ns: &str, name: &str, aggr: &str| {
                     let name = if name == "-" { aggr } else { name };
                     if ns == "-" { name.to_owned() } else { format!("{ns}/{name}") }
                 };
-                e.example = Some(format!(
+                let example = format!(
                     "{} to {}",
                     end(&row.source_namespace, &row.source_name, &row.source_name_aggr),
                     end(&row.dest_namespace, &row.dest_name, &row.dest_name_aggr)
-                ));
+                );
+                if e.example.as_ref().is_none_or(|least| example < *least) {
+                    e.example = Some(example);
+                }
             }
         })?;
         Ok(e)

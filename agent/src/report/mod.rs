@@ -753,7 +753,7 @@ pub fn flow_source(store: Option<&str>, dirs: &[PathBuf]) -> Result<Box<dyn flow
         (Some(_), false) => {
             Err(ReportError::Flag { flag: "--store", reason: "give either --store or --flow-log-dir, not both".into() })
         }
-        (Some(store), true) => Err(ReportError::NotImplemented(format!("--store {store}"))),
+        (Some(store), true) => flows::open_store(store),
         (None, false) => Ok(Box::new(flows::FlowLogDirs(dirs.to_vec()))),
         (None, true) => Err(ReportError::Flag {
             flag: "--flow-log-dir",
