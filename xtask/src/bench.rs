@@ -1037,11 +1037,11 @@ fn write_doc(t: &Tables) -> anyhow::Result<()> {
 }
 
 /// What the program table shows and why (from the profile in the 2026-11-27 run).
-const PROGRAMS_READING: &str = "Reading it: the floor itself is about 40 ns above the empty program: \
+const PROGRAMS_READING: &str = "Reading it: the floor itself is 37–40 ns above the empty program: \
 hashing a 48-byte key (jhash) and the bucket walk and key compare of `BPF_MAP_TYPE_HASH` are most \
 of the cost of counting per flow, and flowaudit pays them once per packet like the floor. What \
-flowaudit adds on top (7–13 ns in the 2026-11-27 run, 1.13–1.25× the floor, within the 1.5× target) \
-is the header parse through direct packet access, the `FLOW_TABLES` array-of-maps lookup (inlined \
+flowaudit adds on top (6–13 ns and 1.12–1.25× the floor in the runs of 2026-11-27, within the 1.5× \
+target) is the header parse through direct packet access, the `FLOW_TABLES` array-of-maps lookup (inlined \
 by the verifier), a second atomic add, the coarse clock helper and the TCP-flags check; IPv6 costs \
 a few ns more than IPv4 (a longer header and the extension-header loop). Since the target is met, \
 the hot path was left as it is; a smaller key would lower the floor and flowaudit alike, but the \
@@ -1053,7 +1053,13 @@ kernel's flow table per second of flush interval, so at several thousand connect
 65,536-entry table can fill between two drains; the packets that do not fit go through the ring \
 buffer, one event each (the last column counts them, and any lost, from the agent's own \
 counters), which costs far more per packet than an update in place. A larger \
-`flow_table_entries` keeps them in the table (see the CPU section below, which uses 262,144).
+`flow_table_entries` keeps them in the table (see the CPU section below, which uses 262,144). With \
+TC on both veths each connection is eight keys, and in the 2026-11-27 run the default table \
+overflowed: the ring buffer carried about two million packets and about 270,000 were lost, every one \
+of them in the agent's loss counters (none silently). On this loaded machine single runs of one \
+configuration varied by up to ±15% for TCP and UDP (the per-round lines the bench prints), more than \
+most differences between configurations; the TCP and UDP ratios above are not precise enough to check \
+the 98% target, the connection rates (±2%) are.
 ";
 /// What the side-by-side table shows.
 const CAPTURE_READING: &str = "Reading it:
