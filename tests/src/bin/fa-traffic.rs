@@ -7,9 +7,14 @@
 //! fa-traffic tcp-refused ADDR PORT SPORT          # connect; succeeds when refused
 //! fa-traffic tcp-blocked ADDR PORT SPORT          # connect; succeeds when the attempt times out
 //! fa-traffic udp-echo ADDR PORT                   # echo every datagram
+//! fa-traffic udp-sink ADDR PORT                   # receive datagrams, send nothing back
 //! fa-traffic udp-send ADDR PORT SPORT COUNT SIZE [ECHO] # COUNT datagrams; ECHO=1 waits for each echo
 //! fa-traffic udp-spray ADDR FIRST_PORT PORTS SPORT # one 64-byte datagram to each of PORTS ports
 //! fa-traffic udp-flood ADDR FIRST_PORT PORTS FIRST_SPORT SPORTS # PORTS x SPORTS new flows, fast
+//! fa-traffic tcp-accept ADDR PORT THREADS         # accept loop: per connection read to EOF, close
+//! fa-traffic tcp-churn ADDR PORT THREADS SECONDS [MAX [FIRST_SPORT]]
+//!                                                 # connect + close until SECONDS or MAX in all;
+//!                                                 # with FIRST_SPORT, connection k binds FIRST_SPORT+k
 //! ```
 //!
 //! `udp-flood` (IPv4) sends one 18-byte datagram from each of SPORTS source ports to each of PORTS
@@ -121,6 +126,15 @@ fn main() {
                 }
             }
         }
+        "udp-sink" => {
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let sock = UdpSocket::bind((ip, port)).expect("bind");
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let _ = sock.recv_from(&mut buf);
+            }
+        }
         "udp-send" => {
             let ip: IpAddr = arg(&args, 2, "addr");
             let port: u16 = arg(&args, 3, "port");
@@ -175,8 +189,93 @@ fn main() {
             println!("{{\"datagrams\":{sent}}}");
             eprintln!("udp-flood: {sent} datagrams in {seconds:.2} s ({:.0} packets/s)", sent as f64 / seconds);
         }
+        "tcp-accept" => {
+            // The server of the short-connection rate: THREADS threads accept on one listener and
+            // handle each connection inline (no thread per connection).
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let threads: usize = arg(&args, 4, "threads");
+            let target = SocketAddr::new(ip, port);
+            let s = socket(&target, Type::STREAM, Protocol::TCP);
+            s.bind(&target.into()).expect("bind");
+            s.listen(4096).expect("listen");
+            let listener: TcpListener = s.into();
+            let workers: Vec<_> = (0..threads.max(1))
+                .map(|_| {
+                    let listener = listener.try_clone().expect("listener");
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 512];
+                        loop {
+                            let Ok((mut stream, _)) = listener.accept() else { continue };
+                            while stream.read(&mut buf).is_ok_and(|n| n > 0) {}
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.join();
+            }
+        }
+        "tcp-churn" => {
+            // The short-connection rate: THREADS threads each connect and close (the client closes
+            // first) in a loop, until SECONDS have passed or MAX connections are made in all.
+            let ip: IpAddr = arg(&args, 2, "addr");
+            let port: u16 = arg(&args, 3, "port");
+            let threads: usize = arg(&args, 4, "threads");
+            let seconds: f64 = arg(&args, 5, "seconds");
+            let max: u64 = args.get(6).map(|_| arg(&args, 6, "max")).unwrap_or(u64::MAX);
+            // Distinct source ports make every connection a distinct 5-tuple (no port reuse).
+            let first_sport: Option<u16> = args.get(7).map(|_| arg(&args, 7, "first sport"));
+            if let Some(first) = first_sport {
+                assert!(first as u64 + max <= 65536, "FIRST_SPORT + MAX exceeds the port range");
+            }
+            let next_port = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let target = SocketAddr::new(ip, port);
+            let made = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let start = std::time::Instant::now();
+            let deadline = start + Duration::from_secs_f64(seconds);
+            let workers: Vec<_> = (0..threads.max(1))
+                .map(|_| {
+                    let (made, failed, next_port) = (made.clone(), failed.clone(), next_port.clone());
+                    std::thread::spawn(move || {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        while std::time::Instant::now() < deadline {
+                            // Claim a slot first so that MAX is never exceeded.
+                            if made.fetch_add(1, Relaxed) >= max {
+                                made.fetch_sub(1, Relaxed);
+                                break;
+                            }
+                            let connected = match first_sport {
+                                None => TcpStream::connect_timeout(&target, Duration::from_secs(5)).map(drop),
+                                Some(first) => {
+                                    let sport = first + next_port.fetch_add(1, Relaxed) as u16;
+                                    let s = bound(ip, sport, &target, Type::STREAM, Protocol::TCP);
+                                    s.connect_timeout(&target.into(), Duration::from_secs(5))
+                                }
+                            };
+                            if connected.is_err() {
+                                made.fetch_sub(1, Relaxed);
+                                failed.fetch_add(1, Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("churn thread");
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            println!(
+                "{{\"connections\":{},\"failed\":{},\"seconds\":{elapsed:.3}}}",
+                made.load(std::sync::atomic::Ordering::Relaxed),
+                failed.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
         _ => {
-            eprintln!("usage: fa-traffic tcp-serve|tcp-send|tcp-refused|udp-echo|udp-send|udp-spray|udp-flood ...");
+            eprintln!(
+                "usage: fa-traffic tcp-serve|tcp-send|tcp-refused|udp-echo|udp-sink|udp-send|udp-spray|udp-flood|tcp-accept|tcp-churn ..."
+            );
             std::process::exit(2);
         }
     }
