@@ -27,7 +27,7 @@ use crate::{
     model::{Action, Endpoint, EndpointKind, Enforcement, FlowRecord, Observed, Reporter},
 };
 pub use engine::FlowView;
-use engine::{Body, Dir, Policy, PolicyKind, RuleAction, SideOutcome, Tier};
+use engine::{Body, Dir, Entry, Policy, PolicyKind, RuleAction, Selection, SideOutcome, Tier};
 
 /// Order of Kubernetes NetworkPolicies in tier `default` (as Calico places them).
 pub const KUBE_POLICY_ORDER: f64 = 1000.0;
@@ -217,24 +217,107 @@ impl PolicySet {
         PolicySet { enforced: build(enforced), pending: build(pending), source_ports, staged: has_staged }
     }
 
-    fn side(&self, subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> Option<SideVerdict> {
+    fn side(
+        &self,
+        memo: &mut Memo,
+        subject: &Endpoint,
+        keep: Option<&Arc<Endpoint>>,
+        dir: Dir,
+        flow: &FlowView<'_>,
+    ) -> Option<SideVerdict> {
         if !matches!(subject.kind, EndpointKind::Wep | EndpointKind::Hep) {
             return None;
         }
-        let enforced = engine::evaluate(&self.enforced, subject, dir, flow);
-        let pending = if self.staged { engine::evaluate(&self.pending, subject, dir, flow) } else { enforced.clone() };
+        let enforced = memo.outcome(&self.enforced, Walk::Enforced, subject, keep, dir, flow);
+        let pending = if self.staged {
+            memo.outcome(&self.pending, Walk::Pending, subject, keep, dir, flow)
+        } else {
+            enforced.clone()
+        };
         Some(SideVerdict { enforced, pending })
     }
 
     /// The verdict of a flow (its endpoints as enrich found them).
     pub fn evaluate(&self, flow: &FlowView<'_>) -> FlowVerdict {
+        self.evaluate_with(&mut Memo::default(), None, None, flow)
+    }
+
+    /// [`PolicySet::evaluate`] with what it keeps per endpoint and per trace in `memo` (which
+    /// must be used with this policy set only). `src` and `dst` are the `Arc`s `flow.src` and
+    /// `flow.dst` point into, when there are: the memo holds them, so an endpoint it knows by
+    /// address is never freed and its address never taken by another while the memo lives.
+    fn evaluate_with(
+        &self,
+        memo: &mut Memo,
+        src: Option<&Arc<Endpoint>>,
+        dst: Option<&Arc<Endpoint>>,
+        flow: &FlowView<'_>,
+    ) -> FlowVerdict {
         if is_link_control(flow.proto, flow.icmp) {
             return FlowVerdict { egress: None, ingress: None };
         }
         FlowVerdict {
-            egress: flow.src.and_then(|s| self.side(s, Dir::Egress, flow)),
-            ingress: flow.dst.and_then(|d| self.side(d, Dir::Ingress, flow)),
+            egress: flow.src.and_then(|s| self.side(memo, s, src, Dir::Egress, flow)),
+            ingress: flow.dst.and_then(|d| self.side(memo, d, dst, Dir::Ingress, flow)),
         }
+    }
+}
+
+/// Which tiers of a [`PolicySet`] a walk is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Walk {
+    Enforced = 0,
+    Pending = 1,
+}
+
+/// Traces kept per walk; cleared when they reach this size.
+const TRACE_LIMIT: usize = 100_000;
+
+/// Which endpoint (by address), direction and walk a [`Selection`] is for.
+type SelectionKey = (usize, Dir, Walk);
+
+/// What the tier walk would otherwise recompute for every flow, for one [`PolicySet`]: the
+/// policies selecting each endpoint per direction (they depend on the endpoint only), and each
+/// distinct trace written out once (records share it).
+#[derive(Default)]
+struct Memo {
+    /// By (endpoint address, direction, walk): the endpoint (held, see
+    /// [`PolicySet::evaluate_with`]) and the policies selecting it.
+    selections: hashbrown::HashMap<SelectionKey, (Option<Arc<Endpoint>>, Selection)>,
+    /// Per walk, the written trace of each list of entries.
+    traces: [hashbrown::HashMap<Box<[Entry]>, crate::model::Trace>; 2],
+    /// The entries of the walk in progress.
+    entries: Vec<Entry>,
+}
+
+impl Memo {
+    fn outcome(
+        &mut self,
+        tiers: &[Tier],
+        walk: Walk,
+        subject: &Endpoint,
+        keep: Option<&Arc<Endpoint>>,
+        dir: Dir,
+        flow: &FlowView<'_>,
+    ) -> SideOutcome {
+        let key = (std::ptr::from_ref(subject) as usize, dir, walk);
+        let (_, selection) =
+            self.selections.entry(key).or_insert_with(|| (keep.cloned(), Selection::of(tiers, subject, dir)));
+        self.entries.clear();
+        let action = engine::walk(tiers, selection, dir, flow, &mut self.entries);
+        let traces = &mut self.traces[walk as usize];
+        let trace = match traces.get(&self.entries[..]) {
+            Some(trace) => trace.clone(),
+            None => {
+                let trace = engine::render(tiers, &self.entries);
+                if traces.len() >= TRACE_LIMIT {
+                    traces.clear();
+                }
+                traces.insert(self.entries.as_slice().into(), trace.clone());
+                trace
+            }
+        };
+        SideOutcome { action, trace }
     }
 }
 
@@ -264,6 +347,8 @@ const CACHE_LIMIT: usize = 200_000;
 #[derive(Default)]
 pub struct Attributor {
     policies: PolicySet,
+    /// Selections and traces of `policies`.
+    memo: Memo,
     cache: hashbrown::HashMap<CacheKey, FlowVerdict>,
     /// When the current state took effect (Unix ns): connections older than this that it denies
     /// are stale, not violations.
@@ -279,6 +364,7 @@ impl Attributor {
     /// Installs a state version that took effect at `now_ns`.
     pub fn update(&mut self, state: &ClusterState, now_ns: u64) {
         self.policies = PolicySet::compile(state);
+        self.memo = Memo::default();
         self.cache.clear();
         self.since_ns = now_ns;
     }
@@ -302,18 +388,23 @@ impl Attributor {
             if self.cache.len() >= CACHE_LIMIT {
                 self.cache.clear();
             }
-            let policies = &self.policies;
+            let (policies, memo) = (&self.policies, &mut self.memo);
             let verdict = self.cache.entry(key).or_insert_with(|| {
-                policies.evaluate(&FlowView {
-                    src: r.context.source.as_deref(),
-                    src_ip,
-                    dst: r.context.dest.as_deref(),
-                    dst_ip,
-                    proto: r.context.proto,
-                    src_port: r.source_port,
-                    dst_port: r.dest_port,
-                    icmp,
-                })
+                policies.evaluate_with(
+                    memo,
+                    r.context.source.as_ref(),
+                    r.context.dest.as_ref(),
+                    &FlowView {
+                        src: r.context.source.as_deref(),
+                        src_ip,
+                        dst: r.context.dest.as_deref(),
+                        dst_ip,
+                        proto: r.context.proto,
+                        src_port: r.source_port,
+                        dst_port: r.dest_port,
+                        icmp,
+                    },
+                )
             });
             let (enforced, pending) = match r.reporter {
                 Reporter::Src => side_fields(verdict.egress.as_ref()),
