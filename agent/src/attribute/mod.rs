@@ -219,7 +219,7 @@ impl PolicySet {
 
     fn side(
         &self,
-        memo: &mut Memo,
+        mut memo: Option<&mut Memo>,
         subject: &Endpoint,
         keep: Option<&Arc<Endpoint>>,
         dir: Dir,
@@ -228,27 +228,27 @@ impl PolicySet {
         if !matches!(subject.kind, EndpointKind::Wep | EndpointKind::Hep) {
             return None;
         }
-        let enforced = memo.outcome(&self.enforced, Walk::Enforced, subject, keep, dir, flow);
-        let pending = if self.staged {
-            memo.outcome(&self.pending, Walk::Pending, subject, keep, dir, flow)
-        } else {
-            enforced.clone()
+        let mut outcome = |tiers: &[Tier], walk: Walk| match memo.as_deref_mut() {
+            Some(memo) => memo.outcome(tiers, walk, subject, keep, dir, flow),
+            None => engine::evaluate(tiers, subject, dir, flow),
         };
+        let enforced = outcome(&self.enforced, Walk::Enforced);
+        let pending = if self.staged { outcome(&self.pending, Walk::Pending) } else { enforced.clone() };
         Some(SideVerdict { enforced, pending })
     }
 
     /// The verdict of a flow (its endpoints as enrich found them).
     pub fn evaluate(&self, flow: &FlowView<'_>) -> FlowVerdict {
-        self.evaluate_with(&mut Memo::default(), None, None, flow)
+        self.evaluate_with(None, None, None, flow)
     }
 
-    /// [`PolicySet::evaluate`] with what it keeps per endpoint and per trace in `memo` (which
+    /// [`PolicySet::evaluate`], keeping what it finds per endpoint and per trace in `memo` (which
     /// must be used with this policy set only). `src` and `dst` are the `Arc`s `flow.src` and
     /// `flow.dst` point into, when there are: the memo holds them, so an endpoint it knows by
     /// address is never freed and its address never taken by another while the memo lives.
     fn evaluate_with(
         &self,
-        memo: &mut Memo,
+        mut memo: Option<&mut Memo>,
         src: Option<&Arc<Endpoint>>,
         dst: Option<&Arc<Endpoint>>,
         flow: &FlowView<'_>,
@@ -257,7 +257,7 @@ impl PolicySet {
             return FlowVerdict { egress: None, ingress: None };
         }
         FlowVerdict {
-            egress: flow.src.and_then(|s| self.side(memo, s, src, Dir::Egress, flow)),
+            egress: flow.src.and_then(|s| self.side(memo.as_deref_mut(), s, src, Dir::Egress, flow)),
             ingress: flow.dst.and_then(|d| self.side(memo, d, dst, Dir::Ingress, flow)),
         }
     }
@@ -371,6 +371,8 @@ impl Attributor {
 
     /// Fills the verdict fields of `records`.
     pub fn attribute(&mut self, records: &mut [FlowRecord]) {
+        // Grown once for the batch rather than doubling (and moving every verdict) as it fills.
+        self.cache.reserve(records.len().min(CACHE_LIMIT - self.cache.len().min(CACHE_LIMIT)));
         for r in records {
             let (Some(src_ip), Some(dst_ip)) = (r.source_ip, r.dest_ip) else { continue };
             let icmp = r.icmp_type.map(|t| (t, r.icmp_code.unwrap_or(0)));
@@ -391,7 +393,7 @@ impl Attributor {
             let (policies, memo) = (&self.policies, &mut self.memo);
             let verdict = self.cache.entry(key).or_insert_with(|| {
                 policies.evaluate_with(
-                    memo,
+                    Some(memo),
                     r.context.source.as_ref(),
                     r.context.dest.as_ref(),
                     &FlowView {
