@@ -349,7 +349,12 @@ pub struct Attributor {
     policies: PolicySet,
     /// Selections and traces of `policies`.
     memo: Memo,
-    cache: hashbrown::HashMap<CacheKey, FlowVerdict>,
+    /// Verdicts by flow: an index into `verdicts` (so an entry is small and a verdict shared by
+    /// many flows is one copy).
+    cache: hashbrown::HashMap<CacheKey, u32>,
+    verdicts: Verdicts,
+    /// The trace of a side that has none.
+    empty: crate::model::Trace,
     /// When the current state took effect (Unix ns): connections older than this that it denies
     /// are stale, not violations.
     since_ns: u64,
@@ -366,6 +371,7 @@ impl Attributor {
         self.policies = PolicySet::compile(state);
         self.memo = Memo::default();
         self.cache.clear();
+        self.verdicts = Verdicts::default();
         self.since_ns = now_ns;
     }
 
@@ -389,10 +395,11 @@ impl Attributor {
             );
             if self.cache.len() >= CACHE_LIMIT {
                 self.cache.clear();
+                self.verdicts = Verdicts::default();
             }
-            let (policies, memo) = (&self.policies, &mut self.memo);
-            let verdict = self.cache.entry(key).or_insert_with(|| {
-                policies.evaluate_with(
+            let (policies, memo, verdicts) = (&self.policies, &mut self.memo, &mut self.verdicts);
+            let id = *self.cache.entry(key).or_insert_with(|| {
+                verdicts.id(policies.evaluate_with(
                     Some(memo),
                     r.context.source.as_ref(),
                     r.context.dest.as_ref(),
@@ -406,8 +413,13 @@ impl Attributor {
                         dst_port: r.dest_port,
                         icmp,
                     },
-                )
+                ))
             });
+            let verdict = &self.verdicts.list[id as usize];
+            let side_fields = |side: Option<&SideVerdict>| match side {
+                Some(s) => ((s.enforced.action, s.enforced.trace.clone()), (s.pending.action, s.pending.trace.clone())),
+                None => ((Action::Allow, self.empty.clone()), (Action::Allow, self.empty.clone())),
+            };
             let (enforced, pending) = match r.reporter {
                 Reporter::Src => side_fields(verdict.egress.as_ref()),
                 Reporter::Dst => side_fields(verdict.ingress.as_ref()),
@@ -433,12 +445,28 @@ impl Attributor {
     }
 }
 
-type Fields = (Action, crate::model::Trace);
+/// A side's actions and traces, by the addresses of its traces: equal keys are equal sides.
+type SideKey = Option<(Action, usize, Action, usize)>;
 
-fn side_fields(side: Option<&SideVerdict>) -> (Fields, Fields) {
-    match side {
-        Some(s) => ((s.enforced.action, s.enforced.trace.clone()), (s.pending.action, s.pending.trace.clone())),
-        None => ((Action::Allow, Arc::from([])), (Action::Allow, Arc::from([]))),
+/// The distinct verdicts the cache points to (few: flows between pods alike share one).
+#[derive(Default)]
+struct Verdicts {
+    list: Vec<FlowVerdict>,
+    /// By the addresses of their traces (which `list` holds, so no other trace takes them).
+    ids: hashbrown::HashMap<[SideKey; 2], u32>,
+}
+
+impl Verdicts {
+    fn id(&mut self, verdict: FlowVerdict) -> u32 {
+        let side = |s: &Option<SideVerdict>| -> SideKey {
+            let addr = |t: &crate::model::Trace| Arc::as_ptr(t).cast::<String>() as usize;
+            s.as_ref().map(|s| (s.enforced.action, addr(&s.enforced.trace), s.pending.action, addr(&s.pending.trace)))
+        };
+        let key = [side(&verdict.egress), side(&verdict.ingress)];
+        *self.ids.entry(key).or_insert_with(|| {
+            self.list.push(verdict);
+            (self.list.len() - 1) as u32
+        })
     }
 }
 
