@@ -166,6 +166,8 @@ pub struct Tier {
     pub default_action: RuleAction,
     /// Policies, sorted by [`sort_policies`].
     pub policies: Vec<Policy>,
+    /// Each policy's [`Policy::trace_name`], written once.
+    trace_names: Vec<String>,
     /// Per namespace, the policies that can select an endpoint there (its own namespaced
     /// policies and every cluster-wide one), in evaluation order; see [`Tier::index`].
     by_namespace: std::collections::HashMap<String, Vec<usize>>,
@@ -178,8 +180,16 @@ impl Tier {
     /// A tier of `policies` (sorted and indexed here).
     pub fn new(name: String, order: Option<f64>, default_action: RuleAction, mut policies: Vec<Policy>) -> Tier {
         sort_policies(&mut policies);
-        let mut tier =
-            Tier { name, order, default_action, policies, by_namespace: Default::default(), cluster_wide: Vec::new() };
+        let trace_names = policies.iter().map(Policy::trace_name).collect();
+        let mut tier = Tier {
+            name,
+            order,
+            default_action,
+            policies,
+            trace_names,
+            by_namespace: Default::default(),
+            cluster_wide: Vec::new(),
+        };
         tier.index();
         tier
     }
@@ -235,39 +245,78 @@ pub struct SideOutcome {
     pub trace: crate::model::Trace,
 }
 
-/// Walks `tiers` for `subject` in `dir`.
-pub fn evaluate(tiers: &[Tier], subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> SideOutcome {
-    let mut trace = Vec::new();
-    let entry = |trace: &mut Vec<String>, tier: &Tier, policy: &Policy, action: RuleAction, rule: i64| {
-        let hit = trace.len();
-        trace.push(format!("{hit}|{}|{}|{}|{rule}", tier.name, policy.trace_name(), action.word()));
-    };
-    for tier in tiers {
-        let mut first_selecting: Option<&Policy> = None;
-        let mut decided = None;
-        let candidates = tier.candidates(subject).iter().map(|&i| &tier.policies[i]);
-        for policy in candidates.filter(|p| p.selects(subject, dir)) {
-            first_selecting.get_or_insert(policy);
-            if let Some((rule, action)) = policy.first_match(dir, flow) {
-                entry(&mut trace, tier, policy, action, rule as i64);
-                decided = Some(action);
-                break;
+/// One trace entry before it is written out: the tier and the policy (indices into the tiers
+/// walked), what it did and the rule that did it (`-1`: the tier's default action).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    tier: u32,
+    policy: u32,
+    action: RuleAction,
+    rule: i64,
+}
+
+/// The policies that select one endpoint in one direction: per tier that selects it (in tier
+/// order), the indices of its selecting policies in evaluation order. It depends on the endpoint
+/// and the direction only, so it can be kept per endpoint for a state version.
+#[derive(Clone, Debug, Default)]
+pub struct Selection(Vec<(u32, Vec<u32>)>);
+
+impl Selection {
+    /// The policies of `tiers` that select `subject` in `dir`.
+    pub fn of(tiers: &[Tier], subject: &Endpoint, dir: Dir) -> Selection {
+        let mut out = Vec::new();
+        for (t, tier) in tiers.iter().enumerate() {
+            let selecting: Vec<u32> = tier
+                .candidates(subject)
+                .iter()
+                .filter(|&&i| tier.policies[i].selects(subject, dir))
+                .map(|&i| i as u32)
+                .collect();
+            if !selecting.is_empty() {
+                out.push((t as u32, selecting));
             }
         }
-        let Some(first) = first_selecting else { continue };
-        let action = match decided {
-            Some(action) => action,
-            None => {
-                entry(&mut trace, tier, first, tier.default_action, -1);
-                tier.default_action
-            }
-        };
+        Selection(out)
+    }
+}
+
+/// Walks the tiers `selection` names for a flow in `dir`: the side's action, and its trace
+/// entries pushed to `entries`.
+pub fn walk(tiers: &[Tier], selection: &Selection, dir: Dir, flow: &FlowView<'_>, entries: &mut Vec<Entry>) -> Action {
+    for (t, selecting) in &selection.0 {
+        let tier = &tiers[*t as usize];
+        let decided = selecting.iter().find_map(|&p| {
+            tier.policies[p as usize].first_match(dir, flow).map(|(rule, action)| (p, action, rule as i64))
+        });
+        // A tier that selected the endpoint without a match applies its default action, naming
+        // its first selecting policy.
+        let (policy, action, rule) = decided.unwrap_or((selecting[0], tier.default_action, -1));
+        entries.push(Entry { tier: *t, policy, action, rule });
         match action {
-            RuleAction::Allow => return SideOutcome { action: Action::Allow, trace: trace.into() },
-            RuleAction::Deny => return SideOutcome { action: Action::Deny, trace: trace.into() },
+            RuleAction::Allow => return Action::Allow,
+            RuleAction::Deny => return Action::Deny,
             RuleAction::Pass | RuleAction::Log => {}
         }
     }
     // Nothing selected the endpoint, or every tier that did passed.
-    SideOutcome { action: Action::Allow, trace: trace.into() }
+    Action::Allow
+}
+
+/// Writes out trace entries of `tiers`.
+pub fn render(tiers: &[Tier], entries: &[Entry]) -> crate::model::Trace {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(hit, e)| {
+            let tier = &tiers[e.tier as usize];
+            format!("{hit}|{}|{}|{}|{}", tier.name, tier.trace_names[e.policy as usize], e.action.word(), e.rule)
+        })
+        .collect()
+}
+
+/// Walks `tiers` for `subject` in `dir`.
+pub fn evaluate(tiers: &[Tier], subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> SideOutcome {
+    let mut entries = Vec::new();
+    let action = walk(tiers, &Selection::of(tiers, subject, dir), dir, flow, &mut entries);
+    SideOutcome { action, trace: render(tiers, &entries) }
 }

@@ -38,31 +38,80 @@ pub struct KubePolicy {
 #[derive(Clone, Debug)]
 struct KubeRule {
     /// `None`: every peer.
-    peers: Option<Vec<NetworkPolicyPeer>>,
+    peers: Option<Vec<KubePeer>>,
     /// `None`: every port.
     ports: Option<Vec<NetworkPolicyPort>>,
 }
 
-/// Whether `ip` is in `cidr` (`a.b.c.d/n`, host bits allowed; a bare address is one host).
-pub fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
-    let (addr, len) = match cidr.split_once('/') {
-        Some((a, l)) => (a, l.parse::<u32>().ok()),
-        None => (cidr, None),
-    };
-    let Ok(net) = addr.parse::<IpAddr>() else { return false };
-    match (ip, net) {
-        (IpAddr::V4(ip), IpAddr::V4(net)) => {
-            let len = len.unwrap_or(32).min(32);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            u32::from(ip) & mask == u32::from(net) & mask
+/// A rule peer, its `ipBlock` parsed once.
+#[derive(Clone, Debug)]
+struct KubePeer {
+    /// `cidr` and `except`.
+    ip_block: Option<(Cidr, Vec<Cidr>)>,
+    pod_selector: Option<LabelSelector>,
+    namespace_selector: Option<LabelSelector>,
+}
+
+impl KubePeer {
+    fn new(peer: &NetworkPolicyPeer) -> KubePeer {
+        KubePeer {
+            ip_block: peer
+                .ip_block
+                .as_ref()
+                .map(|b| (Cidr::parse(&b.cidr), b.except.iter().flatten().map(|e| Cidr::parse(e)).collect())),
+            pod_selector: peer.pod_selector.clone(),
+            namespace_selector: peer.namespace_selector.clone(),
         }
-        (IpAddr::V6(ip), IpAddr::V6(net)) => {
-            let len = len.unwrap_or(128).min(128);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
-            u128::from(ip) & mask == u128::from(net) & mask
-        }
-        _ => false,
     }
+}
+
+/// A CIDR of an `ipBlock`, parsed: `a.b.c.d/n` (host bits allowed; a bare address is one host;
+/// a prefix length that does not parse is the full length, one above it is clamped to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cidr {
+    /// An IPv4 network: (address bits, mask).
+    V4(u32, u32),
+    /// An IPv6 network: (address bits, mask).
+    V6(u128, u128),
+    /// The address does not parse: holds nothing.
+    Invalid,
+}
+
+impl Cidr {
+    /// Parses `cidr`.
+    pub fn parse(cidr: &str) -> Cidr {
+        let (addr, len) = match cidr.split_once('/') {
+            Some((a, l)) => (a, l.parse::<u32>().ok()),
+            None => (cidr, None),
+        };
+        match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V4(net)) => {
+                let len = len.unwrap_or(32).min(32);
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                Cidr::V4(u32::from(net) & mask, mask)
+            }
+            Ok(IpAddr::V6(net)) => {
+                let len = len.unwrap_or(128).min(128);
+                let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                Cidr::V6(u128::from(net) & mask, mask)
+            }
+            Err(_) => Cidr::Invalid,
+        }
+    }
+
+    /// Whether `ip` is in the network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (*self, ip) {
+            (Cidr::V4(net, mask), IpAddr::V4(ip)) => u32::from(ip) & mask == net,
+            (Cidr::V6(net, mask), IpAddr::V6(ip)) => u128::from(ip) & mask == net,
+            _ => false,
+        }
+    }
+}
+
+/// Whether `ip` is in `cidr` (see [`Cidr`]).
+pub fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
+    Cidr::parse(cidr).contains(ip)
 }
 
 fn proto_matches(protocol: Option<&str>, p: u8) -> bool {
@@ -81,22 +130,19 @@ fn is_pod(ep: Option<&Endpoint>) -> Option<&Endpoint> {
 impl KubePolicy {
     /// Compiles a spec.
     pub fn new(spec: &NetworkPolicySpec) -> KubePolicy {
+        let peers = |peers: Option<&[NetworkPolicyPeer]>| {
+            peers.filter(|v| !v.is_empty()).map(|v| v.iter().map(KubePeer::new).collect())
+        };
         let rules_in = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyIngressRule]| {
             rules
                 .iter()
-                .map(|r| KubeRule {
-                    peers: r.from.clone().filter(|v| !v.is_empty()),
-                    ports: r.ports.clone().filter(|v| !v.is_empty()),
-                })
+                .map(|r| KubeRule { peers: peers(r.from.as_deref()), ports: r.ports.clone().filter(|v| !v.is_empty()) })
                 .collect()
         };
         let rules_out = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyEgressRule]| {
             rules
                 .iter()
-                .map(|r| KubeRule {
-                    peers: r.to.clone().filter(|v| !v.is_empty()),
-                    ports: r.ports.clone().filter(|v| !v.is_empty()),
-                })
+                .map(|r| KubeRule { peers: peers(r.to.as_deref()), ports: r.ports.clone().filter(|v| !v.is_empty()) })
                 .collect()
         };
         let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
@@ -146,9 +192,9 @@ impl KubePolicy {
     }
 }
 
-fn peer_matches(namespace: &str, peer: &NetworkPolicyPeer, ep: Option<&Endpoint>, ip: IpAddr) -> bool {
-    if let Some(block) = &peer.ip_block {
-        return in_cidr(ip, &block.cidr) && !block.except.iter().flatten().any(|e| in_cidr(ip, e));
+fn peer_matches(namespace: &str, peer: &KubePeer, ep: Option<&Endpoint>, ip: IpAddr) -> bool {
+    if let Some((cidr, except)) = &peer.ip_block {
+        return cidr.contains(ip) && !except.iter().any(|e| e.contains(ip));
     }
     if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
         return false;

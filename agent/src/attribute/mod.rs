@@ -27,7 +27,7 @@ use crate::{
     model::{Action, Endpoint, EndpointKind, Enforcement, FlowRecord, Observed, Reporter},
 };
 pub use engine::FlowView;
-use engine::{Body, Dir, Policy, PolicyKind, RuleAction, SideOutcome, Tier};
+use engine::{Body, Dir, Entry, Policy, PolicyKind, RuleAction, Selection, SideOutcome, Tier};
 
 /// Order of Kubernetes NetworkPolicies in tier `default` (as Calico places them).
 pub const KUBE_POLICY_ORDER: f64 = 1000.0;
@@ -217,24 +217,107 @@ impl PolicySet {
         PolicySet { enforced: build(enforced), pending: build(pending), source_ports, staged: has_staged }
     }
 
-    fn side(&self, subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> Option<SideVerdict> {
+    fn side(
+        &self,
+        mut memo: Option<&mut Memo>,
+        subject: &Endpoint,
+        keep: Option<&Arc<Endpoint>>,
+        dir: Dir,
+        flow: &FlowView<'_>,
+    ) -> Option<SideVerdict> {
         if !matches!(subject.kind, EndpointKind::Wep | EndpointKind::Hep) {
             return None;
         }
-        let enforced = engine::evaluate(&self.enforced, subject, dir, flow);
-        let pending = if self.staged { engine::evaluate(&self.pending, subject, dir, flow) } else { enforced.clone() };
+        let mut outcome = |tiers: &[Tier], walk: Walk| match memo.as_deref_mut() {
+            Some(memo) => memo.outcome(tiers, walk, subject, keep, dir, flow),
+            None => engine::evaluate(tiers, subject, dir, flow),
+        };
+        let enforced = outcome(&self.enforced, Walk::Enforced);
+        let pending = if self.staged { outcome(&self.pending, Walk::Pending) } else { enforced.clone() };
         Some(SideVerdict { enforced, pending })
     }
 
     /// The verdict of a flow (its endpoints as enrich found them).
     pub fn evaluate(&self, flow: &FlowView<'_>) -> FlowVerdict {
+        self.evaluate_with(None, None, None, flow)
+    }
+
+    /// [`PolicySet::evaluate`], keeping what it finds per endpoint and per trace in `memo` (which
+    /// must be used with this policy set only). `src` and `dst` are the `Arc`s `flow.src` and
+    /// `flow.dst` point into, when there are: the memo holds them, so an endpoint it knows by
+    /// address is never freed and its address never taken by another while the memo lives.
+    fn evaluate_with(
+        &self,
+        mut memo: Option<&mut Memo>,
+        src: Option<&Arc<Endpoint>>,
+        dst: Option<&Arc<Endpoint>>,
+        flow: &FlowView<'_>,
+    ) -> FlowVerdict {
         if is_link_control(flow.proto, flow.icmp) {
             return FlowVerdict { egress: None, ingress: None };
         }
         FlowVerdict {
-            egress: flow.src.and_then(|s| self.side(s, Dir::Egress, flow)),
-            ingress: flow.dst.and_then(|d| self.side(d, Dir::Ingress, flow)),
+            egress: flow.src.and_then(|s| self.side(memo.as_deref_mut(), s, src, Dir::Egress, flow)),
+            ingress: flow.dst.and_then(|d| self.side(memo, d, dst, Dir::Ingress, flow)),
         }
+    }
+}
+
+/// Which tiers of a [`PolicySet`] a walk is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Walk {
+    Enforced = 0,
+    Pending = 1,
+}
+
+/// Traces kept per walk; cleared when they reach this size.
+const TRACE_LIMIT: usize = 100_000;
+
+/// Which endpoint (by address), direction and walk a [`Selection`] is for.
+type SelectionKey = (usize, Dir, Walk);
+
+/// What the tier walk would otherwise recompute for every flow, for one [`PolicySet`]: the
+/// policies selecting each endpoint per direction (they depend on the endpoint only), and each
+/// distinct trace written out once (records share it).
+#[derive(Default)]
+struct Memo {
+    /// By (endpoint address, direction, walk): the endpoint (held, see
+    /// [`PolicySet::evaluate_with`]) and the policies selecting it.
+    selections: hashbrown::HashMap<SelectionKey, (Option<Arc<Endpoint>>, Selection)>,
+    /// Per walk, the written trace of each list of entries.
+    traces: [hashbrown::HashMap<Box<[Entry]>, crate::model::Trace>; 2],
+    /// The entries of the walk in progress.
+    entries: Vec<Entry>,
+}
+
+impl Memo {
+    fn outcome(
+        &mut self,
+        tiers: &[Tier],
+        walk: Walk,
+        subject: &Endpoint,
+        keep: Option<&Arc<Endpoint>>,
+        dir: Dir,
+        flow: &FlowView<'_>,
+    ) -> SideOutcome {
+        let key = (std::ptr::from_ref(subject) as usize, dir, walk);
+        let (_, selection) =
+            self.selections.entry(key).or_insert_with(|| (keep.cloned(), Selection::of(tiers, subject, dir)));
+        self.entries.clear();
+        let action = engine::walk(tiers, selection, dir, flow, &mut self.entries);
+        let traces = &mut self.traces[walk as usize];
+        let trace = match traces.get(&self.entries[..]) {
+            Some(trace) => trace.clone(),
+            None => {
+                let trace = engine::render(tiers, &self.entries);
+                if traces.len() >= TRACE_LIMIT {
+                    traces.clear();
+                }
+                traces.insert(self.entries.as_slice().into(), trace.clone());
+                trace
+            }
+        };
+        SideOutcome { action, trace }
     }
 }
 
@@ -264,7 +347,14 @@ const CACHE_LIMIT: usize = 200_000;
 #[derive(Default)]
 pub struct Attributor {
     policies: PolicySet,
-    cache: hashbrown::HashMap<CacheKey, FlowVerdict>,
+    /// Selections and traces of `policies`.
+    memo: Memo,
+    /// Verdicts by flow: an index into `verdicts` (so an entry is small and a verdict shared by
+    /// many flows is one copy).
+    cache: hashbrown::HashMap<CacheKey, u32>,
+    verdicts: Verdicts,
+    /// The trace of a side that has none.
+    empty: crate::model::Trace,
     /// When the current state took effect (Unix ns): connections older than this that it denies
     /// are stale, not violations.
     since_ns: u64,
@@ -279,12 +369,16 @@ impl Attributor {
     /// Installs a state version that took effect at `now_ns`.
     pub fn update(&mut self, state: &ClusterState, now_ns: u64) {
         self.policies = PolicySet::compile(state);
+        self.memo = Memo::default();
         self.cache.clear();
+        self.verdicts = Verdicts::default();
         self.since_ns = now_ns;
     }
 
     /// Fills the verdict fields of `records`.
     pub fn attribute(&mut self, records: &mut [FlowRecord]) {
+        // Grown once for the batch rather than doubling (and moving every verdict) as it fills.
+        self.cache.reserve(records.len().min(CACHE_LIMIT - self.cache.len().min(CACHE_LIMIT)));
         for r in records {
             let (Some(src_ip), Some(dst_ip)) = (r.source_ip, r.dest_ip) else { continue };
             let icmp = r.icmp_type.map(|t| (t, r.icmp_code.unwrap_or(0)));
@@ -301,20 +395,31 @@ impl Attributor {
             );
             if self.cache.len() >= CACHE_LIMIT {
                 self.cache.clear();
+                self.verdicts = Verdicts::default();
             }
-            let policies = &self.policies;
-            let verdict = self.cache.entry(key).or_insert_with(|| {
-                policies.evaluate(&FlowView {
-                    src: r.context.source.as_deref(),
-                    src_ip,
-                    dst: r.context.dest.as_deref(),
-                    dst_ip,
-                    proto: r.context.proto,
-                    src_port: r.source_port,
-                    dst_port: r.dest_port,
-                    icmp,
-                })
+            let (policies, memo, verdicts) = (&self.policies, &mut self.memo, &mut self.verdicts);
+            let id = *self.cache.entry(key).or_insert_with(|| {
+                verdicts.id(policies.evaluate_with(
+                    Some(memo),
+                    r.context.source.as_ref(),
+                    r.context.dest.as_ref(),
+                    &FlowView {
+                        src: r.context.source.as_deref(),
+                        src_ip,
+                        dst: r.context.dest.as_deref(),
+                        dst_ip,
+                        proto: r.context.proto,
+                        src_port: r.source_port,
+                        dst_port: r.dest_port,
+                        icmp,
+                    },
+                ))
             });
+            let verdict = &self.verdicts.list[id as usize];
+            let side_fields = |side: Option<&SideVerdict>| match side {
+                Some(s) => ((s.enforced.action, s.enforced.trace.clone()), (s.pending.action, s.pending.trace.clone())),
+                None => ((Action::Allow, self.empty.clone()), (Action::Allow, self.empty.clone())),
+            };
             let (enforced, pending) = match r.reporter {
                 Reporter::Src => side_fields(verdict.egress.as_ref()),
                 Reporter::Dst => side_fields(verdict.ingress.as_ref()),
@@ -340,12 +445,28 @@ impl Attributor {
     }
 }
 
-type Fields = (Action, crate::model::Trace);
+/// A side's actions and traces, by the addresses of its traces: equal keys are equal sides.
+type SideKey = Option<(Action, usize, Action, usize)>;
 
-fn side_fields(side: Option<&SideVerdict>) -> (Fields, Fields) {
-    match side {
-        Some(s) => ((s.enforced.action, s.enforced.trace.clone()), (s.pending.action, s.pending.trace.clone())),
-        None => ((Action::Allow, Arc::from([])), (Action::Allow, Arc::from([]))),
+/// The distinct verdicts the cache points to (few: flows between pods alike share one).
+#[derive(Default)]
+struct Verdicts {
+    list: Vec<FlowVerdict>,
+    /// By the addresses of their traces (which `list` holds, so no other trace takes them).
+    ids: hashbrown::HashMap<[SideKey; 2], u32>,
+}
+
+impl Verdicts {
+    fn id(&mut self, verdict: FlowVerdict) -> u32 {
+        let side = |s: &Option<SideVerdict>| -> SideKey {
+            let addr = |t: &crate::model::Trace| Arc::as_ptr(t).cast::<String>() as usize;
+            s.as_ref().map(|s| (s.enforced.action, addr(&s.enforced.trace), s.pending.action, addr(&s.pending.trace)))
+        };
+        let key = [side(&verdict.egress), side(&verdict.ingress)];
+        *self.ids.entry(key).or_insert_with(|| {
+            self.list.push(verdict);
+            (self.list.len() - 1) as u32
+        })
     }
 }
 

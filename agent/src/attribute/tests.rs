@@ -737,9 +737,8 @@ spec: {nets: [198.51.100.0/28]}
     assert_eq!(v.ingress.unwrap().enforced.trace.to_vec(), vec!["0|default|np:shop/db-in|allow|1".to_string()]);
 }
 
-#[test]
-fn a_global_network_set_named_by_a_rule_selector() {
-    let policies = r#"
+/// A global network set and a policy naming it.
+const THREATS: &str = r#"
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkSet
 metadata: {name: threats, labels: {feed: threat}}
@@ -756,15 +755,18 @@ spec:
     destination: {selector: "feed == 'threat'", namespaceSelector: global()}
   - action: Allow
 "#;
+
+#[test]
+fn a_global_network_set_named_by_a_rule_selector() {
+    let policies = THREATS;
     let (a, e, ..) = verdict(policies, "shop/web", "203.0.113.9", TCP, 443);
     assert_eq!((a, e), (Action::Deny, t(&["0|default|gnp:block-threats|deny|0"])));
     let (a, e, ..) = verdict(policies, "shop/web", "198.51.100.1", TCP, 443);
     assert_eq!((a, e), (Action::Allow, t(&["0|default|gnp:block-threats|allow|1"])));
 }
 
-#[test]
-fn staged_policies_change_only_the_pending_verdict() {
-    let policies = r#"
+/// An enforced and a staged Kubernetes policy of one name, and a staged global policy.
+const STAGED: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: allow-web, namespace: shop}
@@ -787,6 +789,10 @@ spec:
   types: [Egress]
   egress: [{action: Deny}]
 "#;
+
+#[test]
+fn staged_policies_change_only_the_pending_verdict() {
+    let policies = STAGED;
     let (a, _, i, pa, pi) = verdict(policies, "shop/web", "shop/db", TCP, 5432);
     assert_eq!((a, i), (Action::Allow, t(&["0|default|knp:shop/allow-web|allow|0"])));
     assert_eq!((pa, pi), (Action::Deny, t(&["0|default|sknp:shop/allow-web|deny|-1"])));
@@ -859,4 +865,141 @@ fn admin_and_baseline_admin_policies() {
         (a, i),
         (Action::Deny, t(&["0|kube-admin|kanp:hand-over|pass|0", "1|kube-baseline|kbanp:default|deny|0"]))
     );
+}
+
+#[test]
+fn ip_block_cidrs_are_parsed_once_with_the_same_meaning() {
+    use super::kube::{Cidr, in_cidr};
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    // (cidr, address, inside)
+    let cases = [
+        ("10.0.0.0/8", "10.200.1.2", true),
+        ("10.0.0.0/8", "11.0.0.1", false),
+        ("172.16.5.9/16", "172.16.200.1", true),
+        ("172.16.5.9/16", "172.17.0.1", false),
+        ("192.168.1.1", "192.168.1.1", true),
+        ("192.168.1.1", "192.168.1.2", false),
+        ("192.168.1.1/abc", "192.168.1.1", true),
+        ("192.168.1.1/abc", "192.168.1.2", false),
+        ("192.168.1.1/40", "192.168.1.1", true),
+        ("192.168.1.1/40", "192.168.1.3", false),
+        ("0.0.0.0/0", "8.8.8.8", true),
+        ("0.0.0.0/0", "fd00::1", false),
+        ("fd00:fa::/32", "fd00:fa:1::2", true),
+        ("fd00:fa::/32", "fd00:fb::2", false),
+        ("fd00::1/200", "fd00::1", true),
+        ("::/0", "10.0.0.1", false),
+        ("not-an-address/8", "10.0.0.1", false),
+    ];
+    for (cidr, addr, inside) in cases {
+        assert_eq!(Cidr::parse(cidr).contains(ip(addr)), inside, "{cidr} holds {addr}");
+        assert_eq!(in_cidr(ip(addr), cidr), inside, "in_cidr({addr}, {cidr})");
+    }
+    assert_eq!(Cidr::parse("not-an-address/8"), Cidr::Invalid);
+}
+
+/// The attribute stage keeps selections per endpoint and traces per walk across flows and
+/// passes (and verdicts per flow); what it writes must be what a fresh walk of each flow gives.
+#[test]
+fn the_stage_memo_and_cache_give_the_verdicts_of_a_fresh_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.yaml"), BASE).unwrap();
+    // TIERED's Kubernetes policy is STAGED's first.
+    let tiered = TIERED.split("---\napiVersion: networking.k8s.io/v1").next().unwrap();
+    let web_to_db = WEB_TO_DB.replace("name: allow-web", "name: allow-web-k");
+    let policies = [web_to_db.as_str(), STACKED, tiered, EGRESS, ADMIN, THREATS, STAGED];
+    std::fs::write(dir.path().join("p.yaml"), policies.join("---\n")).unwrap();
+    let state = load_dir(dir.path()).unwrap_or_else(|e| panic!("{e:?}")).state;
+    let index = Index::build(&state, std::path::Path::new("/nonexistent"));
+    let set = PolicySet::compile(&state);
+    assert!(set.staged && set.enforced.len() >= 4, "tiers: {}", set.enforced.len());
+    let ends = [
+        "shop/web",
+        "shop/db",
+        "ops/monitor",
+        "dev/web",
+        "shop/hostnet",
+        "172.16.1.1",
+        "172.16.9.1",
+        "198.51.100.7",
+        "203.0.113.9",
+        "8.8.8.8",
+    ]
+    .map(|who| endpoint_of(&state, &index, who));
+    let mut memo = Memo::default();
+    let mut records = Vec::new();
+    let mut flows = 0;
+    for pass in 0..2 {
+        for (src, src_ip) in &ends {
+            for (dst, dst_ip) in &ends {
+                for (proto, port) in
+                    [(TCP, 80), (TCP, 5432), (TCP, 6000), (TCP, 9050), (UDP, 53), (flowaudit_common::proto::SCTP, 9999)]
+                {
+                    let flow = FlowView {
+                        src: src.as_deref(),
+                        src_ip: *src_ip,
+                        dst: dst.as_deref(),
+                        dst_ip: *dst_ip,
+                        proto,
+                        src_port: Some(40000),
+                        dst_port: Some(port),
+                        icmp: None,
+                    };
+                    let fresh = set.evaluate(&flow);
+                    let kept = set.evaluate_with(Some(&mut memo), src.as_ref(), dst.as_ref(), &flow);
+                    assert_eq!(kept, fresh, "pass {pass}: {src_ip} -> {dst_ip} {proto}/{port}");
+                    flows += 1;
+                    if pass == 0 {
+                        for reporter in [Reporter::Src, Reporter::Dst, Reporter::Fwd] {
+                            let mut r = FlowRecord::sample(&src_ip.to_string(), 40000, &dst_ip.to_string(), port);
+                            r.context.proto = proto;
+                            r.context.source = src.clone();
+                            r.context.dest = dst.clone();
+                            r.reporter = reporter;
+                            records.push((r, fresh.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(flows, 2 * 10 * 10 * 6);
+    let traces = |side: Option<&SideVerdict>| {
+        side.map_or((Vec::new(), Vec::new()), |s| (s.enforced.trace.to_vec(), s.pending.trace.to_vec()))
+    };
+    let mut attributor = Attributor::new();
+    attributor.update(&state, 0);
+    let mut batch: Vec<FlowRecord> = records.iter().map(|(r, _)| r.clone()).collect();
+    for pass in 0..2 {
+        attributor.attribute(&mut batch);
+        for (r, (_, v)) in batch.iter().zip(&records) {
+            let (e, i) = (traces(v.egress.as_ref()), traces(v.ingress.as_ref()));
+            let (side_action, pending_action, enforced, pending) = match r.reporter {
+                Reporter::Src => (
+                    v.egress.as_ref().map_or(Action::Allow, |s| s.enforced.action),
+                    v.egress.as_ref().map_or(Action::Allow, |s| s.pending.action),
+                    e.0,
+                    e.1,
+                ),
+                Reporter::Dst => (
+                    v.ingress.as_ref().map_or(Action::Allow, |s| s.enforced.action),
+                    v.ingress.as_ref().map_or(Action::Allow, |s| s.pending.action),
+                    i.0,
+                    i.1,
+                ),
+                Reporter::Fwd => (v.action(), v.pending_action(), [e.0, i.0].concat(), [e.1, i.1].concat()),
+            };
+            let what = format!("pass {pass}: {:?} {:?} -> {:?} {:?}", r.reporter, r.source_ip, r.dest_ip, r.dest_port);
+            assert_eq!(
+                (r.action, r.pending_action, r.flow_action),
+                (side_action, pending_action, v.action()),
+                "{what}"
+            );
+            assert_eq!(r.policies.enforced_policies.to_vec(), enforced, "{what}");
+            assert_eq!(r.policies.pending_policies.to_vec(), pending, "{what}");
+        }
+    }
+    // Some flows are denied, some allowed, some pending verdicts differ: the cases are not all alike.
+    let actions: std::collections::BTreeSet<_> = batch.iter().map(|r| (r.flow_action, r.pending_action)).collect();
+    assert!(actions.len() >= 3, "{actions:?}");
 }

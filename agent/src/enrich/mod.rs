@@ -15,7 +15,7 @@
 mod cgroups;
 
 use hashbrown::HashMap;
-use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use flowaudit_common::proto;
 
@@ -74,6 +74,10 @@ impl Index {
     /// Builds the tables; cgroup ids are read from the filesystem below `cgroup_root`.
     pub fn build(state: &ClusterState, cgroup_root: &std::path::Path) -> Index {
         let mut index = Index::default();
+        // Names and label lists many endpoints share (a namespace, a generateName, the labels
+        // of one workload's pods) are one allocation each: records copy pointers to them, and a
+        // few shared ones stay in the CPU's caches where one per endpoint would not.
+        let mut shared = Shared::default();
         let kubepods = cgroups::kubepods_dirs(cgroup_root);
         // Kubernetes labels every namespace with its name; manifests may leave it out.
         let ns_labels = |ns: &str| {
@@ -93,12 +97,12 @@ impl Index {
             let name_aggr = pod.generate_name.as_ref().map(|g| format!("{g}*")).unwrap_or_else(|| pod.name.clone());
             let endpoint = Arc::new(Endpoint {
                 kind: EndpointKind::Wep,
-                record_names: (pod.name.as_str().into(), name_aggr.as_str().into(), pod.namespace.as_str().into()),
+                record_names: (pod.name.as_str().into(), shared.text(&name_aggr), shared.text(&pod.namespace)),
                 name: Some(pod.name.clone()),
                 name_aggr,
                 namespace: Some(pod.namespace.clone()),
                 labels: pod.labels.clone(),
-                record_labels: RecordLabels::of(&pod.labels),
+                record_labels: shared.labels(&pod.labels),
                 namespace_labels: ns_labels(&pod.namespace),
                 service_account: Some(pod.service_account.clone()),
                 service_account_labels: sa_labels(&pod.namespace, &pod.service_account),
@@ -118,12 +122,12 @@ impl Index {
         for hep in &state.host_endpoints {
             let endpoint = Arc::new(Endpoint {
                 kind: EndpointKind::Hep,
-                record_names: (hep.name.as_str().into(), hep.node.as_str().into(), "-".into()),
+                record_names: (hep.name.as_str().into(), shared.text(&hep.node), shared.text("-")),
                 name: Some(hep.name.clone()),
                 name_aggr: hep.node.clone(),
                 namespace: None,
                 labels: hep.labels.clone(),
-                record_labels: RecordLabels::of(&hep.labels),
+                record_labels: shared.labels(&hep.labels),
                 namespace_labels: Default::default(),
                 service_account: None,
                 service_account_labels: Default::default(),
@@ -138,16 +142,15 @@ impl Index {
         for set in &state.network_sets {
             let endpoint = Arc::new(Endpoint {
                 kind: EndpointKind::Ns,
-                record_names: (
-                    set.name.as_str().into(),
-                    set.name.as_str().into(),
-                    set.namespace.as_deref().unwrap_or("-").into(),
-                ),
+                record_names: {
+                    let name = shared.text(&set.name);
+                    (name.clone(), name, shared.text(set.namespace.as_deref().unwrap_or("-")))
+                },
                 name: Some(set.name.clone()),
                 name_aggr: set.name.clone(),
                 namespace: set.namespace.clone(),
                 labels: set.labels.clone(),
-                record_labels: RecordLabels::of(&set.labels),
+                record_labels: shared.labels(&set.labels),
                 namespace_labels: set.namespace.as_deref().map(ns_labels).unwrap_or_default(),
                 service_account: None,
                 service_account_labels: Default::default(),
@@ -176,6 +179,33 @@ impl Index {
             }
         }
         index
+    }
+}
+
+/// The shared copies of one [`Index::build`].
+#[derive(Default)]
+struct Shared {
+    texts: HashMap<String, Text>,
+    labels: HashMap<BTreeMap<String, String>, RecordLabels>,
+}
+
+impl Shared {
+    fn text(&mut self, s: &str) -> Text {
+        if let Some(t) = self.texts.get(s) {
+            return t.clone();
+        }
+        let t = Text::from(s);
+        self.texts.insert(s.to_owned(), t.clone());
+        t
+    }
+
+    fn labels(&mut self, labels: &BTreeMap<String, String>) -> RecordLabels {
+        if let Some(l) = self.labels.get(labels) {
+            return l.clone();
+        }
+        let l = RecordLabels::of(labels);
+        self.labels.insert(labels.clone(), l.clone());
+        l
     }
 }
 
