@@ -7,6 +7,10 @@
 //! a loaded machine is not counted; each per-record step is the best of three rounds, each
 //! round on fresh copies of the records and, for the attribute stage, a fresh stage (an empty
 //! verdict cache and memo, as after a state change).
+//!
+//! What the attribute stage keeps per state version beyond the compiled policies (the policies
+//! selecting each endpoint, the written traces, the distinct verdicts) is filled as records
+//! arrive, so its cost is in the first-pass row, not in a row of its own.
 
 use std::{fmt::Write as _, time::Duration};
 
