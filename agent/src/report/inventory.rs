@@ -131,6 +131,21 @@ pub struct GroupRow {
     pub envoy_enabled: bool,
 }
 
+impl EndpointRow {
+    /// Its entry in `report.json`'s `endpoints` (Calico's EndpointsReportEndpoint fields).
+    pub fn report_data(&self) -> Value {
+        json!({
+            "endpoint": self.endpoint,
+            "ingressProtected": self.ingress_protected,
+            "egressProtected": self.egress_protected,
+            "envoyEnabled": self.envoy_enabled,
+            "appliedPolicies": self.applied_policies,
+            "services": self.services,
+            "serviceAccount": self.service_account.clone().unwrap_or_default(),
+        })
+    }
+}
+
 impl FlowName {
     /// The name level-2 records give it: the prefix, or the name when it has none.
     pub fn aggregated(&self) -> &str {
@@ -715,15 +730,7 @@ impl Rendered for Inventory {
             "startTime": format_time(self.range.from),
             "endTime": format_time(self.range.to),
             "generationTime": format_time(generated),
-            "endpoints": self.endpoints.iter().map(|e| json!({
-                "endpoint": e.endpoint,
-                "ingressProtected": e.ingress_protected,
-                "egressProtected": e.egress_protected,
-                "envoyEnabled": e.envoy_enabled,
-                "appliedPolicies": e.applied_policies,
-                "services": e.services,
-                "serviceAccount": e.service_account.clone().unwrap_or_default(),
-            })).collect::<Vec<_>>(),
+            "endpoints": self.endpoints.iter().map(EndpointRow::report_data).collect::<Vec<_>>(),
             "endpointsSummary": {
                 "numTotal": self.endpoints.len(),
                 "numServiceAccounts": self.service_accounts.len(),

@@ -349,14 +349,8 @@ impl Rendered for NetworkAccess {
             .iter()
             .map(|r| {
                 let e = &r.endpoint;
-                let mut v = json!({
-                    "endpoint": e.endpoint,
-                    "ingressProtected": e.ingress_protected,
-                    "egressProtected": e.egress_protected,
-                    "envoyEnabled": e.envoy_enabled,
-                    "appliedPolicies": e.applied_policies,
-                    "services": e.services,
-                    "serviceAccount": e.service_account,
+                let mut v = e.report_data();
+                let extra = json!({
                     "flowLogAggregationName": e.flow_name.aggregated(),
                     "trafficAggregationPrefix": r.aggregation_prefix,
                     "endpointsGeneratingTrafficToThisEndpoint": r.ingress.peers,
@@ -365,7 +359,12 @@ impl Rendered for NetworkAccess {
                     "deniedFlows": r.ingress.denied + r.egress.denied,
                     "enforcementViolations": r.ingress.violations + r.egress.violations,
                 });
-                v.as_object_mut().expect("object").extend(flags(&e.exposure).as_object().expect("object").clone());
+                if let (Value::Object(fields), Value::Object(exposure), Value::Object(extra)) =
+                    (&mut v, flags(&e.exposure), extra)
+                {
+                    fields.extend(exposure);
+                    fields.extend(extra);
+                }
                 v
             })
             .collect();

@@ -274,34 +274,16 @@ fn the_real_runner_makes_the_same_cis_files_as_the_report_command() {
         filetime::set_file_mtime(&to, filetime::FileTime::from_system_time(when)).unwrap();
     }
     let runner = FileRunner { kube_bench: vec![kb.clone()], ..file_runner() };
-    let named = NamedReport {
-        name: "cis".into(),
-        spec: GlobalReportSpec { report_type: "cis-benchmark".into(), ..Default::default() },
-        raw_spec: serde_json::json!({"reportType": "cis-benchmark"}),
-    };
+    let named = named("cis", "cis-benchmark");
     let interval = Interval { start: t("2026-11-27T00:00:00Z"), end: t("2026-11-27T01:00:00Z") };
-    let ours = dir.path().join("ours");
-    let files = runner.run(&named, Kind::CisBenchmark, interval, &ours, Timestamp::now()).unwrap();
+    let request = report::Request { kube_bench: vec![kb], ..Default::default() };
+    let files = same_files_as_the_report_command(&runner, &named, Kind::CisBenchmark, interval, dir.path(), request);
     assert!(!files.is_empty());
-    let theirs = dir.path().join("theirs");
-    report::run(&report::Request {
-        kind: Some(Kind::CisBenchmark),
-        from: "2026-11-27T00:00:00Z".into(),
-        to: "2026-11-27T01:00:00Z".into(),
-        out: theirs.clone(),
-        kube_bench: vec![kb],
-        ..Default::default()
-    })
-    .unwrap();
-    for f in files {
-        let name = f.file_name().unwrap();
-        assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
-    }
     // Network-access needs flows: without --flow-log-dir or --store it says so.
-    let e = runner.run(&named, Kind::NetworkAccess, interval, &ours, Timestamp::now()).unwrap_err();
+    let e = runner.run(&named, Kind::NetworkAccess, interval, &dir.path().join("ours"), Timestamp::now()).unwrap_err();
     assert!(e.to_string().starts_with("--flow-log-dir: the network-access report needs"), "{e}");
     // Inventory needs a state at the start: without snapshots or a manifests directory it says so.
-    let e = runner.run(&named, Kind::Inventory, interval, &ours, Timestamp::now()).unwrap_err();
+    let e = runner.run(&named, Kind::Inventory, interval, &dir.path().join("ours"), Timestamp::now()).unwrap_err();
     assert!(e.to_string().contains("needs a snapshot from before the interval"), "{e}");
 }
 
@@ -337,29 +319,12 @@ fn the_real_runner_makes_the_same_inventory_as_the_report_command() {
         snapshots: Some(dir.path().join("no-snapshots")),
         ..file_runner()
     };
-    let named = NamedReport {
-        name: "inv".into(),
-        spec: GlobalReportSpec { report_type: "inventory".into(), ..Default::default() },
-        raw_spec: serde_json::json!({"reportType": "inventory"}),
-    };
+    let named = named("inv", "inventory");
     let interval = Interval { start: t("2026-11-27T00:00:00Z"), end: t("2026-11-27T01:00:00Z") };
-    let ours = dir.path().join("ours");
-    let files = runner.run(&named, Kind::Inventory, interval, &ours, Timestamp::now()).unwrap();
+    let request =
+        report::Request { cluster: Some(testdata.join("cluster").display().to_string()), ..Default::default() };
+    let files = same_files_as_the_report_command(&runner, &named, Kind::Inventory, interval, dir.path(), request);
     assert_eq!(files.len(), 4, "summary, endpoints, namespaces, services: {files:?}");
-    let theirs = dir.path().join("theirs");
-    report::run(&report::Request {
-        kind: Some(Kind::Inventory),
-        from: "2026-11-27T00:00:00Z".into(),
-        to: "2026-11-27T01:00:00Z".into(),
-        out: theirs.clone(),
-        cluster: Some(testdata.join("cluster").display().to_string()),
-        ..Default::default()
-    })
-    .unwrap();
-    for f in files {
-        let name = f.file_name().unwrap();
-        assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
-    }
 }
 
 #[test]
@@ -386,31 +351,16 @@ fn the_real_runner_makes_the_same_network_access_report_as_the_report_command() 
         flow_log_dirs: vec![testdata.join("flows")],
         ..file_runner()
     };
-    let named = NamedReport {
-        name: "access".into(),
-        spec: GlobalReportSpec { report_type: "network-access".into(), ..Default::default() },
-        raw_spec: serde_json::json!({"reportType": "network-access"}),
-    };
+    let named = named("access", "network-access");
     let interval = Interval { start: t("2026-11-20T00:00:00Z"), end: t("2026-11-21T00:00:00Z") };
-    let ours = dir.path().join("ours");
-    let files = runner.run(&named, Kind::NetworkAccess, interval, &ours, Timestamp::now()).unwrap();
-    assert_eq!(files.len(), 2, "summary and endpoints: {files:?}");
-    let theirs = dir.path().join("theirs");
-    report::run(&report::Request {
-        kind: Some(Kind::NetworkAccess),
-        from: "2026-11-20T00:00:00Z".into(),
-        to: "2026-11-21T00:00:00Z".into(),
-        out: theirs.clone(),
+    let request = report::Request {
         audit_logs: vec![testdata.join("audit/audit.log")],
         snapshot_dir: Some(testdata.join("snapshots")),
         flow_log_dirs: vec![testdata.join("flows")],
         ..Default::default()
-    })
-    .unwrap();
-    for f in files {
-        let name = f.file_name().unwrap();
-        assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
-    }
+    };
+    let files = same_files_as_the_report_command(&runner, &named, Kind::NetworkAccess, interval, dir.path(), request);
+    assert_eq!(files.len(), 2, "summary and endpoints: {files:?}");
 }
 
 /// In kube mode (no manifests directory) cis-benchmark decides 5.3.2 from the newest snapshot
@@ -424,11 +374,7 @@ fn cis_in_kube_mode_decides_from_the_newest_snapshot_before_the_end() {
         snapshots: Some(testdata.join("inventory/snapshots")),
         ..file_runner()
     };
-    let named = NamedReport {
-        name: "cis".into(),
-        spec: GlobalReportSpec { report_type: "cis-benchmark".into(), ..Default::default() },
-        raw_spec: serde_json::json!({"reportType": "cis-benchmark"}),
-    };
+    let named = named("cis", "cis-benchmark");
     let row = |end: &str| {
         let interval = Interval { start: t("2026-11-16T00:00:00Z"), end: t(end) };
         let out = dir.path().join(end);
@@ -458,4 +404,41 @@ fn file_runner() -> FileRunner {
         flow_log_dirs: vec![],
         store: None,
     }
+}
+
+/// A GlobalReport named `name` of type `report_type`, with nothing else in its spec.
+fn named(name: &str, report_type: &str) -> NamedReport {
+    NamedReport {
+        name: name.into(),
+        spec: GlobalReportSpec { report_type: report_type.into(), ..Default::default() },
+        raw_spec: serde_json::json!({"reportType": report_type}),
+    }
+}
+
+/// Runs `runner` for `kind` over `interval` into `<dir>/ours`, and `flowaudit report` (`request`
+/// with the kind, the interval and `<dir>/theirs` filled in); asserts that every file the runner
+/// wrote is byte for byte the command's; gives the runner's files.
+fn same_files_as_the_report_command(
+    runner: &FileRunner,
+    named: &NamedReport,
+    kind: Kind,
+    interval: Interval,
+    dir: &Path,
+    request: report::Request,
+) -> Vec<PathBuf> {
+    let files = runner.run(named, kind, interval, &dir.join("ours"), Timestamp::now()).unwrap();
+    let theirs = dir.join("theirs");
+    report::run(&report::Request {
+        kind: Some(kind),
+        from: interval.start.to_string(),
+        to: interval.end.to_string(),
+        out: theirs.clone(),
+        ..request
+    })
+    .unwrap();
+    for f in &files {
+        let name = f.file_name().unwrap();
+        assert_eq!(std::fs::read(f).unwrap(), std::fs::read(theirs.join(name)).unwrap(), "{name:?}");
+    }
+    files
 }
