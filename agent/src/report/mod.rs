@@ -618,11 +618,14 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
     let range = TimeRange::parse(&req.from, &req.to)?;
     let formats = parse_formats(if req.format.is_empty() { "csv" } else { &req.format })?;
     let report = req.global_report.as_deref().map(|arg| NamedReport::load(arg, kind)).transpose()?;
-    let replays = matches!(kind, Kind::Inventory | Kind::NetworkAccess);
+    let replays = matches!(kind, Kind::Inventory | Kind::NetworkAccess | Kind::PolicyAudit);
     if !replays && (req.snapshot_dir.is_some() || req.archive.is_some()) {
         return Err(ReportError::Flag {
             flag: "--snapshot-dir",
-            reason: format!("snapshots are read by the inventory and network-access reports, not {}", kind.as_str()),
+            reason: format!(
+                "snapshots are read by the inventory, network-access and policy-audit reports, not {}",
+                kind.as_str()
+            ),
         });
     }
     let cluster = match req.cluster.as_deref() {
@@ -687,13 +690,25 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
                     reason: "is needed by the policy-audit report".into(),
                 });
             }
-            if cluster.is_some() {
-                return Err(ReportError::NotImplemented(
-                    "--cluster for the policy-audit report (restricting events to endpoints needs the state replay)"
-                        .into(),
-                ));
-            }
-            let audit = policy_audit::build(range, &req.audit_logs, report)?;
+            let timeline = match &report {
+                Some(r) if policy_audit::needs_state(Some(r)) => {
+                    let needed_by = format!(
+                        "the policy-audit report of GlobalReport {} (its spec.endpoints selects endpoints)",
+                        r.name
+                    );
+                    Some(replay::load(&replay_start(req, &needed_by)?, &req.audit_logs, range)?)
+                }
+                _ => {
+                    if req.snapshot_dir.is_some() || req.archive.is_some() || req.cluster.is_some() {
+                        eprintln!(
+                            "warning: --snapshot-dir, --archive and --cluster are not read: the policy-audit report \
+                             reads the cluster state only for a GlobalReport whose spec.endpoints selects endpoints"
+                        );
+                    }
+                    None
+                }
+            };
+            let audit = policy_audit::build(range, &req.audit_logs, report, timeline.as_ref())?;
             for w in &audit.warnings {
                 eprintln!("warning: {w}");
             }
@@ -711,26 +726,7 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
             } else {
                 None
             };
-            let snapshots =
-                req.snapshot_dir.clone().or_else(|| req.archive.as_ref().map(|a| a.join(replay::SNAPSHOTS_DIR)));
-            let start = match (snapshots, req.cluster.as_deref()) {
-                (Some(dir), cluster) => {
-                    if cluster.is_some() {
-                        eprintln!("warning: --cluster is not read: the state at the start comes from the snapshots");
-                    }
-                    replay::Start::Snapshots(dir)
-                }
-                (None, Some(dir)) => replay::Start::Manifests(PathBuf::from(dir)),
-                (None, None) => {
-                    return Err(ReportError::Flag {
-                        flag: "--snapshot-dir",
-                        reason: format!(
-                            "the {} report needs --snapshot-dir, --archive or --cluster DIR",
-                            kind.as_str()
-                        ),
-                    });
-                }
-            };
+            let start = replay_start(req, &format!("the {} report", kind.as_str()))?;
             let timeline = replay::load(&start, &req.audit_logs, range)?;
             let inventory = inventory::build(&timeline, report)?;
             for w in &inventory.warnings {
@@ -744,6 +740,25 @@ pub fn run(req: &Request) -> Result<Vec<PathBuf>, ReportError> {
                 }
             }
         }
+    }
+}
+
+/// Where the replay of `flowaudit report` starts: `--snapshot-dir` or `--archive`, else
+/// `--cluster DIR`; neither is an error naming the flag and who (`needed_by`) needs it.
+fn replay_start(req: &Request, needed_by: &str) -> Result<replay::Start, ReportError> {
+    let snapshots = req.snapshot_dir.clone().or_else(|| req.archive.as_ref().map(|a| a.join(replay::SNAPSHOTS_DIR)));
+    match (snapshots, req.cluster.as_deref()) {
+        (Some(dir), cluster) => {
+            if cluster.is_some() {
+                eprintln!("warning: --cluster is not read: the state at the start comes from the snapshots");
+            }
+            Ok(replay::Start::Snapshots(dir))
+        }
+        (None, Some(dir)) => Ok(replay::Start::Manifests(PathBuf::from(dir))),
+        (None, None) => Err(ReportError::Flag {
+            flag: "--snapshot-dir",
+            reason: format!("{needed_by} needs --snapshot-dir, --archive or --cluster DIR"),
+        }),
     }
 }
 

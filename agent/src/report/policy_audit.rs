@@ -27,9 +27,38 @@
 //! Duplicates are removed over all the events read, before the interval is applied, so a change
 //! whose two copies fall on either side of a boundary counts in one interval only.
 //!
+//! **Endpoint selection.** With a GlobalReport whose `spec.endpoints` selects less than everything
+//! ([`super::EndpointsSelection::is_restrictive`]), an event is kept only when the policy it
+//! changes applied to at least one selected endpoint at the time of the event ("For policy-audit
+//! it restricts events to policies that apply to the selected endpoints", Calico's reference).
+//! The cluster state at each moment is the replay of the interval ([`super::replay::Timeline`]:
+//! a snapshot or manifests directory, through the same audit logs read by the same reader, so
+//! every kept event that could be applied is one of its changes, found by `auditID`):
+//! - the state before the event is the timeline's state just before its change, the state after
+//!   the one its change made; an event the replay could not apply (no object in it) is judged on
+//!   the state at its time, before and after alike;
+//! - which object: for a `create` the policy in the state after; for a `delete` the policy in the
+//!   state before, else the event's `previousObject`; for an `update` or `patch` either (kept when
+//!   one of the two applies). Each object is judged against the endpoints of its own state, so a
+//!   pod label change earlier in the interval counts for the events after it and not before;
+//! - "selected" and "applies" are the inventory's ([`super::inventory::EndpointScope`], the same
+//!   selector code): a Kubernetes NetworkPolicy (and a StagedKubernetesNetworkPolicy) applies to
+//!   the pods of its namespace its `podSelector` matches (an empty one: all of them); a Calico
+//!   NetworkPolicy (and StagedNetworkPolicy) to the pods of its namespace its `selector` and
+//!   `serviceAccountSelector` match; a GlobalNetworkPolicy (and StagedGlobalNetworkPolicy) to the
+//!   pods and HostEndpoints its `selector`, `namespaceSelector` (`global()`: HostEndpoints only)
+//!   and `serviceAccountSelector` match; an (Baseline)AdminNetworkPolicy to the pods of its
+//!   `subject`. Staged kinds count as if enforced: their changes are about the endpoints they
+//!   would select. A policy in a selected namespace that selects no selected endpoint does not
+//!   apply;
+//! - an event whose policy neither state nor the event holds (a `Metadata`-level create with no
+//!   earlier object) cannot be judged: it is kept, counted in [`PolicyAudit::unjudged`], with a
+//!   warning. Events left out are counted in [`PolicyAudit::outside_selection`].
+//!
 //! Takes: audit log files (or directories of `audit.log*`), the interval, optionally a
-//! GlobalReport. Gives: a [`PolicyAudit`]. Must never: count one change twice, count a failed or
-//! incomplete request, or drop a change it cannot match (a watch event alone counts).
+//! GlobalReport, and for a restrictive selection the replayed interval. Gives: a [`PolicyAudit`].
+//! Must never: count one change twice, count a failed or incomplete request, drop a change it
+//! cannot match (a watch event alone counts), or drop a change it cannot judge.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -44,11 +73,13 @@ use serde_json::{Value, json};
 
 use super::{
     Kind, NamedReport, Progress, Rendered, ReportError, Table, TimeRange, escape, format_time, html_page,
+    inventory::EndpointScope,
+    replay::{self, State, Timeline},
     summary_columns,
 };
 use crate::{
     audit::{AuditEvent, OBSERVED_USER, SOURCE_ANNOTATION, Source, follow::parse_line},
-    cluster::{CALICO_CRD_GROUP, CALICO_GROUP},
+    cluster::{self, CALICO_CRD_GROUP, CALICO_GROUP, ClusterState, ObjectKey},
 };
 
 /// How far apart a watch event and the API server's event of one change may be, when they cannot
@@ -90,6 +121,12 @@ pub struct PolicyAudit {
     pub deleted: u64,
     /// Copies of changes dropped (over all events read, not only the interval's).
     pub duplicates: u64,
+    /// Events of the interval left out because their policy applied to no selected endpoint
+    /// (restrictive `spec.endpoints` only).
+    pub outside_selection: u64,
+    /// Events kept without being judged: their policy was known neither from the state nor from
+    /// the event (restrictive `spec.endpoints` only).
+    pub unjudged: u64,
     /// What was odd but not wrong (printed to stderr).
     pub warnings: Vec<String>,
 }
@@ -368,20 +405,63 @@ pub fn read_changes(
     Ok((kept.into_iter().map(|r| (r.at, r.event)).collect(), dropped))
 }
 
-/// Reads the logs and computes the report.
-pub fn build(range: TimeRange, logs: &[PathBuf], report: Option<NamedReport>) -> Result<PolicyAudit, ReportError> {
-    if let Some(r) = &report
-        && r.spec.endpoints.as_ref().is_some_and(super::EndpointsSelection::is_restrictive)
-    {
-        return Err(ReportError::NotImplemented(format!(
-            "GlobalReport {}: spec.endpoints for policy-audit (events of the policies applying to the selected \
-             endpoints need the cluster state replayed)",
-            r.name
-        )));
-    }
-    let mut warnings = Vec::new();
+/// Whether `report` restricts the events to the policies of selected endpoints, so that
+/// [`build`] needs the replayed interval.
+pub fn needs_state(report: Option<&NamedReport>) -> bool {
+    report.and_then(|r| r.spec.endpoints.as_ref()).is_some_and(super::EndpointsSelection::is_restrictive)
+}
+
+/// Reads the logs and computes the report. `timeline` (the interval replayed from the same logs)
+/// is needed when [`needs_state`] says so, and not read otherwise.
+pub fn build(
+    range: TimeRange,
+    logs: &[PathBuf],
+    report: Option<NamedReport>,
+    timeline: Option<&Timeline>,
+) -> Result<PolicyAudit, ReportError> {
+    let scope = match (needs_state(report.as_ref()), timeline) {
+        (false, _) => None,
+        (true, Some(t)) => Some((EndpointScope::new(report.as_ref())?, t)),
+        (true, None) => {
+            return Err(ReportError::Flag {
+                flag: "--snapshot-dir",
+                reason: format!(
+                    "GlobalReport {}: spec.endpoints selects endpoints: the policy-audit report needs the cluster \
+                     state (--snapshot-dir, --archive or --cluster DIR)",
+                    report.as_ref().map_or("", |r| r.name.as_str())
+                ),
+            });
+        }
+    };
+    let mut warnings = scope.as_ref().map(|(_, t)| t.warnings.clone()).unwrap_or_default();
     let (kept, duplicates) = read_changes(logs, is_policy_change, &mut warnings)?;
-    let events: Vec<AuditEvent> = kept.into_iter().filter(|(at, _)| range.contains(*at)).map(|(_, e)| e).collect();
+    let mut events = Vec::new();
+    let (mut outside_selection, mut unjudged) = (0, 0);
+    let changes: HashMap<&str, usize> = scope
+        .as_ref()
+        .map(|(_, t)| t.changes.iter().enumerate().map(|(i, c)| (c.audit_id.as_str(), i)).collect())
+        .unwrap_or_default();
+    for (at, event) in kept.into_iter().filter(|(at, _)| range.contains(*at)) {
+        if let Some((scope, timeline)) = &scope {
+            match judge(scope, timeline, &changes, at, &event, &mut warnings) {
+                Some(true) => {}
+                Some(false) => {
+                    outside_selection += 1;
+                    continue;
+                }
+                None => {
+                    unjudged += 1;
+                    warnings.push(format!(
+                        "audit event {} at {at}: {} is known neither from the cluster state nor from the event; \
+                         kept without knowing whether it applies to a selected endpoint",
+                        event.audit_id,
+                        resource_id(&event)
+                    ));
+                }
+            }
+        }
+        events.push(event);
+    }
     let count = |c: VerbClass| events.iter().filter(|e| verb_class(&e.verb) == Some(c)).count() as u64;
     Ok(PolicyAudit {
         range,
@@ -391,8 +471,67 @@ pub fn build(range: TimeRange, logs: &[PathBuf], report: Option<NamedReport>) ->
         events,
         report,
         duplicates,
+        outside_selection,
+        unjudged,
         warnings,
     })
+}
+
+/// Whether the policy `event` changes applied to a selected endpoint at `at` (see the module's
+/// doc); `None` when no object of it is known. `changes`: the timeline's changes by `auditID`.
+fn judge(
+    scope: &EndpointScope,
+    timeline: &Timeline,
+    changes: &HashMap<&str, usize>,
+    at: Timestamp,
+    event: &AuditEvent,
+    warnings: &mut Vec<String>,
+) -> Option<bool> {
+    let key = replay::event_key(event)?;
+    let (before, after) = match changes.get(event.audit_id.as_str()) {
+        Some(&i) => (&timeline.states[i], &timeline.states[i + 1]),
+        None => {
+            // Not applied by the replay: the state at its time holds what was known.
+            let i = timeline.states.partition_point(|s| s.at <= at).saturating_sub(1);
+            (&timeline.states[i], &timeline.states[i])
+        }
+    };
+    let class = verb_class(&event.verb);
+    let mut known = false;
+    if class != Some(VerbClass::Delete) {
+        match scope.applies_to_selected(&after.cluster, &key, &after.cluster, warnings) {
+            Some(true) => return Some(true),
+            Some(false) => known = true,
+            None => {}
+        }
+    }
+    if class != Some(VerbClass::Create) {
+        let applies = scope.applies_to_selected(&before.cluster, &key, &before.cluster, warnings).or_else(|| {
+            let previous = previous_object_state(event, before, &key, warnings)?;
+            scope.applies_to_selected(&previous, &key, &before.cluster, warnings)
+        });
+        match applies {
+            Some(true) => return Some(true),
+            Some(false) => known = true,
+            None => {}
+        }
+    }
+    known.then_some(false)
+}
+
+/// The model of the event's `previousObject` alone (with the Tiers of `before`, which a Calico
+/// policy's tier must be among), for a policy the replayed state does not hold.
+fn previous_object_state(
+    event: &AuditEvent,
+    before: &State,
+    key: &ObjectKey,
+    warnings: &mut Vec<String>,
+) -> Option<ClusterState> {
+    let previous = event.previous_object.clone().filter(Value::is_object)?;
+    let mut objects: BTreeMap<ObjectKey, Value> =
+        before.objects.iter().filter(|(k, _)| k.resource == "tiers").map(|(k, v)| (k.clone(), v.clone())).collect();
+    objects.insert(key.clone(), cluster::strip(previous));
+    Some(replay::build_state(&objects, warnings))
 }
 
 /// `Kind[.apiVersion]([namespace/]name)` of an event's object, the apiVersion left out for
@@ -507,6 +646,14 @@ impl Rendered for PolicyAudit {
             self.deleted,
             self.duplicates
         );
+        if needs_state(self.report.as_ref()) {
+            let _ = write!(
+                body,
+                "<p class=\"note\">Restricted to the policies that applied to a selected endpoint at the time of \
+                 their change: {} events left out, {} kept without being judged (their policy was not known).</p>",
+                self.outside_selection, self.unjudged
+            );
+        }
         body.push_str("<h2>Events</h2>");
         if self.events.is_empty() {
             body.push_str("<p>No policy changes in the interval.</p>");

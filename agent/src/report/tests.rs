@@ -120,6 +120,7 @@ fn policy_audit_report() -> policy_audit::PolicyAudit {
         range(),
         &[testdata("audit/flowaudit"), testdata("audit/kube-apiserver.log")],
         Some(global_report("policy-changes", Kind::PolicyAudit)),
+        None,
     )
     .unwrap()
 }
@@ -504,32 +505,196 @@ fn policy_audit_bad_lines() {
     // A bad line in the middle: an error naming the file and the line.
     let f = dir.path().join("bad.log");
     std::fs::write(&f, format!("{first}\n{{\"kind\": \"Event\"\n{first}\n")).unwrap();
-    let e = policy_audit::build(range(), std::slice::from_ref(&f), None).unwrap_err();
+    let e = policy_audit::build(range(), std::slice::from_ref(&f), None, None).unwrap_err();
     assert_eq!(e.exit_code(), 2);
     assert!(e.to_string().starts_with(&format!("{}: line 2: ", f.display())), "{e}");
     // Not an audit Event.
     std::fs::write(&f, "{\"kind\":\"Pod\",\"apiVersion\":\"v1\"}\n").unwrap();
-    assert!(policy_audit::build(range(), std::slice::from_ref(&f), None).is_err());
+    assert!(policy_audit::build(range(), std::slice::from_ref(&f), None, None).is_err());
     // A last line being written: skipped with a warning.
     std::fs::write(&f, format!("{first}\n{}", &first[..40])).unwrap();
-    let r = policy_audit::build(range(), std::slice::from_ref(&f), None).unwrap();
+    let r = policy_audit::build(range(), std::slice::from_ref(&f), None, None).unwrap();
     assert_eq!((r.created, r.warnings.len()), (1, 1));
     // A bad stageTimestamp.
     std::fs::write(&f, format!("{}\n", first.replace("2026-11-20T10:00:00.100000Z", "yesterday"))).unwrap();
-    let e = policy_audit::build(range(), std::slice::from_ref(&f), None).unwrap_err();
+    let e = policy_audit::build(range(), std::slice::from_ref(&f), None, None).unwrap_err();
     assert!(e.to_string().contains("line 1: stageTimestamp: "), "{e}");
     // A missing file.
-    let e = policy_audit::build(range(), &[dir.path().join("nope")], None).unwrap_err();
+    let e = policy_audit::build(range(), &[dir.path().join("nope")], None, None).unwrap_err();
     assert_eq!(e.exit_code(), 2);
 }
 
+/// The audit logs of the endpoint-selection cases: the API server's (alice, bob, carol) and
+/// flowaudit's watch (a pod label change, a Calico policy update with its previous object).
+fn endpoint_logs() -> Vec<PathBuf> {
+    vec![
+        testdata("policy-audit-endpoints/audit/audit.log"),
+        testdata("policy-audit-endpoints/audit/kube-apiserver.log"),
+    ]
+}
+
+/// The policy-audit report of `report` (a GlobalReport of `global-reports.yaml`) over the
+/// snapshot of 2026-11-19 replayed through [`endpoint_logs`].
+fn policy_audit_of_endpoints(report: &str) -> policy_audit::PolicyAudit {
+    let timeline = replay::load(
+        &replay::Start::Snapshots(testdata("policy-audit-endpoints/snapshots")),
+        &endpoint_logs(),
+        range(),
+    )
+    .unwrap();
+    assert!(timeline.warnings.is_empty(), "{:?}", timeline.warnings);
+    policy_audit::build(range(), &endpoint_logs(), Some(global_report(report, Kind::PolicyAudit)), Some(&timeline))
+        .unwrap()
+}
+
+fn audit_ids(r: &policy_audit::PolicyAudit) -> Vec<&str> {
+    r.events.iter().map(|e| e.audit_id.as_str()).collect()
+}
+
+/// `spec.endpoints.namespaces: {names: [web]}` over the snapshot (web: front-1 app=front, api-1
+/// app=api; shop: cart-1 app=cart) and the interval's changes:
+/// - a-1 01:00 update NetworkPolicy web/front-ingress (podSelector app=front): kept;
+/// - a-2 02:00 update NetworkPolicy shop/cart-ingress: another namespace, dropped;
+/// - a-3 03:00 update GlobalNetworkPolicy front-egress (selector app == 'front', CRD group): kept;
+/// - a-4 04:00 update GlobalNetworkPolicy shop-egress (app == 'cart'): dropped;
+/// - w-1 05:00 pod web/front-1 relabelled app=front-v2 (not a policy change);
+/// - a-5 06:00 patch web/front-ingress: it selects no pod any more, dropped (a-1 stays kept:
+///   each is judged at its own time);
+/// - w-2 07:00 update Calico NetworkPolicy web/api-allow from app == 'api' to app == 'none': the
+///   object before applies, kept;
+/// - a-6 08:00 delete web/api-ingress (no object in the event): the previous object (replayed
+///   state) selects api-1, kept;
+/// - a-7 09:00 delete shop/cart-ingress: dropped;
+/// - a-8 10:00 create Calico NetworkPolicy web/front-v2-allow (app == 'front-v2'): the new object
+///   selects front-1 after its label change, kept;
+/// - a-9 11:00 create StagedGlobalNetworkPolicy staged-front (app == 'front-v2'): staged kinds
+///   count as if enforced, kept.
 #[test]
-fn policy_audit_refuses_an_endpoint_selection() {
-    let mut report = global_report("policy-changes", Kind::PolicyAudit);
-    report.spec.endpoints = Some(EndpointsSelection { selector: Some("app == 'web'".into()), ..Default::default() });
-    let e = policy_audit::build(range(), &[testdata("audit/kube-apiserver.log")], Some(report)).unwrap_err();
-    assert!(matches!(e, ReportError::NotImplemented(_)), "{e}");
-    assert_eq!(e.exit_code(), 1);
+fn golden_policy_audit_endpoints() {
+    let r = policy_audit_of_endpoints("web-policies");
+    assert_eq!(audit_ids(&r), ["a-1", "a-3", "w-2", "a-6", "a-8", "a-9"]);
+    assert_eq!(
+        String::from_utf8(r.summary().to_csv()).unwrap(),
+        "startTime,endTime,endpointSelector,namespaceNames,namespaceSelector,serviceAccountNames,\
+         serviceAccountSelectors,numCreatedPolicies,numModifiedPolicies,numDeletedPolicies\n\
+         2026-11-20T00:00:00Z,2026-11-21T00:00:00Z,,web,,,,2,3,1\n"
+    );
+    assert_eq!((r.outside_selection, r.unjudged, r.duplicates), (4, 0, 0));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    golden("policy-audit-endpoints", r.download_files());
+
+    // An endpoint selector (app == 'cart'): only the shop policies' events.
+    let r = policy_audit_of_endpoints("cart-policies");
+    assert_eq!(audit_ids(&r), ["a-2", "a-4", "a-7"]);
+    assert_eq!(
+        String::from_utf8(r.summary().to_csv()).unwrap().lines().nth(1).unwrap(),
+        "2026-11-20T00:00:00Z,2026-11-21T00:00:00Z,app == 'cart',,,,,0,2,1"
+    );
+    assert_eq!((r.outside_selection, r.unjudged), (7, 0));
+    let html = r.html(Timestamp::UNIX_EPOCH);
+    assert!(html.contains("7 events left out, 0 kept without being judged"), "{html}");
+}
+
+/// `flowaudit report policy-audit` with a restrictive selection: the state from a manifests
+/// directory (`--cluster DIR`); a policy the state does not hold is judged by the event's
+/// `previousObject`, one known nowhere is kept with a warning; without a state source the
+/// command fails naming the flag (exit 2).
+#[test]
+fn policy_audit_endpoints_from_a_manifests_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    std::fs::create_dir(&cluster).unwrap();
+    std::fs::write(
+        cluster.join("c.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: api-1, namespace: web, labels: {app: api}}\n\
+         spec: {containers: [{name: main, image: i}]}\n",
+    )
+    .unwrap();
+    let np = |name: &str, app: &str| {
+        serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "web"}, "spec": {"podSelector": {"matchLabels": {"app": app}}}})
+    };
+    let event = |id: &str, verb: &str, at: &str, name: &str, previous: Option<Value>| {
+        let mut e = serde_json::json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": id, "stage": "ResponseComplete", "verb": verb, "user": {"username": "dave"},
+            "objectRef": {"resource": "networkpolicies", "apiGroup": "networking.k8s.io", "apiVersion": "v1",
+                "namespace": "web", "name": name},
+            "requestReceivedTimestamp": at, "stageTimestamp": at});
+        if let Some(p) = previous {
+            e["level"] = "RequestResponse".into();
+            e["previousObject"] = p;
+        }
+        format!("{e}\n")
+    };
+    let log = dir.path().join("audit.log");
+    std::fs::write(
+        &log,
+        [
+            event("d-1", "delete", "2026-11-20T01:00:00Z", "gone", Some(np("gone", "api"))),
+            event("d-2", "delete", "2026-11-20T02:00:00Z", "other", Some(np("other", "db"))),
+            event("d-3", "create", "2026-11-20T03:00:00Z", "unknown", None),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let req = Request {
+        kind: Some(Kind::PolicyAudit),
+        from: "2026-11-20T00:00:00Z".into(),
+        to: "2026-11-21T00:00:00Z".into(),
+        out: out.clone(),
+        cluster: Some(cluster.display().to_string()),
+        audit_logs: vec![log.clone()],
+        global_report: Some(format!("{}:web-policies", testdata("global-reports.yaml").display())),
+        ..Default::default()
+    };
+    run(&req).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("summary.csv")).unwrap().lines().nth(1).unwrap(),
+        "2026-11-20T00:00:00Z,2026-11-21T00:00:00Z,,web,,,,1,0,1"
+    );
+    let events: Value = serde_json::from_slice(&std::fs::read(out.join("events.json")).unwrap()).unwrap();
+    let ids: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["auditID"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["d-1", "d-3"]);
+    let timeline =
+        replay::load(&replay::Start::Manifests(cluster.clone()), std::slice::from_ref(&log), range()).unwrap();
+    let r = policy_audit::build(
+        range(),
+        std::slice::from_ref(&log),
+        Some(global_report("web-policies", Kind::PolicyAudit)),
+        Some(&timeline),
+    )
+    .unwrap();
+    assert_eq!((r.outside_selection, r.unjudged), (1, 1));
+    assert_eq!(
+        r.warnings.last().unwrap(),
+        "audit event d-3 at 2026-11-20T03:00:00Z: NetworkPolicy.networking.k8s.io/v1(web/unknown) is known neither \
+         from the cluster state nor from the event; kept without knowing whether it applies to a selected endpoint"
+    );
+
+    // No state source: exit 2 naming the flag; the library says the same without a timeline.
+    let e = run(&Request { cluster: None, ..req.clone() }).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--snapshot-dir: the policy-audit report of GlobalReport web-policies (its spec.endpoints selects \
+         endpoints) needs --snapshot-dir, --archive or --cluster DIR"
+    );
+    assert_eq!(e.exit_code(), 2);
+    let e =
+        policy_audit::build(range(), &[log], Some(global_report("web-policies", Kind::PolicyAudit)), None).unwrap_err();
+    assert!(e.to_string().starts_with("--snapshot-dir: GlobalReport web-policies: spec.endpoints"), "{e}");
+    assert_eq!(e.exit_code(), 2);
+    let e = run(&Request { cluster: Some("kube".into()), ..req.clone() }).unwrap_err();
+    assert!(e.to_string().starts_with("--cluster: kube gives the state now"), "{e}");
+    assert_eq!(e.exit_code(), 2);
+    // Without a restrictive selection the state is not needed (nor read).
+    let all = run(&Request { cluster: None, global_report: None, out: dir.path().join("all"), ..req }).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("all/summary.csv")).unwrap().lines().nth(1).unwrap(),
+        "2026-11-20T00:00:00Z,2026-11-21T00:00:00Z,,,,,,1,0,2"
+    );
 }
 
 #[test]

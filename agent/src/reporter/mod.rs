@@ -348,7 +348,13 @@ impl Runner for FileRunner {
                         reason: "is needed by the policy-audit report".into(),
                     });
                 }
-                let audit = report::policy_audit::build(range, &self.audit_logs, Some(report.clone()))?;
+                let timeline = if report::policy_audit::needs_state(Some(report)) {
+                    Some(report::replay::load(&self.replay_start(kind, interval)?, &self.audit_logs, range)?)
+                } else {
+                    None
+                };
+                let audit =
+                    report::policy_audit::build(range, &self.audit_logs, Some(report.clone()), timeline.as_ref())?;
                 for w in &audit.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
                 }
@@ -360,25 +366,7 @@ impl Runner for FileRunner {
                 } else {
                     None
                 };
-                // The state at the start: the newest snapshot before it, else (manifests mode)
-                // the manifests directory; then the audit events of the interval.
-                let has_snapshot =
-                    |dir: &PathBuf| matches!(report::replay::newest_snapshot(dir, interval.start), Ok(Some(_)));
-                let start = match (&self.snapshots, &self.cluster_dir) {
-                    (Some(dir), _) if has_snapshot(dir) => report::replay::Start::Snapshots(dir.clone()),
-                    (_, Some(dir)) => report::replay::Start::Manifests(dir.clone()),
-                    _ => {
-                        return Err(ReportError::Flag {
-                            flag: "--archive",
-                            reason: format!(
-                                "the {} report needs a snapshot from before the interval in <archive>/snapshots \
-                                 (written every --snapshot-interval, or by flowaudit snapshot)",
-                                kind.as_str()
-                            ),
-                        });
-                    }
-                };
-                let timeline = report::replay::load(&start, &self.audit_logs, range)?;
+                let timeline = report::replay::load(&self.replay_start(kind, interval)?, &self.audit_logs, range)?;
                 let inventory = report::inventory::build(&timeline, Some(report.clone()))?;
                 for w in &inventory.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
@@ -391,6 +379,26 @@ impl Runner for FileRunner {
                     }
                 }
             }
+        }
+    }
+}
+
+impl FileRunner {
+    /// The state at the start of `interval`: the newest snapshot before it, else (manifests mode)
+    /// the manifests directory; neither is an error naming `--archive`.
+    fn replay_start(&self, kind: Kind, interval: Interval) -> Result<report::replay::Start, ReportError> {
+        let has_snapshot = |dir: &PathBuf| matches!(report::replay::newest_snapshot(dir, interval.start), Ok(Some(_)));
+        match (&self.snapshots, &self.cluster_dir) {
+            (Some(dir), _) if has_snapshot(dir) => Ok(report::replay::Start::Snapshots(dir.clone())),
+            (_, Some(dir)) => Ok(report::replay::Start::Manifests(dir.clone())),
+            _ => Err(ReportError::Flag {
+                flag: "--archive",
+                reason: format!(
+                    "the {} report needs a snapshot from before the interval in <archive>/snapshots (written every \
+                     --snapshot-interval, or by flowaudit snapshot)",
+                    kind.as_str()
+                ),
+            }),
         }
     }
 }

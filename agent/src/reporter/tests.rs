@@ -363,6 +363,41 @@ fn the_real_runner_makes_the_same_network_access_report_as_the_report_command() 
     assert_eq!(files.len(), 2, "summary and endpoints: {files:?}");
 }
 
+/// A policy-audit GlobalReport whose `spec.endpoints` selects endpoints: the runner replays the
+/// newest snapshot before the interval as the inventory does, and writes what `flowaudit report
+/// policy-audit --snapshot-dir` writes; without a state it fails naming `--archive`.
+#[test]
+fn the_real_runner_restricts_policy_audit_to_the_selected_endpoints_as_the_report_command() {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/testdata");
+    let fixture = testdata.join("policy-audit-endpoints");
+    let logs = vec![fixture.join("audit/audit.log"), fixture.join("audit/kube-apiserver.log")];
+    let dir = tempfile::tempdir().unwrap();
+    let runner = FileRunner { audit_logs: logs.clone(), snapshots: Some(fixture.join("snapshots")), ..file_runner() };
+    let global_report = format!("{}:web-policies", testdata.join("global-reports.yaml").display());
+    let named = NamedReport::load(&global_report, Kind::PolicyAudit).unwrap();
+    let interval = Interval { start: t("2026-11-20T00:00:00Z"), end: t("2026-11-21T00:00:00Z") };
+    let request = report::Request {
+        audit_logs: logs,
+        snapshot_dir: Some(fixture.join("snapshots")),
+        global_report: Some(global_report),
+        ..Default::default()
+    };
+    let files = same_files_as_the_report_command(&runner, &named, Kind::PolicyAudit, interval, dir.path(), request);
+    assert_eq!(
+        std::fs::read_to_string(&files[0]).unwrap().lines().nth(1).unwrap(),
+        "2026-11-20T00:00:00Z,2026-11-21T00:00:00Z,,web,,,,2,3,1"
+    );
+    let e = FileRunner { snapshots: None, ..runner }
+        .run(&named, Kind::PolicyAudit, interval, &dir.path().join("none"), Timestamp::now())
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--archive: the policy-audit report needs a snapshot from before the interval in <archive>/snapshots \
+         (written every --snapshot-interval, or by flowaudit snapshot)"
+    );
+    assert_eq!(e.exit_code(), 2);
+}
+
 /// In kube mode (no manifests directory) cis-benchmark decides 5.3.2 from the newest snapshot
 /// taken before the interval's end.
 #[test]
