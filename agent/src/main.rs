@@ -90,7 +90,7 @@ enum ReportKind {
     NetworkAccess,
     /// Endpoints, namespaces, services in scope and their protection, from a snapshot replayed through audit logs.
     Inventory,
-    /// Network policy creates, updates and deletes, from audit logs.
+    /// Network policy creates, updates and deletes, from audit logs (with a GlobalReport's spec.endpoints: those of the policies applying to the selected endpoints, over a replayed snapshot).
     PolicyAudit,
     /// CIS Kubernetes benchmark results, from kube-bench JSON.
     CisBenchmark,
@@ -113,7 +113,8 @@ struct ReportArgs {
     /// Formats, comma separated: csv (the report's files), json (report.json), html (report.html).
     #[arg(long, value_name = "csv,json,html", default_value = "csv")]
     format: String,
-    /// Cluster state: a directory of manifests (cis-benchmark: decides check 5.3.2 from it).
+    /// Cluster state: a directory of manifests (cis-benchmark: decides check 5.3.2 from it; inventory,
+    /// network-access and policy-audit with spec.endpoints: the state at --from when no snapshot is given).
     #[arg(long, value_name = "DIR|kube")]
     cluster: Option<String>,
     /// Network-access: a flow-log directory (one node's flows.log*; repeatable).
@@ -131,10 +132,10 @@ struct ReportArgs {
     /// Network-access: read the flows from a store (a cluster's, instead of --flow-log-dir).
     #[arg(long, value_name = "clickhouse://HOST:PORT/DB")]
     store: Option<String>,
-    /// Inventory, network-access: a directory of snapshots (`flowaudit snapshot`); the newest at or before --from is the start.
+    /// Inventory, network-access, policy-audit with spec.endpoints: a directory of snapshots (`flowaudit snapshot`); the newest at or before --from is the start.
     #[arg(long, value_name = "DIR", conflicts_with = "archive")]
     snapshot_dir: Option<PathBuf>,
-    /// Inventory, network-access: an archive whose `snapshots/` directory is read.
+    /// Inventory, network-access, policy-audit with spec.endpoints: an archive whose `snapshots/` directory is read.
     #[arg(long, value_name = "DIR")]
     archive: Option<PathBuf>,
 }
@@ -221,7 +222,7 @@ struct ReporterArgs {
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     catch_up: String,
     /// How often a snapshot of the cluster state is written to <archive>/snapshots (the state the
-    /// inventory report replays from); 0s: never.
+    /// inventory, network-access and policy-audit with spec.endpoints reports replay from); 0s: never.
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     snapshot_interval: String,
     /// Formats, comma separated: csv, json, html.
@@ -230,7 +231,8 @@ struct ReporterArgs {
     /// kube-bench JSON: a node's file (<node>.json) or a directory of them (repeatable; cis-benchmark).
     #[arg(long, value_name = "FILE|DIR")]
     kube_bench: Vec<PathBuf>,
-    /// An audit log file or a directory of audit.log* (repeatable; policy-audit).
+    /// An audit log file or a directory of audit.log* (repeatable; policy-audit, and the replay of
+    /// inventory, network-access and policy-audit with spec.endpoints).
     #[arg(long, value_name = "FILE|DIR")]
     audit_log: Vec<PathBuf>,
     /// A flow-log directory (repeatable; network-access).

@@ -4,7 +4,11 @@
 //! had been down since), so at start it catches up the intervals since then at once: each lands in
 //! `<archive>/<report>/<start>_<end>/` with its completion marker, and its CSV files are byte for
 //! byte those `flowaudit report cis-benchmark` writes for the same interval. A restart makes
-//! nothing again. `/healthz` answers and `/metrics` counts the runs.
+//! nothing again. `/healthz` answers and `/metrics` counts the runs. Beside it, a `policy-audit`
+//! GlobalReport on the same schedule whose `spec.endpoints` selects the namespace `batch`: its
+//! runs replay the manifests directory (no snapshot is older than their intervals) through an
+//! audit log with two policy changes in the first interval, and keep exactly the one whose policy
+//! applies to batch's pod, as `flowaudit report policy-audit --cluster DIR` does.
 //!
 //! No root, no cluster: needs only `cargo build -p flowaudit` (the binary is found in target/,
 //! or through `FLOWAUDIT_BIN_FLOWAUDIT`).
@@ -20,6 +24,7 @@ use std::{
 use flowaudit_lab::workspace_bin;
 
 const REPORT: &str = "cis-5m";
+const AUDIT_REPORT: &str = "pa-5m";
 
 fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/src/report/testdata")
@@ -41,7 +46,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 struct Reporter(Child);
 
 impl Reporter {
-    fn start(cluster: &Path, archive: &Path, kube_bench: &Path, port: u16) -> Self {
+    fn start(cluster: &Path, archive: &Path, kube_bench: &Path, audit_log: &Path, port: u16) -> Self {
         let bin = workspace_bin("flowaudit");
         assert!(bin.exists(), "{} missing: run `cargo build -p flowaudit` first", bin.display());
         let child = Command::new(bin)
@@ -51,6 +56,8 @@ impl Reporter {
             .arg(archive)
             .arg("--kube-bench")
             .arg(kube_bench)
+            .arg("--audit-log")
+            .arg(audit_log)
             .args(["--delay", "0s", "--format", "csv,json", "--metrics-addr", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::null())
             .spawn()
@@ -82,9 +89,9 @@ impl Drop for Reporter {
     }
 }
 
-/// The finished interval directories of the report, sorted.
-fn finished(archive: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(archive.join(REPORT))
+/// The finished interval directories of `report`, sorted.
+fn finished(archive: &Path, report: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(archive.join(report))
         .into_iter()
         .flatten()
         .flatten()
@@ -93,6 +100,32 @@ fn finished(archive: &Path) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// Runs `flowaudit report KIND` with the GlobalReport `report` of `reports` for the archived
+/// interval `name` (`<start>_<end>`), over the manifests directory `cluster` and the kind's
+/// `input` (flag, path), into `out`; it must succeed.
+fn report_command(
+    (kind, report): (&str, &str),
+    name: &str,
+    cluster: &Path,
+    reports: &Path,
+    input: (&str, &Path),
+    out: &Path,
+) {
+    let (start, end) = name.split_once('_').unwrap();
+    let done = Command::new(workspace_bin("flowaudit"))
+        .args(["report", kind, "--from", &rfc3339(start), "--to", &rfc3339(end), "--cluster"])
+        .arg(cluster)
+        .arg("--global-report")
+        .arg(format!("{}:{report}", reports.display()))
+        .arg(input.0)
+        .arg(input.1)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "flowaudit report {kind}: {}", String::from_utf8_lossy(&done.stderr));
 }
 
 /// `20261127T000500Z` → `2026-11-27T00:05:00Z`.
@@ -120,7 +153,9 @@ fn reporter_catches_up_archives_reports_equal_to_the_report_command_and_never_re
         &reports,
         format!(
             "apiVersion: flowaudit.io/v1\nkind: GlobalReport\nmetadata: {{name: {REPORT}}}\n\
-             spec:\n  reportType: cis-benchmark\n  schedule: \"*/5 * * * *\"\n  cis: {{highThreshold: 90, numFailedTests: 3}}\n"
+             spec:\n  reportType: cis-benchmark\n  schedule: \"*/5 * * * *\"\n  cis: {{highThreshold: 90, numFailedTests: 3}}\n\
+             ---\napiVersion: flowaudit.io/v1\nkind: GlobalReport\nmetadata: {{name: {AUDIT_REPORT}}}\n\
+             spec:\n  reportType: policy-audit\n  schedule: \"*/5 * * * *\"\n  endpoints: {{namespaces: {{names: [batch]}}}}\n"
         ),
     )
     .unwrap();
@@ -139,6 +174,51 @@ fn reporter_catches_up_archives_reports_equal_to_the_report_command_and_never_re
         Command::new("date").args(["-u", "-d", &format!("@{first_seen}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
     let first_seen_text = String::from_utf8(out.stdout).unwrap();
     std::fs::write(archive.join(REPORT).join(".first-seen"), &first_seen_text).unwrap();
+    std::fs::create_dir_all(archive.join(AUDIT_REPORT)).unwrap();
+    std::fs::write(archive.join(AUDIT_REPORT).join(".first-seen"), &first_seen_text).unwrap();
+    // Two policy changes at the first sighting (in the first interval): the AdminNetworkPolicy
+    // whose subject is the namespace batch (its pod report-1 is selected), and shop's policy.
+    let audit_log = dir.path().join("kube-audit.log");
+    let change = |id: &str, resource: &str, group: &str, namespace: Option<&str>, object: serde_json::Value| {
+        let mut object_ref = serde_json::json!({"resource": resource, "apiGroup": group,
+            "apiVersion": object["apiVersion"].as_str().unwrap().rsplit('/').next().unwrap(),
+            "name": object["metadata"]["name"]});
+        if let Some(ns) = namespace {
+            object_ref["namespace"] = ns.into();
+        }
+        let at = first_seen_text.trim();
+        let event = serde_json::json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
+            "auditID": id, "stage": "ResponseComplete", "verb": "update", "user": {"username": "erin"},
+            "objectRef": object_ref, "responseStatus": {"metadata": {}, "code": 200}, "responseObject": object,
+            "requestReceivedTimestamp": at, "stageTimestamp": at});
+        format!("{event}\n")
+    };
+    std::fs::write(
+        &audit_log,
+        [
+            change(
+                "p-1",
+                "adminnetworkpolicies",
+                "policy.networking.k8s.io",
+                None,
+                serde_json::json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                    "metadata": {"name": "batch-isolation"},
+                    "spec": {"priority": 11, "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "batch"}}},
+                        "ingress": [{"name": "deny-all", "action": "Deny", "from": [{"namespaces": {}}]}]}}),
+            ),
+            change(
+                "p-2",
+                "networkpolicies",
+                "networking.k8s.io",
+                Some("shop"),
+                serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "default-deny", "namespace": "shop"},
+                    "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}),
+            ),
+        ]
+        .concat(),
+    )
+    .unwrap();
     // The intervals it must make: every 5-minute tick after first_seen up to now ends one.
     let expected = |now: u64| -> Vec<String> {
         let mut ends = Vec::new();
@@ -160,13 +240,15 @@ fn reporter_catches_up_archives_reports_equal_to_the_report_command_and_never_re
     };
 
     let port = free_port();
-    let reporter = Reporter::start(&cluster, &archive, &kb, port);
+    let reporter = Reporter::start(&cluster, &archive, &kb, &audit_log, port);
     let deadline = Instant::now() + Duration::from_secs(120);
     let made = loop {
-        let made = finished(&archive);
+        let made = finished(&archive, REPORT);
+        let audits = finished(&archive, AUDIT_REPORT);
         let want = expected(unix_now());
-        if made.len() >= want.len() && !want.is_empty() {
+        if made.len() >= want.len() && audits.len() >= want.len() && !want.is_empty() {
             assert_eq!(made, want, "the intervals since the first sighting, each once");
+            assert_eq!(audits, want, "{AUDIT_REPORT}: the intervals since the first sighting, each once");
             break made;
         }
         assert!(Instant::now() < deadline, "after 120 s: made {made:?}, expected {want:?}");
@@ -191,21 +273,8 @@ fn reporter_catches_up_archives_reports_equal_to_the_report_command_and_never_re
     let last_end = made.last().unwrap().split_once('_').unwrap().1;
     assert_eq!(status["lastScheduledReportJob"]["end"], rfc3339(last_end), "{status}");
     for name in &made {
-        let (start, end) = name.split_once('_').unwrap();
-        let (from, to) = (rfc3339(start), rfc3339(end));
         let theirs = dir.path().join(format!("theirs-{name}"));
-        let out = Command::new(workspace_bin("flowaudit"))
-            .args(["report", "cis-benchmark", "--from", &from, "--to", &to, "--cluster"])
-            .arg(&cluster)
-            .arg("--global-report")
-            .arg(format!("{}:{REPORT}", reports.display()))
-            .arg("--kube-bench")
-            .arg(&kb)
-            .arg("--out")
-            .arg(&theirs)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "flowaudit report: {}", String::from_utf8_lossy(&out.stderr));
+        report_command(("cis-benchmark", REPORT), name, &cluster, &reports, ("--kube-bench", &kb), &theirs);
         let ours = archive.join(REPORT).join(name);
         let mut csvs: Vec<String> = std::fs::read_dir(&ours)
             .unwrap()
@@ -223,12 +292,34 @@ fn reporter_catches_up_archives_reports_equal_to_the_report_command_and_never_re
         }
         assert!(ours.join("report.json").is_file());
     }
+    // The policy-audit runs: the files of `flowaudit report policy-audit --cluster DIR`; the first
+    // interval keeps p-1 (its policy applies to batch's pod) and leaves out p-2.
+    for (i, name) in made.iter().enumerate() {
+        let (start, end) = name.split_once('_').unwrap();
+        let theirs = dir.path().join(format!("theirs-{AUDIT_REPORT}-{name}"));
+        report_command(("policy-audit", AUDIT_REPORT), name, &cluster, &reports, ("--audit-log", &audit_log), &theirs);
+        let ours = archive.join(AUDIT_REPORT).join(name);
+        for file in ["summary.csv", "events.json", "events.yaml"] {
+            assert_eq!(
+                std::fs::read_to_string(ours.join(file)).unwrap(),
+                std::fs::read_to_string(theirs.join(file)).unwrap(),
+                "{AUDIT_REPORT}/{name}/{file} differs from `flowaudit report`"
+            );
+        }
+        let summary = std::fs::read_to_string(ours.join("summary.csv")).unwrap();
+        let row = format!("{},{},,batch,,,,0,{},0", rfc3339(start), rfc3339(end), u8::from(i == 0));
+        assert_eq!(summary.lines().nth(1), Some(row.as_str()), "{AUDIT_REPORT}/{name}");
+        let events: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ours.join("events.json")).unwrap()).unwrap();
+        let ids: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["auditID"].as_str().unwrap()).collect();
+        assert_eq!(ids, if i == 0 { vec!["p-1"] } else { vec![] }, "{AUDIT_REPORT}/{name}");
+    }
     let markers: Vec<String> =
         made.iter().map(|n| std::fs::read_to_string(archive.join(REPORT).join(n).join(".complete")).unwrap()).collect();
 
     // A restart: nothing is made again (unless a new tick passed meanwhile: only that one).
     let port = free_port();
-    let reporter = Reporter::start(&cluster, &archive, &kb, port);
+    let reporter = Reporter::start(&cluster, &archive, &kb, &audit_log, port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(port, "/healthz").is_none() {
         assert!(Instant::now() < deadline, "the restarted reporter does not answer /healthz");
@@ -236,7 +327,7 @@ fn reporter_catches_up_archives_reports_equal_to_the_report_command_and_never_re
     }
     std::thread::sleep(Duration::from_secs(3));
     reporter.stop();
-    let again = finished(&archive);
+    let again = finished(&archive, REPORT);
     assert_eq!(again, expected(unix_now()), "after the restart");
     for (n, marker) in made.iter().zip(&markers) {
         let now = std::fs::read_to_string(archive.join(REPORT).join(n).join(".complete")).unwrap();
