@@ -424,6 +424,7 @@ impl Settings {
                 max_file_size: flow_log_max_file_size,
                 max_files: flow_log_max_files,
                 spool_root: state_dir.join("spool"),
+                log_types: export_config::AGENT_LOG_TYPES,
             },
         )
         .map_err(|p| ConfigError::new(fname, &p.field, p.reason))?;
@@ -463,15 +464,77 @@ impl Settings {
 }
 
 /// The YAML text of the file `name` (empty or blank: every key at its default).
-fn parse_file_text(name: &str, text: &str) -> Result<FileConfig, ConfigError> {
+fn parse_file_text<T: Default + serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, ConfigError> {
     if text.trim().is_empty() {
-        return Ok(FileConfig::default());
+        return Ok(T::default());
     }
     serde_yaml_ng::from_str(text).map_err(|e| {
         // serde names the offending key in its message ("unknown field `x`", "invalid type").
         let field = e.to_string().split('`').nth(1).map(str::to_owned).unwrap_or_else(|| "-".to_owned());
         ConfigError::new(name, &field, e.to_string())
     })
+}
+
+/// `flowaudit reporter --config FILE` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReporterFile {
+    exporters: Option<Vec<RawExporter>>,
+    state_dir: Option<PathBuf>,
+    node_name: Option<String>,
+}
+
+/// `flowaudit reporter`'s configuration file, resolved: where the rows of finished reports go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReporterSettings {
+    /// `exporters:` (log type `reports` only); none without the key.
+    pub exporters: Vec<ExporterConfig>,
+    /// `node_name`: the `host` of the rows [default: the hostname].
+    pub node: String,
+    /// `state_dir`: the exporters' spools are `<state_dir>/spool/<name>` [default: `<archive>/.state`].
+    pub state_dir: PathBuf,
+}
+
+impl ReporterSettings {
+    /// Reads `path` (`None`: no file, nothing exported). `archive` gives the default `state_dir`
+    /// (report names cannot start with `.`, so it never meets a report's directory).
+    pub fn load(
+        path: Option<&std::path::Path>,
+        archive: &std::path::Path,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let (name, file) = match path {
+            None => (CLI.to_owned(), ReporterFile::default()),
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
+                let file: ReporterFile = parse_file_text(&name, &text)?;
+                (name, file)
+            }
+        };
+        let state_dir = file.state_dir.unwrap_or_else(|| archive.join(".state"));
+        let node = match file.node_name {
+            Some(n) if n.trim().is_empty() => return Err(ConfigError::new(&name, "node_name", "must not be empty")),
+            Some(n) => n,
+            None => hostname().unwrap_or_else(|| "unknown".into()),
+        };
+        let exporters = match &file.exporters {
+            None => Vec::new(),
+            Some(raw) => export_config::resolve(
+                Some(raw),
+                &export_config::Defaults {
+                    flow_log_dir: PathBuf::from(DEFAULT_FLOW_LOG_DIR),
+                    max_file_size: size(&name, "-", DEFAULT_MAX_FILE_SIZE)?,
+                    max_files: DEFAULT_MAX_FILES,
+                    spool_root: state_dir.join("spool"),
+                    log_types: export_config::REPORTER_LOG_TYPES,
+                },
+            )
+            .map_err(|p| ConfigError::new(&name, &p.field, p.reason))?,
+        };
+        Ok(Self { exporters, node, state_dir })
+    }
 }
 
 /// Parses `15s`, `5m`, `2h`, `500ms`.

@@ -244,11 +244,19 @@ struct ReporterArgs {
     /// Address of /metrics and /healthz.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9465")]
     metrics_addr: String,
+    /// YAML file: `exporters:` that get every row of each finished report (log type `reports`),
+    /// `state_dir`, `node_name` (docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// `flowaudit reporter`: exit 2 on bad configuration, 1 on other errors.
 fn reporter(args: ReporterArgs) -> ExitCode {
     use flowaudit::reporter::{self, Options, ReporterError, Source, Timing};
+    let settings = flowaudit::config::ReporterSettings::load(args.config.as_deref(), &args.archive, || {
+        hostname::get().ok().and_then(|h| h.into_string().ok())
+    })
+    .map_err(|e| ReporterError::Config { file: PathBuf::from(e.source_name), field: e.field, reason: e.reason });
     let options = (|| -> Result<Options, ReporterError> {
         let flag =
             |flag: &str, reason: String| ReporterError::Config { file: PathBuf::from(flag), field: "-".into(), reason };
@@ -271,13 +279,16 @@ fn reporter(args: ReporterArgs) -> ExitCode {
             snapshot_interval,
         })
     })();
-    let result = options.and_then(|options| {
+    let result = settings.and_then(|settings| options.map(|o| (settings, o))).and_then(|(settings, options)| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| ReporterError::Runtime(format!("starting the runtime: {e}")))?;
-        runtime.block_on(reporter::run(options))
+        runtime.block_on(reporter::run(options, |registry| {
+            flowaudit::pipeline::report_exports(&settings, registry)
+                .map_err(|e| ReporterError::Runtime(format!("starting the exporters: {e}")))
+        }))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

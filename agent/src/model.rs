@@ -2,7 +2,8 @@
 //!
 //! capture gives [`CaptureBatch`] (kernel observations of one interval); aggregate gives
 //! [`FlowRecord`]s (the flow-log contract, DESIGN.md §2.2); output writes them. Only this module
-//! is shared by stages, so data can only flow one way.
+//! is shared by stages, so data can only flow one way. Beside the flow path, the reporter gives
+//! [`ReportRow`]s (one row of a compliance report's table) for output to export.
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
@@ -463,5 +464,44 @@ impl FlowRecord {
             host_network: false,
             context: RecordContext { proto: 6, ..Default::default() },
         }
+    }
+}
+
+/// One row of a compliance report's table, as the exporters get it (the `reports` log type):
+/// the reporter makes them from a finished report, output encodes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRow {
+    /// The GlobalReport's name.
+    pub report: String,
+    /// `network-access`, `inventory`, `policy-audit` or `cis-benchmark`.
+    pub report_type: &'static str,
+    /// The interval's start, Unix milliseconds.
+    pub start_ms: u64,
+    /// The interval's end, Unix milliseconds.
+    pub end_ms: u64,
+    /// When the report was made, Unix milliseconds.
+    pub generated_ms: u64,
+    /// The report file the row is in: `endpoints.csv`.
+    pub file: &'static str,
+    /// The row's number in that file, from 1 (the header is not counted).
+    pub row: u64,
+    /// How many rows the file has.
+    pub rows: u64,
+    /// The file's column names, in order.
+    pub columns: &'static [&'static str],
+    /// The row's values, one per column.
+    pub values: Vec<String>,
+}
+
+impl ReportRow {
+    /// The row's identity, the same each time the report of this interval is made:
+    /// `<report>/<start ms>-<end ms>/<file>/<row>`. A row delivered twice keeps it.
+    pub fn id(&self) -> String {
+        format!("{}/{}-{}/{}/{}", self.report, self.start_ms, self.end_ms, self.file, self.row)
+    }
+
+    /// The value of column `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.columns.iter().position(|c| *c == name).and_then(|i| self.values.get(i)).map(String::as_str)
     }
 }

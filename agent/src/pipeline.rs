@@ -2,7 +2,8 @@
 //! output, with the cluster state as a side input, plus telemetry and signals. Beside the flow
 //! path: audit (cluster state versions and the kube-apiserver audit log → [`AuditEvent`]s on one
 //! channel → `audit.log`, written by `write_audit_log`) and, when configured, snapshots of the
-//! cluster state for the reports (`snapshots:`, written by `write_snapshots`).
+//! cluster state for the reports (`snapshots:`, written by `write_snapshots`). For
+//! `flowaudit reporter`, [`report_exports`] wires the reporter's rows to the exporters.
 //!
 //! Takes: validated [`Settings`]. Gives: a running agent until SIGINT/SIGTERM, then a last drain
 //! of every open flow written to the flow log, everything detached, and `Ok`. Must never: hold
@@ -19,11 +20,12 @@ use crate::{
     audit::{self, AuditError, AuditEvent, AuditMetrics, Auditor, Follower, FollowerConfig},
     capture::{Capture, CaptureConfig, CaptureError, CaptureMetrics},
     cluster::{ClusterState, kube, manifests},
-    config::{ClusterSource, Settings, Snapshots},
+    config::{ClusterSource, ReporterSettings, Settings, Snapshots},
     enrich::{EnrichConfig, Enricher},
-    model::{CaptureBatch, Reporter},
+    model::{CaptureBatch, ReportRow, Reporter},
     output::{Evidence, LogEvidence, OutputError, Outputs},
     report::replay,
+    reporter::RowSink,
     rollup::{self, RollupConfig},
     telemetry,
 };
@@ -189,6 +191,35 @@ impl Stages {
     }
 }
 
+/// The reporter's exporters (`flowaudit reporter --config`): `None` when none are configured.
+/// Must be called inside the runtime (the network exporters start their tasks).
+pub fn report_exports(
+    settings: &ReporterSettings,
+    registry: &Registry,
+) -> Result<Option<Box<dyn RowSink>>, OutputError> {
+    if settings.exporters.is_empty() {
+        return Ok(None);
+    }
+    let outputs = Outputs::start(settings.exporters.clone(), &settings.node, registry, LogEvidence::default())?;
+    Ok(Some(Box::new(ReportExports(outputs))))
+}
+
+/// The exporters as the reporter's row sink.
+struct ReportExports(Outputs);
+
+impl RowSink for ReportExports {
+    fn send(&mut self, rows: &[ReportRow]) {
+        let written = self.0.write_reports(rows);
+        for (exporter, error) in written.file_errors {
+            tracing::error!(message = "Writing report rows failed.", %exporter, %error, rows = rows.len());
+        }
+    }
+
+    fn close(self: Box<Self>, grace: std::time::Duration) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(self.0.close(grace))
+    }
+}
+
 fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -220,6 +251,7 @@ pub async fn run(settings: Settings) -> Result<(), PipelineError> {
     let evidence = LogEvidence {
         flows: Evidence { retention: settings.retention_flows, hmac_key: settings.hmac_key.clone() },
         audit: Evidence { retention: settings.retention_audit, hmac_key: settings.hmac_key.clone() },
+        reports: Evidence::default(),
     };
     let outputs = Outputs::start(settings.exporters.clone(), &settings.node, &registry, evidence)?;
     let mut states = cluster_states(&settings).await?;

@@ -61,6 +61,7 @@ fn run(entry: Value, dir: &std::path::Path, records_n: u32) -> (f64, f64, f64) {
         max_file_size: 1 << 30,
         max_files: 2,
         spool_root: dir.join("spool"),
+        log_types: flowaudit::output::export::config::AGENT_LOG_TYPES,
     };
     let cfg = resolve(Some(&raw), &defaults).expect("valid exporter");
     let name = cfg[0].name.clone();

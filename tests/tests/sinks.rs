@@ -47,6 +47,7 @@ fn exporters(entries: Value, dir: &Path) -> Vec<ExporterConfig> {
             max_file_size: 1 << 30,
             max_files: 5,
             spool_root: dir.join("spool"),
+            log_types: flowaudit::output::export::config::AGENT_LOG_TYPES,
         },
     )
     .expect("valid exporters")

@@ -1,7 +1,7 @@
-//! output::encode: flow records and Kubernetes audit events → one SIEM line each.
+//! output::encode: flow records, Kubernetes audit events and report rows → one SIEM line each.
 //!
-//! Takes: a [`FlowRecord`] (the flow-log contract, DESIGN.md §2.2) or an `audit.k8s.io/v1` Event
-//! as JSON, an [`Encoding`] and the node's [`EncodeContext`]. Gives: the bytes of one line
+//! Takes: a [`FlowRecord`] (the flow-log contract, DESIGN.md §2.2), an `audit.k8s.io/v1` Event
+//! as JSON or a [`ReportRow`], an [`Encoding`] and the node's [`EncodeContext`]. Gives: the bytes of one line
 //! (without its newline) appended to a caller's buffer: `calico` (the flow-log JSON itself),
 //! `ecs` (Elastic Common Schema 8.x JSON), `ocsf` (OCSF 1.3 JSON) or `cef` (ArcSight CEF, for
 //! syslog). The field mappings and the choices behind them are in `docs/siem-encodings.md`.
@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use crate::model::{Action, Enforcement, FlowRecord, RecordLabels, Reporter, Text};
+use crate::model::{Action, Enforcement, FlowRecord, RecordLabels, ReportRow, Reporter, Text};
 
 mod cef;
 mod ecs;
@@ -99,6 +99,123 @@ pub fn encode_audit(
         Encoding::Ecs => ecs::audit(&AuditView::of(event)?, ctx, out),
         Encoding::Ocsf => ocsf::audit(&AuditView::of(event)?, ctx, out),
         Encoding::Cef => cef::audit(&AuditView::of(event)?, ctx, out),
+    }
+}
+
+/// Appends one encoded report row to `out`, without a newline: `calico` is flowaudit's own JSON
+/// (the row's columns by name, with the report, interval and row number), the others map CIS
+/// test rows to their compliance fields and carry every row's columns. Never panics.
+pub fn encode_report(
+    row: &ReportRow,
+    enc: Encoding,
+    ctx: &EncodeContext,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let v = ReportView::of(row);
+    match enc {
+        Encoding::Calico => Ok(serde_json::to_writer(
+            out,
+            &CalicoReportRow {
+                report: &row.report,
+                report_type: row.report_type,
+                start_time: rfc3339_ms(row.start_ms),
+                end_time: rfc3339_ms(row.end_ms),
+                generated_time: rfc3339_ms(row.generated_ms),
+                host: &ctx.node,
+                id: &v.id,
+                file: row.file,
+                row: row.row,
+                rows: row.rows,
+                columns: Columns(row),
+            },
+        )?),
+        Encoding::Ecs => ecs::report(&v, ctx, out),
+        Encoding::Ocsf => ocsf::report(&v, ctx, out),
+        Encoding::Cef => cef::report(&v, ctx, out),
+    }
+}
+
+/// The `calico` encoding of a report row.
+#[derive(serde::Serialize)]
+struct CalicoReportRow<'a> {
+    report: &'a str,
+    report_type: &'static str,
+    start_time: String,
+    end_time: String,
+    generated_time: String,
+    host: &'a str,
+    id: &'a str,
+    file: &'static str,
+    row: u64,
+    rows: u64,
+    columns: Columns<'a>,
+}
+
+/// A report row's columns as one JSON object, in the file's column order.
+struct Columns<'a>(&'a ReportRow);
+
+impl serde::Serialize for Columns<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(self.0.columns.len()))?;
+        for (name, value) in self.0.columns.iter().zip(&self.0.values) {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// The CIS Benchmark, as the SIEM encodings name the standard of a test row.
+const CIS_STANDARD: &str = "CIS Kubernetes Benchmark";
+
+/// What the encodings read from a report row besides its columns.
+struct ReportView<'a> {
+    row: &'a ReportRow,
+    /// [`ReportRow::id`].
+    id: String,
+    /// A row of a CIS benchmark's test table.
+    test: Option<CisTest<'a>>,
+    /// FAIL: medium; WARN: low; an endpoint with enforcement violations: high; else info.
+    level: Level,
+}
+
+/// A CIS test row (`all-tests.csv`, `failed-tests.csv`).
+struct CisTest<'a> {
+    node: &'a str,
+    index: &'a str,
+    description: &'a str,
+    /// PASS, FAIL, WARN or INFO.
+    status: &'a str,
+    remediation: &'a str,
+}
+
+impl<'a> ReportView<'a> {
+    fn of(row: &'a ReportRow) -> Self {
+        let test = match (row.get("testIndex"), row.get("status")) {
+            (Some(index), Some(status)) => Some(CisTest {
+                node: row.get("nodeName").unwrap_or_default(),
+                index,
+                description: row.get("testDescription").unwrap_or_default(),
+                status,
+                remediation: row.get("remediation").unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        let level = match (&test, row.get("enforcementViolations")) {
+            (Some(t), _) if t.status == "FAIL" => Level::Medium,
+            (Some(t), _) if t.status == "WARN" => Level::Low,
+            (None, Some(n)) if n.parse::<u64>().is_ok_and(|n| n > 0) => Level::High,
+            _ => Level::Info,
+        };
+        Self { row, id: row.id(), test, level }
+    }
+
+    /// `<report> <file> row N of M`.
+    fn message(&self) -> String {
+        format!(
+            "{} {} {} row {} of {}",
+            self.row.report_type, self.row.report, self.row.file, self.row.row, self.row.rows
+        )
     }
 }
 

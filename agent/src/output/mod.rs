@@ -1,6 +1,7 @@
-//! output: flow records and audit events → local logs and SIEM exporters.
+//! output: flow records and audit events (and, in `flowaudit reporter`, report rows) → local logs
+//! and SIEM exporters.
 //!
-//! Takes: batches of flow records and audit events. Gives: for each configured exporter, the
+//! Takes: batches of flow records, audit events or report rows. Gives: for each configured exporter, the
 //! records of its log types in its encoding: `file` exporters write rotated local logs
 //! ([`file`]) synchronously; network exporters ([`export`]) queue, spool and deliver in the
 //! background. Must never: reorder records within a sink, block the pipeline on a network sink,
@@ -20,12 +21,15 @@ pub use chain::HmacKey;
 pub use file::{DIR_MODE, FILE_MODE, FLOW_LOG, FileConfig, FlowLogWriter, RotatingLog};
 pub use file::{Evidence, EvidenceEvents, EvidenceMetrics, Retention};
 
-use crate::model::FlowRecord;
+use crate::model::{FlowRecord, ReportRow};
 use encode::{EncodeContext, Encoding};
 use export::{ExportError, ExportMetrics, Exporter, Item, LogType, config::ExporterConfig};
 
 /// Name of the live audit log.
 pub const AUDIT_LOG: &str = "audit.log";
+
+/// Name of the live report-row log (`flowaudit reporter`'s `file` exporters).
+pub const REPORTS_LOG: &str = "reports.log";
 
 /// A flow-log write failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,29 +65,25 @@ pub struct LogEvidence {
     pub flows: Evidence,
     /// `audit.log*`.
     pub audit: Evidence,
+    /// `reports.log*`.
+    pub reports: Evidence,
 }
 
-/// A `file` exporter: `flows.log` and/or `audit.log` in one directory.
+/// A `file` exporter: `flows.log`, `audit.log` and/or `reports.log` in one directory, one
+/// log per log type ([`LogType::index`]).
 struct FileExporter {
     name: String,
     encoding: Encoding,
-    flows: Option<RotatingLog>,
-    audit: Option<RotatingLog>,
+    logs: [Option<RotatingLog>; LogType::ALL.len()],
 }
 
 impl FileExporter {
     fn takes(&self, log_type: LogType) -> bool {
-        match log_type {
-            LogType::Flows => self.flows.is_some(),
-            LogType::Audit => self.audit.is_some(),
-        }
+        self.logs[log_type.index()].is_some()
     }
 
     fn log(&mut self, log_type: LogType) -> Option<&mut RotatingLog> {
-        match log_type {
-            LogType::Flows => self.flows.as_mut(),
-            LogType::Audit => self.audit.as_mut(),
-        }
+        self.logs[log_type.index()].as_mut()
     }
 }
 
@@ -168,8 +168,11 @@ impl Outputs {
                     files.push(FileExporter {
                         name: cfg.name.clone(),
                         encoding: cfg.encoding,
-                        flows: open(LogType::Flows, FLOW_LOG, &evidence.flows)?,
-                        audit: open(LogType::Audit, AUDIT_LOG, &evidence.audit)?,
+                        logs: [
+                            open(LogType::Flows, FLOW_LOG, &evidence.flows)?,
+                            open(LogType::Audit, AUDIT_LOG, &evidence.audit)?,
+                            open(LogType::Reports, REPORTS_LOG, &evidence.reports)?,
+                        ],
                     });
                 }
                 _ => exporters.push(Exporter::start(cfg, node, metrics.clone())?),
@@ -201,6 +204,18 @@ impl Outputs {
         };
         self.write(LogType::Audit, events.len(), &keys, |ctx, enc, i, out| {
             encode::encode_audit(&events[i], enc, ctx, out).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Writes the rows of a finished report to every exporter that takes reports.
+    pub fn write_reports(&mut self, rows: &[ReportRow]) -> Written {
+        let keys: Vec<String> = if self.exporters.is_empty() {
+            Vec::new()
+        } else {
+            rows.iter().map(|r| r.id().replace(['\t', '\n'], " ")).collect()
+        };
+        self.write(LogType::Reports, rows.len(), &keys, |ctx, enc, i, out| {
+            encode::encode_report(&rows[i], enc, ctx, out).map_err(|e| e.to_string())
         })
     }
 

@@ -934,6 +934,10 @@ impl Rendered for CisReport {
         Kind::CisBenchmark
     }
 
+    fn exported(&self) -> Vec<Table> {
+        vec![self.total_summary(), self.node_summary(), self.all_tests()]
+    }
+
     fn download_files(&self) -> Vec<(String, Vec<u8>)> {
         [self.total_summary(), self.node_summary(), self.failed_tests(), self.all_tests()]
             .into_iter()

@@ -807,11 +807,8 @@ impl Rendered for Inventory {
         Kind::Inventory
     }
 
-    fn download_files(&self) -> Vec<(String, Vec<u8>)> {
-        [self.summary(), self.endpoints_table(), self.namespaces_table(), self.services_table()]
-            .into_iter()
-            .map(|t| (t.name.to_owned(), t.to_csv()))
-            .collect()
+    fn exported(&self) -> Vec<Table> {
+        vec![self.summary(), self.endpoints_table(), self.namespaces_table(), self.services_table()]
     }
 
     fn report_data(&self, generated: Timestamp) -> Value {

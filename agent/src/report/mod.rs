@@ -269,8 +269,13 @@ impl Table {
 pub trait Rendered {
     /// The kind.
     fn kind(&self) -> Kind;
-    /// The `csv` format's files: name and content.
-    fn download_files(&self) -> Vec<(String, Vec<u8>)>;
+    /// The tables whose rows go to the exporters (`flowaudit reporter`, log type `reports`):
+    /// every table of the report once (CIS: not `failed-tests.csv`, a subset of `all-tests.csv`).
+    fn exported(&self) -> Vec<Table>;
+    /// The `csv` format's files: name and content (by default the exported tables as CSV).
+    fn download_files(&self) -> Vec<(String, Vec<u8>)> {
+        self.exported().into_iter().map(|t| (t.name.to_owned(), t.to_csv())).collect()
+    }
     /// `report.json`: Calico's ReportData shape.
     fn report_data(&self, generated: Timestamp) -> Value;
     /// `report.html`.

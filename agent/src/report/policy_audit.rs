@@ -585,9 +585,9 @@ impl PolicyAudit {
         serde_yaml_ng::to_string(&self.events).expect("events serialize").into_bytes()
     }
 
-    /// The events as a table (for the HTML page).
+    /// The events as a table (for the HTML page and the exporters), in `events.json`'s order.
     pub fn events_table(&self) -> Table {
-        let mut t = Table::new("events.json", &["time", "verb", "policy", "user", "source"]);
+        let mut t = Table::new("events.json", &["time", "verb", "policy", "user", "source", "auditID"]);
         for e in &self.events {
             let source = match (e.source(), e.annotations.get(ALSO_OBSERVED_ANNOTATION)) {
                 (Some(s), Some(_)) => format!("{s}, also observed"),
@@ -595,7 +595,14 @@ impl PolicyAudit {
                 (None, Some(_)) => "kube-apiserver, also observed".to_owned(),
                 (None, None) => "kube-apiserver".to_owned(),
             };
-            t.push(vec![e.stage_timestamp.clone(), e.verb.clone(), resource_id(e), e.user.username.clone(), source]);
+            t.push(vec![
+                e.stage_timestamp.clone(),
+                e.verb.clone(),
+                resource_id(e),
+                e.user.username.clone(),
+                source,
+                e.audit_id.clone(),
+            ]);
         }
         t
     }
@@ -604,6 +611,10 @@ impl PolicyAudit {
 impl Rendered for PolicyAudit {
     fn kind(&self) -> Kind {
         Kind::PolicyAudit
+    }
+
+    fn exported(&self) -> Vec<Table> {
+        vec![self.summary(), self.events_table()]
     }
 
     fn download_files(&self) -> Vec<(String, Vec<u8>)> {

@@ -7,7 +7,10 @@
 //! made in-process by [`crate::report`]; the runs in the resource's status (kube: the status
 //! subresource; manifests: `<archive>/<report>/status.json`); metrics
 //! `flowaudit_reports_total{report,result}`, `flowaudit_report_last_success_timestamp_seconds`,
-//! `flowaudit_report_rejected`, and `/healthz`, `/metrics` ([`crate::telemetry`]).
+//! `flowaudit_report_rejected`, and `/healthz`, `/metrics` ([`crate::telemetry`]); and, when
+//! exporters are configured, every row of each finished report as a [`ReportRow`] to a
+//! [`RowSink`] (the exporters, wired by [`crate::pipeline::report_exports`]), before the run is
+//! committed: a report is archived only after its rows were handed over.
 //! When: [`scheduler`] (cron in UTC, the delay, suspend, 7 days of catch-up, oldest first).
 //! Must never: import a pipeline stage (it uses [`crate::report`] and [`crate::cluster`] only),
 //! run an interval twice (the archive and the status remember), fake a report type that is not
@@ -38,8 +41,10 @@ pub use self::{
     archive::{Archive, ArchiveError, FileStatus},
     scheduler::{Clock, Interval, Job, Schedule, ScheduleError, Scheduler, SystemClock, Timing},
 };
+use crate::model::ReportRow;
 use crate::report::{
-    self, Format, GLOBAL_REPORT_API_VERSIONS, GlobalReportSpec, Kind, NamedReport, ReportError, TimeRange,
+    self, Format, GLOBAL_REPORT_API_VERSIONS, GlobalReportSpec, Kind, NamedReport, Rendered, ReportError, Table,
+    TimeRange,
     resource::{CompletedReportJob, GlobalReport, GlobalReportStatus, ReportJob},
 };
 
@@ -48,6 +53,9 @@ pub const STATUS_HISTORY: usize = 5;
 
 /// The longest sleep between two polls.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// How long the exporters deliver at SIGTERM; the rest waits in their spools for the next start.
+const EXPORT_GRACE: Duration = Duration::from_secs(5);
 
 /// The reporter could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -261,9 +269,53 @@ fn accept(entry: &Entry) -> Result<Option<(Kind, Schedule)>, String> {
     Ok(Some((kind, schedule)))
 }
 
+/// What one report run made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Made {
+    /// The files written.
+    pub files: Vec<PathBuf>,
+    /// The tables whose rows go to the exporters ([`Rendered::exported`]).
+    pub exported: Vec<Table>,
+}
+
+impl Made {
+    /// Writes `rendered` in `formats` to `out`.
+    fn write(
+        rendered: &dyn Rendered,
+        out: &Path,
+        formats: &[Format],
+        generated: Timestamp,
+    ) -> Result<Self, ReportError> {
+        Ok(Self { files: report::write(rendered, out, formats, generated)?, exported: rendered.exported() })
+    }
+
+    /// The exported tables' rows, as the exporters get them.
+    pub fn rows(&self, report: &str, kind: Kind, interval: Interval, generated: Timestamp) -> Vec<ReportRow> {
+        let ms = |t: Timestamp| u64::try_from(t.as_millisecond()).unwrap_or(0);
+        self.exported
+            .iter()
+            .flat_map(|table| {
+                table.rows.iter().enumerate().map(move |(i, values)| ReportRow {
+                    report: report.to_owned(),
+                    report_type: kind.as_str(),
+                    start_ms: ms(interval.start),
+                    end_ms: ms(interval.end),
+                    generated_ms: ms(generated),
+                    file: table.name,
+                    row: i as u64 + 1,
+                    rows: table.rows.len() as u64,
+                    columns: table.header,
+                    values: values.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Makes one report's files: the seam between the scheduler and [`crate::report`].
 pub trait Runner: Send {
-    /// Writes `report`'s files for `interval` into `out`; gives the paths written.
+    /// Writes `report`'s files for `interval` into `out`; gives the paths written and the
+    /// tables to export.
     fn run(
         &self,
         report: &NamedReport,
@@ -271,7 +323,17 @@ pub trait Runner: Send {
         interval: Interval,
         out: &Path,
         generated: Timestamp,
-    ) -> Result<Vec<PathBuf>, ReportError>;
+    ) -> Result<Made, ReportError>;
+}
+
+/// Where the rows of a finished report go besides the archive: the exporters.
+pub trait RowSink: Send {
+    /// Hands over the rows of one report. Must not block on a network sink: a sink that cannot
+    /// take them counts the loss.
+    fn send(&mut self, rows: &[ReportRow]);
+
+    /// Delivers what is queued for up to `grace`; the rest stays in the spools for the next start.
+    fn close(self: Box<Self>, grace: Duration) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// The real reports, from the files named by the flags.
@@ -286,7 +348,7 @@ pub struct FileRunner {
     /// The manifests directory (cis-benchmark decides check 5.3.2 from it), in manifests mode.
     pub cluster_dir: Option<PathBuf>,
     /// Snapshots of the cluster state (`<archive>/snapshots`), read by the inventory and
-    /// network-access reports.
+    /// network-access reports, and by policy-audit with a restrictive `spec.endpoints`.
     pub snapshots: Option<PathBuf>,
     /// `--flow-log-dir` (network-access).
     pub flow_log_dirs: Vec<PathBuf>,
@@ -302,7 +364,7 @@ impl Runner for FileRunner {
         interval: Interval,
         out: &Path,
         generated: Timestamp,
-    ) -> Result<Vec<PathBuf>, ReportError> {
+    ) -> Result<Made, ReportError> {
         let range = TimeRange { from: interval.start, to: interval.end };
         match kind {
             Kind::CisBenchmark => {
@@ -339,7 +401,7 @@ impl Runner for FileRunner {
                 for w in &cis.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
                 }
-                report::write(&cis, out, &self.formats, generated)
+                Made::write(&cis, out, &self.formats, generated)
             }
             Kind::PolicyAudit => {
                 if self.audit_logs.is_empty() {
@@ -358,7 +420,7 @@ impl Runner for FileRunner {
                 for w in &audit.warnings {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
                 }
-                report::write(&audit, out, &self.formats, generated)
+                Made::write(&audit, out, &self.formats, generated)
             }
             Kind::Inventory | Kind::NetworkAccess => {
                 let flows = if kind == Kind::NetworkAccess {
@@ -372,10 +434,10 @@ impl Runner for FileRunner {
                     tracing::warn!(message = "Report warning.", report = %report.name, warning = %w);
                 }
                 match flows {
-                    None => report::write(&inventory, out, &self.formats, generated),
+                    None => Made::write(&inventory, out, &self.formats, generated),
                     Some(flows) => {
                         let access = report::network_access::build(inventory, flows.as_ref())?;
-                        report::write(&access, out, &self.formats, generated)
+                        Made::write(&access, out, &self.formats, generated)
                     }
                 }
             }
@@ -412,6 +474,8 @@ pub struct Metrics {
     pub last_success: GaugeVec,
     /// `flowaudit_report_rejected{report}`: 1 while the report's spec or schedule is refused.
     pub rejected: IntGaugeVec,
+    /// `flowaudit_report_rows_exported_total{report}`: rows handed to the exporters.
+    pub rows: IntCounterVec,
 }
 
 impl Metrics {
@@ -435,14 +499,23 @@ impl Metrics {
             &["report"],
         )
         .expect("valid metric");
+        let rows = IntCounterVec::new(
+            Opts::new(
+                "flowaudit_report_rows_exported_total",
+                "Rows of finished reports handed to the exporters (their own metrics count what they drop).",
+            ),
+            &["report"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(last_success.clone()),
             Box::new(rejected.clone()),
+            Box::new(rows.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
-        Self { reports, last_success, rejected }
+        Self { reports, last_success, rejected, rows }
     }
 }
 
@@ -485,6 +558,7 @@ pub struct Reporter<C: Clock, R: Runner> {
     rejected: BTreeMap<String, String>,
     unscheduled: BTreeSet<String>,
     stop: Arc<AtomicBool>,
+    rows: Option<Box<dyn RowSink>>,
 }
 
 fn time(t: Timestamp) -> Time {
@@ -504,7 +578,19 @@ impl<C: Clock, R: Runner> Reporter<C, R> {
             rejected: BTreeMap::new(),
             unscheduled: BTreeSet::new(),
             stop: Arc::new(AtomicBool::new(false)),
+            rows: None,
         }
+    }
+
+    /// Sends the rows of every finished report to `sink` (before the run is committed).
+    pub fn with_rows(mut self, sink: Box<dyn RowSink>) -> Self {
+        self.rows = Some(sink);
+        self
+    }
+
+    /// Takes the row sink back (to close it).
+    pub fn take_rows(&mut self) -> Option<Box<dyn RowSink>> {
+        self.rows.take()
     }
 
     /// The flag that ends [`Reporter::step`] after the report running when it is set (SIGTERM).
@@ -609,11 +695,18 @@ impl<C: Clock, R: Runner> Reporter<C, R> {
         let named =
             NamedReport { name: entry.name.clone(), spec: entry.spec.clone(), raw_spec: entry.raw_spec.clone() };
         let generated = self.scheduler.clock().now();
+        let (runner, rows, metrics) = (&self.runner, &mut self.rows, &self.metrics);
         let result = self.archive.commit(&entry.name, &interval, generated, |out| {
-            self.runner.run(&named, kind, interval, out, generated).map_err(RunError::Report)
+            let made = runner.run(&named, kind, interval, out, generated).map_err(RunError::Report)?;
+            if let Some(sink) = rows {
+                let rows = made.rows(&entry.name, kind, interval, generated);
+                sink.send(&rows);
+                metrics.rows.with_label_values(&[&entry.name]).inc_by(rows.len() as u64);
+            }
+            Ok(made.files)
         });
         let finished = self.scheduler.clock().now();
-        let result = result.map_err(|e| e.to_string());
+        let result = result.map_err(|e: RunError| e.to_string());
         let completed = CompletedReportJob {
             start: time(interval.start),
             end: time(interval.end),
@@ -701,9 +794,13 @@ impl StatusSink for KubeStatusSink {
 }
 
 /// Runs `flowaudit reporter` until SIGINT or SIGTERM.
-pub async fn run(opts: Options) -> Result<(), ReporterError> {
+pub async fn run(
+    opts: Options,
+    rows: impl FnOnce(&Registry) -> Result<Option<Box<dyn RowSink>>, ReporterError>,
+) -> Result<(), ReporterError> {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry);
+    let rows = rows(&registry)?;
     let listener = crate::telemetry::bind(opts.metrics_addr)
         .await
         .map_err(|source| ReporterError::Bind { addr: opts.metrics_addr, source })?;
@@ -726,7 +823,11 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
         store: opts.store.clone(),
     };
     let scheduler = Scheduler::new(SystemClock, opts.timing);
-    let mut reporter = Some(Reporter::new(scheduler, archive.clone(), runner, metrics));
+    let mut reporter = Reporter::new(scheduler, archive.clone(), runner, metrics);
+    if let Some(rows) = rows {
+        reporter = reporter.with_rows(rows);
+    }
+    let mut reporter = Some(reporter);
 
     // The source.
     let mut entries = Vec::new();
@@ -822,6 +923,9 @@ pub async fn run(opts: Options) -> Result<(), ReporterError> {
         }
     }
     tracing::info!(message = "Reporter stopping.");
+    if let Some(rows) = reporter.as_mut().and_then(Reporter::take_rows) {
+        rows.close(EXPORT_GRACE).await;
+    }
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     Ok(())

@@ -23,14 +23,31 @@ impl Runner for FakeRunner {
         interval: Interval,
         out: &Path,
         _generated: Timestamp,
-    ) -> Result<Vec<PathBuf>, ReportError> {
+    ) -> Result<Made, ReportError> {
         if kind == Kind::NetworkAccess {
             return Err(ReportError::Flag { flag: "--flow-log-dir", reason: "missing".into() });
         }
         self.0.lock().unwrap().push((report.name.clone(), interval));
         let file = out.join("summary.csv");
         std::fs::write(&file, format!("{interval}\n")).unwrap();
-        Ok(vec![file])
+        let mut table = Table::new("summary.csv", &["interval", "report"]);
+        table.push(vec![interval.to_string(), report.name.clone()]);
+        table.push(vec![interval.to_string(), "second".into()]);
+        Ok(Made { files: vec![file], exported: vec![table] })
+    }
+}
+
+/// Keeps the rows it gets.
+#[derive(Clone, Default)]
+struct MemoryRows(Arc<Mutex<Vec<ReportRow>>>);
+
+impl RowSink for MemoryRows {
+    fn send(&mut self, rows: &[ReportRow]) {
+        self.0.lock().unwrap().extend_from_slice(rows);
+    }
+
+    fn close(self: Box<Self>, _grace: Duration) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
     }
 }
 
@@ -123,6 +140,49 @@ fn due_reports_are_archived_once_and_a_restart_does_not_rerun_them() {
     let made = runner.0.lock().unwrap().clone();
     assert_eq!(made.len(), 4, "every interval once: {made:?}");
     assert_eq!(Archive::new(dir.path()).completed("hourly").len(), 4);
+}
+
+#[test]
+fn each_finished_report_sends_its_rows_once_and_a_failed_run_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(t("2026-11-27T02:00:00Z"));
+    let entries = [entry("hourly", "cis-benchmark", "0 * * * *"), entry("access", "network-access", "0 * * * *")];
+    let registry = Registry::new();
+    let rows = MemoryRows::default();
+    let mut r = reporter(&clock, dir.path(), FakeRunner::default(), &registry).with_rows(Box::new(rows.clone()));
+    let outcomes = r.step(&entries, &mut MemorySink::default());
+    assert_eq!(outcomes.iter().filter(|o| o.result.is_ok()).count(), 1, "{outcomes:?}");
+    let got = rows.0.lock().unwrap().clone();
+    let start = t("2026-11-27T00:00:00Z").as_millisecond() as u64;
+    let end = t("2026-11-27T01:00:00Z").as_millisecond() as u64;
+    let expected: Vec<ReportRow> = ["hourly", "second"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| ReportRow {
+            report: "hourly".into(),
+            report_type: "cis-benchmark",
+            start_ms: start,
+            end_ms: end,
+            generated_ms: t("2026-11-27T02:00:00Z").as_millisecond() as u64,
+            file: "summary.csv",
+            row: i as u64 + 1,
+            rows: 2,
+            columns: &["interval", "report"],
+            values: vec!["2026-11-27T00:00:00Z..2026-11-27T01:00:00Z".into(), (*name).into()],
+        })
+        .collect();
+    assert_eq!(got, expected, "the failed network-access run sends nothing");
+    assert_eq!(got[1].id(), format!("hourly/{start}-{end}/summary.csv/2"));
+    let exported: f64 = registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "flowaudit_report_rows_exported_total")
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().get_value())
+        .sum();
+    assert_eq!(exported, 2.0);
+    assert!(r.step(&entries, &mut MemorySink::default()).is_empty());
+    assert_eq!(rows.0.lock().unwrap().len(), 2, "nothing is sent twice");
 }
 
 #[test]
@@ -461,7 +521,17 @@ fn same_files_as_the_report_command(
     dir: &Path,
     request: report::Request,
 ) -> Vec<PathBuf> {
-    let files = runner.run(named, kind, interval, &dir.join("ours"), Timestamp::now()).unwrap();
+    let made = runner.run(named, kind, interval, &dir.join("ours"), Timestamp::now()).unwrap();
+    // What goes to the exporters is what the CSV files hold, row for row (policy-audit's events
+    // table is exported from events.json, which is not a CSV file).
+    for table in made.exported.iter().filter(|t| t.name.ends_with(".csv")) {
+        let Some(file) = made.files.iter().find(|f| f.file_name().is_some_and(|n| n == table.name)) else { continue };
+        let mut csv = csv::ReaderBuilder::new().has_headers(false).from_path(file).unwrap();
+        let read: Vec<Vec<String>> = csv.records().map(|r| r.unwrap().iter().map(str::to_owned).collect()).collect();
+        assert_eq!(read[0], table.header, "{}", table.name);
+        assert_eq!(read[1..], table.rows[..], "{}", table.name);
+    }
+    let files = made.files;
     let theirs = dir.join("theirs");
     report::run(&report::Request {
         kind: Some(kind),

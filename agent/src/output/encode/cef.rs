@@ -1,6 +1,6 @@
 //! The `cef` encoding: ArcSight Common Event Format `CEF:0` lines, for syslog.
 //!
-//! Takes: a flow record or an audit view. Gives: `CEF:0|flowaudit|flowaudit|<version>|<signature
+//! Takes: a flow record, an audit view or a report row. Gives: `CEF:0|flowaudit|flowaudit|<version>|<signature
 //! id>|<name>|<severity>|<extension>`. Must never: write an unescaped `\` or `|` in a header field,
 //! or an unescaped `\`, `=`, CR or LF in an extension value (a value can never end its line or
 //! start a key); header fields have no newline escape, so CR and LF there become spaces.
@@ -10,7 +10,9 @@ use std::{
     net::IpAddr,
 };
 
-use super::{AuditOp, AuditView, EncodeContext, EncodeError, FlowView, Level, level, named, secs_to_ms};
+use super::{
+    AuditOp, AuditView, Columns, EncodeContext, EncodeError, FlowView, Level, ReportView, level, named, secs_to_ms,
+};
 use crate::model::{Action, Enforcement, FlowRecord, Observed, RecordLabels, Reporter};
 
 /// Prefix of the keys CEF's dictionary has no entry for: the spec's `VendornameProductname`.
@@ -353,5 +355,39 @@ pub(super) fn audit(a: &AuditView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -
         .labelled("cs4", "apiVersion", a.group_version())
         .labelled("cs5", "stage", a.stage)
         .labelled("cs6", "level", a.level);
+    Ok(())
+}
+
+/// A report row: signature `report-<type>`, or `cis-<test>` for a CIS test row (its name the
+/// test's description, `outcome` its status). The row's columns are one JSON object in
+/// `flowauditflowauditColumns`.
+pub(super) fn report(v: &ReportView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let row = v.row;
+    let columns = serde_json::to_string(&Columns(row))?;
+    let (signature, name) = match &v.test {
+        Some(t) => (format!("cis-{}", t.index), t.description.to_owned()),
+        None => (format!("report-{}", row.report_type), format!("{} {}", row.report_type, row.file)),
+    };
+    let severity = match v.level {
+        Level::Info => 1,
+        Level::Low => 3,
+        Level::Medium => 5,
+        Level::High => 8,
+    };
+    let mut l = Line::start(out, ctx.agent_version, &signature, &name, severity);
+    l.kv("rt", row.generated_ms)
+        .kv("start", row.start_ms)
+        .kv("end", row.end_ms)
+        .kv("dvchost", &ctx.node)
+        .kv("externalId", &v.id)
+        .kv("cat", "report")
+        .opt("outcome", v.test.as_ref().map(|t| t.status))
+        .labelled("cs1", "report", Some(&row.report))
+        .labelled("cs2", "file", Some(row.file))
+        .labelled("cs3", "node", v.test.as_ref().map(|t| t.node))
+        .labelled("cn1", "row", Some(row.row))
+        .labelled("cn2", "rows", Some(row.rows))
+        .kv("msg", v.message())
+        .custom("Columns", columns);
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The `ecs` encoding: Elastic Common Schema 8.x documents.
 //!
-//! Takes: a flow record or an audit view. Gives: one ECS JSON object (field order fixed by the
+//! Takes: a flow record, an audit view or a report row. Gives: one ECS JSON object (field order fixed by the
 //! structs below). Must never: put a value in an ECS field whose meaning differs (reporter-relative
 //! in/out counts become source/destination counts; Kubernetes names, which ECS has no place for on
 //! two ends, go under `source.kubernetes` / `destination.kubernetes`; the policy trace under
@@ -11,7 +11,10 @@ use std::net::IpAddr;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{AuditOp, AuditView, EncodeContext, EncodeError, FlowView, labels, named, rfc3339_ms, secs_to_ms};
+use super::{
+    AuditOp, AuditView, CIS_STANDARD, Columns, EncodeContext, EncodeError, FlowView, ReportView, labels, named,
+    rfc3339_ms, secs_to_ms,
+};
 use crate::model::{Action, Enforcement, FlowRecord, Observed, Policies, Reporter};
 
 /// The ECS version the documents follow.
@@ -403,6 +406,99 @@ pub(super) fn audit(a: &AuditView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -
         host: Host { name: &ctx.node },
         agent: Agent { kind: "flowaudit", version: ctx.agent_version },
         kubernetes: Kubernetes { audit: a.event },
+    };
+    Ok(serde_json::to_writer(out, &doc)?)
+}
+
+#[derive(Serialize)]
+struct ReportDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    ecs: Ecs,
+    message: String,
+    event: ReportEvent<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<Rule<'a>>,
+    host: Host<'a>,
+    agent: Agent<'a>,
+    flowaudit: ReportFlowaudit<'a>,
+}
+
+#[derive(Serialize)]
+struct ReportEvent<'a> {
+    kind: &'static str,
+    category: [&'static str; 1],
+    #[serde(rename = "type")]
+    kind_of: [&'static str; 1],
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    start: String,
+    end: String,
+    module: &'static str,
+    dataset: &'static str,
+}
+
+#[derive(Serialize)]
+struct Rule<'a> {
+    id: &'a str,
+    name: &'a str,
+    ruleset: &'static str,
+}
+
+#[derive(Serialize)]
+struct ReportFlowaudit<'a> {
+    report: ReportFields<'a>,
+}
+
+#[derive(Serialize)]
+struct ReportFields<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    file: &'static str,
+    row: u64,
+    rows: u64,
+    columns: Columns<'a>,
+}
+
+/// A report row is a state record (ECS `event.kind: state`): what the report found for the
+/// interval `event.start`..`event.end`, made at `@timestamp`. CIS test rows carry the test as
+/// `rule.*` and its result as `event.outcome` (PASS: success, FAIL: failure, else unknown).
+pub(super) fn report(v: &ReportView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let row = v.row;
+    let doc = ReportDoc {
+        timestamp: rfc3339_ms(row.generated_ms),
+        ecs: Ecs { version: ECS_VERSION },
+        message: v.message(),
+        event: ReportEvent {
+            kind: "state",
+            category: ["configuration"],
+            kind_of: ["info"],
+            id: &v.id,
+            outcome: v.test.as_ref().map(|t| match t.status {
+                "PASS" => "success",
+                "FAIL" => "failure",
+                _ => "unknown",
+            }),
+            start: rfc3339_ms(row.start_ms),
+            end: rfc3339_ms(row.end_ms),
+            module: "flowaudit",
+            dataset: "flowaudit.report",
+        },
+        rule: v.test.as_ref().map(|t| Rule { id: t.index, name: t.description, ruleset: CIS_STANDARD }),
+        host: Host { name: &ctx.node },
+        agent: Agent { kind: "flowaudit", version: ctx.agent_version },
+        flowaudit: ReportFlowaudit {
+            report: ReportFields {
+                name: &row.report,
+                kind: row.report_type,
+                file: row.file,
+                row: row.row,
+                rows: row.rows,
+                columns: Columns(row),
+            },
+        },
     };
     Ok(serde_json::to_writer(out, &doc)?)
 }

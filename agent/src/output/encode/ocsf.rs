@@ -1,7 +1,8 @@
-//! The `ocsf` encoding: OCSF 1.3 events, Network Activity (4001) for flows and API Activity
-//! (6003) for audit events.
+//! The `ocsf` encoding: OCSF 1.3 events, Network Activity (4001) for flows, API Activity
+//! (6003) for audit events, Compliance Finding (2003) for CIS test rows and Base Event (0) for
+//! the other report rows.
 //!
-//! Takes: a flow record or an audit view. Gives: one OCSF JSON object (field order fixed by the
+//! Takes: a flow record, an audit view or a report row. Gives: one OCSF JSON object (field order fixed by the
 //! structs below). Must never: use a class or enum value outside the OCSF 1.3 schema; what OCSF
 //! has no attribute for goes to `unmapped` under its flow-log name.
 
@@ -9,7 +10,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{AuditOp, AuditView, EncodeContext, EncodeError, FlowView, Level, level, named, secs_to_ms};
+use super::{
+    AuditOp, AuditView, CIS_STANDARD, Columns, EncodeContext, EncodeError, FlowView, Level, ReportView, level, named,
+    secs_to_ms,
+};
 use crate::model::{Action, Enforcement, FlowRecord, Observed, Policies, RecordLabels, Reporter};
 
 /// The OCSF schema version the events follow.
@@ -435,6 +439,185 @@ pub(super) fn audit(a: &AuditView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -
         http_request: (a.user_agent.is_some() || a.request_uri.is_some())
             .then(|| HttpRequest { user_agent: a.user_agent, url: a.request_uri.map(|url_string| Url { url_string }) }),
         raw_data: serde_json::to_string(a.event)?,
+    };
+    Ok(serde_json::to_writer(out, &ev)?)
+}
+
+/// A CIS test row: Compliance Finding (2003).
+#[derive(Serialize)]
+struct ComplianceFinding<'a> {
+    activity_id: u8,
+    activity_name: &'static str,
+    category_uid: u8,
+    category_name: &'static str,
+    class_uid: u32,
+    class_name: &'static str,
+    type_uid: u32,
+    type_name: &'static str,
+    severity_id: u8,
+    severity: &'static str,
+    status_id: u8,
+    status: &'static str,
+    time: u64,
+    start_time: u64,
+    end_time: u64,
+    message: String,
+    metadata: Metadata<'a>,
+    device: Device<'a>,
+    finding_info: FindingInfo<'a>,
+    compliance: Compliance<'a>,
+    resources: [NodeResource<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remediation: Option<Remediation<'a>>,
+    unmapped: ReportUnmapped<'a>,
+}
+
+#[derive(Serialize)]
+struct FindingInfo<'a> {
+    uid: &'a str,
+    title: &'a str,
+    created_time: u64,
+    types: [&'static str; 1],
+}
+
+#[derive(Serialize)]
+struct Compliance<'a> {
+    control: &'a str,
+    standards: [&'static str; 1],
+    status_id: u8,
+    status: &'static str,
+    status_code: &'a str,
+}
+
+#[derive(Serialize)]
+struct NodeResource<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Remediation<'a> {
+    desc: &'a str,
+}
+
+/// Any other report row: Base Event (0), the row in `unmapped`.
+#[derive(Serialize)]
+struct ReportEvent<'a> {
+    activity_id: u8,
+    activity_name: &'static str,
+    category_uid: u8,
+    category_name: &'static str,
+    class_uid: u32,
+    class_name: &'static str,
+    type_uid: u32,
+    type_name: &'static str,
+    severity_id: u8,
+    severity: &'static str,
+    time: u64,
+    start_time: u64,
+    end_time: u64,
+    message: String,
+    metadata: Metadata<'a>,
+    device: Device<'a>,
+    unmapped: ReportUnmapped<'a>,
+}
+
+/// The row as flowaudit writes it: report, file, row number and columns.
+#[derive(Serialize)]
+struct ReportUnmapped<'a> {
+    report: &'a str,
+    report_type: &'static str,
+    file: &'static str,
+    row: u64,
+    rows: u64,
+    columns: Columns<'a>,
+}
+
+/// A CIS test row is a Compliance Finding (2003): the test is `compliance.control` of the CIS
+/// Kubernetes Benchmark, its result `compliance.status_id` (PASS: 1 Pass, WARN: 2 Warning, FAIL:
+/// 3 Fail, INFO: 99 Other), the node the resource. OCSF has no class for the other rows (a
+/// summary, an endpoint's flags, a namespace): they are Base Events (0) with the row in
+/// `unmapped`, as this encoding does with every field OCSF has no attribute for.
+pub(super) fn report(v: &ReportView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let row = v.row;
+    let (severity_id, severity) = match v.level {
+        Level::Info => (1, "Informational"),
+        Level::Low => (2, "Low"),
+        Level::Medium => (3, "Medium"),
+        Level::High => (4, "High"),
+    };
+    let unmapped = ReportUnmapped {
+        report: &row.report,
+        report_type: row.report_type,
+        file: row.file,
+        row: row.row,
+        rows: row.rows,
+        columns: Columns(row),
+    };
+    let Some(test) = &v.test else {
+        let ev = ReportEvent {
+            activity_id: 99,
+            activity_name: "Other",
+            category_uid: 0,
+            category_name: "Uncategorized",
+            class_uid: 0,
+            class_name: "Base Event",
+            type_uid: 99,
+            type_name: "Base Event: Other",
+            severity_id,
+            severity,
+            time: row.generated_ms,
+            start_time: row.start_ms,
+            end_time: row.end_ms,
+            message: v.message(),
+            metadata: metadata(ctx, Some(&v.id), "reports"),
+            device: device(ctx),
+            unmapped,
+        };
+        return Ok(serde_json::to_writer(out, &ev)?);
+    };
+    let (status_id, status) = match test.status {
+        "PASS" => (1, "Pass"),
+        "WARN" => (2, "Warning"),
+        "FAIL" => (3, "Fail"),
+        _ => (99, "Other"),
+    };
+    let ev = ComplianceFinding {
+        activity_id: 1,
+        activity_name: "Create",
+        category_uid: 2,
+        category_name: "Findings",
+        class_uid: 2003,
+        class_name: "Compliance Finding",
+        type_uid: 2003 * 100 + 1,
+        type_name: "Compliance Finding: Create",
+        severity_id,
+        severity,
+        status_id: 1,
+        status: "New",
+        time: row.generated_ms,
+        start_time: row.start_ms,
+        end_time: row.end_ms,
+        message: v.message(),
+        metadata: metadata(ctx, Some(&v.id), "reports"),
+        device: device(ctx),
+        finding_info: FindingInfo {
+            uid: &v.id,
+            title: test.description,
+            created_time: row.generated_ms,
+            types: [CIS_STANDARD],
+        },
+        compliance: Compliance {
+            control: test.index,
+            standards: [CIS_STANDARD],
+            status_id,
+            status,
+            status_code: test.status,
+        },
+        resources: [NodeResource { kind: "Node", name: test.node }],
+        remediation: (!test.remediation.is_empty()).then_some(Remediation { desc: test.remediation }),
+        unmapped,
     };
     Ok(serde_json::to_writer(out, &ev)?)
 }

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::model::{Observed, Policies, RecordContext, RecordLabels};
+use crate::model::{Observed, Policies, RecordContext, RecordLabels, ReportRow};
 
 const ALL: [Encoding; 4] = [Encoding::Calico, Encoding::Ecs, Encoding::Ocsf, Encoding::Cef];
 
@@ -206,6 +206,98 @@ fn audits() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// A report row of `file` with these columns.
+fn report_row(
+    report_type: &'static str,
+    file: &'static str,
+    row: u64,
+    columns: &'static [&'static str],
+    values: &[&str],
+) -> ReportRow {
+    ReportRow {
+        report: "daily".into(),
+        report_type,
+        start_ms: 1_795_651_200_000,
+        end_ms: 1_795_737_600_000,
+        generated_ms: 1_795_739_400_250,
+        file,
+        row,
+        rows: 3,
+        columns,
+        values: values.iter().map(|v| (*v).to_owned()).collect(),
+    }
+}
+
+const CIS_COLUMNS: &[&str] =
+    &["nodeName", "testIndex", "testDescription", "status", "scored", "remediation", "decidedBy"];
+
+fn reports() -> Vec<(&'static str, ReportRow)> {
+    vec![
+        (
+            "report-cis-fail",
+            report_row(
+                "cis-benchmark",
+                "all-tests.csv",
+                2,
+                CIS_COLUMNS,
+                &[
+                    "node-a",
+                    "1.1.1",
+                    "Ensure that the API server pod specification file permissions are set to 600 or more restrictive",
+                    "FAIL",
+                    "true",
+                    "Run chmod 600 /etc/kubernetes/manifests/kube-apiserver.yaml; a=b|c\nnext",
+                    "kube-bench",
+                ],
+            ),
+        ),
+        (
+            "report-cis-pass",
+            report_row(
+                "cis-benchmark",
+                "all-tests.csv",
+                3,
+                CIS_COLUMNS,
+                &[
+                    "node-a",
+                    "5.3.2",
+                    "Ensure that all Namespaces have NetworkPolicies defined",
+                    "PASS",
+                    "false",
+                    "",
+                    "flowaudit",
+                ],
+            ),
+        ),
+        (
+            "report-endpoint",
+            report_row(
+                "network-access",
+                "endpoints.csv",
+                1,
+                &["endpoint", "ingressProtected", "deniedFlows", "enforcementViolations"],
+                &["Pod.v1(shop/db)", "true", "2", "1"],
+            ),
+        ),
+        (
+            "report-summary",
+            report_row(
+                "inventory",
+                "summary.csv",
+                1,
+                &["startTime", "endTime", "endpointSelector", "numTotalEndpoints"],
+                &["2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z", "", "12"],
+            ),
+        ),
+    ]
+}
+
+fn report_line(r: &ReportRow, enc: Encoding) -> String {
+    let mut out = Vec::new();
+    encode_report(r, enc, &ctx(), &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
 fn name(enc: Encoding) -> &'static str {
     match enc {
         Encoding::Calico => "calico.json",
@@ -236,6 +328,9 @@ fn outputs() -> Vec<(String, String)> {
         }
         for (fixture, e) in audits() {
             all.push((format!("{fixture}.{}", name(enc)), audit_line(&e, enc)));
+        }
+        for (fixture, r) in reports() {
+            all.push((format!("{fixture}.{}", name(enc)), report_line(&r, enc)));
         }
     }
     all
@@ -658,4 +753,79 @@ fn encoding_names() {
         assert_eq!(serde_json::from_value::<Encoding>(json!(s)).unwrap(), enc);
     }
     assert_eq!(Encoding::default(), Encoding::Calico);
+}
+
+#[test]
+fn report_rows_keep_their_columns_in_every_encoding() {
+    let columns = |r: &ReportRow| -> Value {
+        r.columns.iter().zip(&r.values).map(|(c, v)| ((*c).to_owned(), Value::from(v.as_str()))).collect()
+    };
+    for (fixture, r) in reports() {
+        let calico: Value = serde_json::from_str(&report_line(&r, Encoding::Calico)).unwrap();
+        assert_eq!(calico["columns"], columns(&r), "{fixture}");
+        assert_eq!(
+            (calico["id"].as_str(), calico["start_time"].as_str(), calico["row"].as_u64()),
+            (Some(r.id().as_str()), Some("2026-11-26T00:00:00.000Z"), Some(r.row)),
+            "{fixture}"
+        );
+        let key_order: Vec<&str> = {
+            let line = report_line(&r, Encoding::Calico);
+            let at = line.find("\"columns\"").unwrap();
+            r.columns.iter().map(|c| (line[at..].find(&format!("\"{c}\"")).unwrap(), *c)).map(|(_, c)| c).collect()
+        };
+        assert_eq!(key_order, r.columns, "{fixture}: columns in file order");
+        let ecs: Value = serde_json::from_str(&report_line(&r, Encoding::Ecs)).unwrap();
+        assert_eq!(
+            (ecs["event"]["kind"].as_str(), ecs["event"]["dataset"].as_str()),
+            (Some("state"), Some("flowaudit.report"))
+        );
+        assert_eq!(ecs["flowaudit"]["report"]["columns"], columns(&r), "{fixture}");
+        let ocsf: Value = serde_json::from_str(&report_line(&r, Encoding::Ocsf)).unwrap();
+        assert_eq!(ocsf["unmapped"]["columns"], columns(&r), "{fixture}");
+        assert_eq!(ocsf["metadata"]["uid"].as_str(), Some(r.id().as_str()));
+        let (_, cef) = parse_cef(&report_line(&r, Encoding::Cef));
+        assert_eq!(serde_json::from_str::<Value>(&cef["flowauditflowauditColumns"]).unwrap(), columns(&r), "{fixture}");
+        assert_eq!((cef["externalId"].as_str(), cef["cs2"].as_str()), (r.id().as_str(), r.file));
+    }
+}
+
+#[test]
+fn cis_test_rows_are_compliance_findings() {
+    let rows = reports();
+    let (fail, pass, endpoint) = (&rows[0].1, &rows[1].1, &rows[2].1);
+    let ocsf: Value = serde_json::from_str(&report_line(fail, Encoding::Ocsf)).unwrap();
+    assert_eq!((ocsf["class_uid"].as_u64(), ocsf["type_uid"].as_u64()), (Some(2003), Some(200_301)));
+    assert_eq!(ocsf["compliance"]["control"], "1.1.1");
+    assert_eq!(
+        (ocsf["compliance"]["status_id"].as_u64(), ocsf["compliance"]["status"].as_str()),
+        (Some(3), Some("Fail"))
+    );
+    assert_eq!(ocsf["compliance"]["standards"][0], "CIS Kubernetes Benchmark");
+    assert_eq!(ocsf["resources"][0]["name"], "node-a");
+    assert_eq!(ocsf["severity_id"].as_u64(), Some(3));
+    assert!(ocsf["remediation"]["desc"].as_str().unwrap().starts_with("Run chmod 600"));
+    let ocsf: Value = serde_json::from_str(&report_line(pass, Encoding::Ocsf)).unwrap();
+    assert_eq!((ocsf["compliance"]["status_id"].as_u64(), ocsf["severity_id"].as_u64()), (Some(1), Some(1)));
+    assert!(ocsf.get("remediation").is_none(), "no empty remediation");
+    let ocsf: Value = serde_json::from_str(&report_line(endpoint, Encoding::Ocsf)).unwrap();
+    assert_eq!((ocsf["class_uid"].as_u64(), ocsf["type_uid"].as_u64()), (Some(0), Some(99)));
+    assert_eq!(ocsf["severity_id"].as_u64(), Some(4), "an endpoint with enforcement violations is high");
+    assert!(ocsf.get("compliance").is_none());
+
+    let ecs: Value = serde_json::from_str(&report_line(fail, Encoding::Ecs)).unwrap();
+    assert_eq!((ecs["rule"]["id"].as_str(), ecs["event"]["outcome"].as_str()), (Some("1.1.1"), Some("failure")));
+    let ecs: Value = serde_json::from_str(&report_line(pass, Encoding::Ecs)).unwrap();
+    assert_eq!(ecs["event"]["outcome"], "success");
+    let ecs: Value = serde_json::from_str(&report_line(endpoint, Encoding::Ecs)).unwrap();
+    assert!(ecs.get("rule").is_none() && ecs["event"].get("outcome").is_none());
+
+    let (h, e) = parse_cef(&report_line(fail, Encoding::Cef));
+    assert_eq!((h[4].as_str(), h[6].as_str()), ("cis-1.1.1", "5"));
+    assert_eq!((e["outcome"].as_str(), e["cs3"].as_str()), ("FAIL", "node-a"));
+    assert!(e["flowauditflowauditColumns"].contains("a=b|c\\nnext"), "{}", e["flowauditflowauditColumns"]);
+    let (h, _) = parse_cef(&report_line(endpoint, Encoding::Cef));
+    assert_eq!(
+        (h[4].as_str(), h[5].as_str(), h[6].as_str()),
+        ("report-network-access", "network-access endpoints.csv", "8")
+    );
 }

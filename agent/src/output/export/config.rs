@@ -48,6 +48,7 @@ pub struct RawExporter {
     pub url: Option<String>,
     pub index: Option<String>,
     pub audit_index: Option<String>,
+    pub report_index: Option<String>,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub api_key_file: Option<PathBuf>,
@@ -58,6 +59,7 @@ pub struct RawExporter {
     pub brokers: Option<Vec<String>>,
     pub topic: Option<String>,
     pub audit_topic: Option<String>,
+    pub report_topic: Option<String>,
     pub compression: Option<String>,
     // clickhouse
     pub database: Option<String>,
@@ -142,6 +144,8 @@ pub enum SinkConfig {
         index: String,
         /// Index pattern of audit events.
         audit_index: String,
+        /// Index pattern of report rows.
+        report_index: String,
         /// `user` and the password file.
         basic: Option<(String, PathBuf)>,
         /// API key file.
@@ -174,6 +178,8 @@ pub enum SinkConfig {
         topic: String,
         /// Topic of audit events.
         audit_topic: String,
+        /// Topic of report rows.
+        report_topic: String,
         /// none, gzip, lz4, snappy, zstd.
         compression: String,
     },
@@ -228,7 +234,35 @@ pub struct Defaults {
     pub max_files: u32,
     /// Parent of per-exporter spools (`<state_dir>/spool`).
     pub spool_root: PathBuf,
+    /// What the process writes: the log types an entry may take, and those it takes without
+    /// `log_types` (clickhouse: flows).
+    pub log_types: ProcessLogTypes,
 }
+
+/// The log types of a process's exporters.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessLogTypes {
+    /// The log types the process makes.
+    pub accepted: &'static [LogType],
+    /// An entry's log types when it has no `log_types`.
+    pub default: &'static [LogType],
+    /// Why another log type is refused.
+    pub refusal: &'static str,
+}
+
+/// `flowaudit run`: flows and audit events.
+pub const AGENT_LOG_TYPES: ProcessLogTypes = ProcessLogTypes {
+    accepted: &[LogType::Flows, LogType::Audit],
+    default: &[LogType::Flows, LogType::Audit],
+    refusal: "report rows are sent by flowaudit reporter (its --config), not by the agent",
+};
+
+/// `flowaudit reporter`: report rows.
+pub const REPORTER_LOG_TYPES: ProcessLogTypes = ProcessLogTypes {
+    accepted: &[LogType::Reports],
+    default: &[LogType::Reports],
+    refusal: "flowaudit reporter sends the rows of its reports only (log_types: [reports])",
+};
 
 /// Keys each type accepts besides the common ones.
 fn type_keys(kind: &str) -> Option<&'static [&'static str]> {
@@ -240,6 +274,7 @@ fn type_keys(kind: &str) -> Option<&'static [&'static str]> {
             "url",
             "index",
             "audit_index",
+            "report_index",
             "username",
             "password_file",
             "api_key_file",
@@ -249,7 +284,7 @@ fn type_keys(kind: &str) -> Option<&'static [&'static str]> {
             TLS[2],
         ],
         "splunk_hec" => &["url", "token_file", "index", "sourcetype", "dead_letter_file", TLS[0], TLS[1], TLS[2]],
-        "kafka" => &["brokers", "topic", "audit_topic", "compression"],
+        "kafka" => &["brokers", "topic", "audit_topic", "report_topic", "compression"],
         "otlp" => &["url", "dead_letter_file", TLS[0], TLS[1], TLS[2]],
         "clickhouse" => {
             &["url", "database", "table", "username", "password_file", "dead_letter_file", TLS[0], TLS[1], TLS[2]]
@@ -279,6 +314,7 @@ impl RawExporter {
         check("url", self.url.is_some());
         check("index", self.index.is_some());
         check("audit_index", self.audit_index.is_some());
+        check("report_index", self.report_index.is_some());
         check("username", self.username.is_some());
         check("password_file", self.password_file.is_some());
         check("api_key_file", self.api_key_file.is_some());
@@ -288,6 +324,7 @@ impl RawExporter {
         check("brokers", self.brokers.is_some());
         check("topic", self.topic.is_some());
         check("audit_topic", self.audit_topic.is_some());
+        check("report_topic", self.report_topic.is_some());
         check("compression", self.compression.is_some());
         check("database", self.database.is_some());
         check("table", self.table.is_some());
@@ -428,6 +465,7 @@ fn resolve_one(i: usize, r: &RawExporter, defaults: &Defaults) -> Result<Exporte
                 url: url(&required("url", &r.url)?).map_err(|e| problem("url", e))?,
                 index: r.index.clone().unwrap_or_else(|| "flowaudit-flows-%Y.%m.%d".into()),
                 audit_index: r.audit_index.clone().unwrap_or_else(|| "flowaudit-audit-%Y.%m.%d".into()),
+                report_index: r.report_index.clone().unwrap_or_else(|| "flowaudit-reports-%Y.%m.%d".into()),
                 basic: match (&r.username, readable("password_file", &r.password_file)?) {
                     (Some(u), Some(p)) => Some((u.clone(), p)),
                     _ => None,
@@ -459,6 +497,7 @@ fn resolve_one(i: usize, r: &RawExporter, defaults: &Defaults) -> Result<Exporte
             SinkConfig::Kafka {
                 brokers,
                 audit_topic: r.audit_topic.clone().unwrap_or_else(|| format!("{topic}-audit")),
+                report_topic: r.report_topic.clone().unwrap_or_else(|| format!("{topic}-reports")),
                 topic,
                 compression,
             }
@@ -475,10 +514,10 @@ fn resolve_one(i: usize, r: &RawExporter, defaults: &Defaults) -> Result<Exporte
                     "type clickhouse stores the calico encoding only: its columns are the flow-log fields".into(),
                 ));
             }
-            if r.log_types.as_ref().is_some_and(|t| t.contains(&LogType::Audit)) {
+            if let Some(t) = r.log_types.iter().flatten().find(|t| **t != LogType::Flows) {
                 return Err(problem(
                     "log_types",
-                    "type clickhouse stores flows only, not audit events: send those to another exporter".into(),
+                    format!("type clickhouse stores flows only, not {}: send those to another exporter", t.name()),
                 ));
             }
             let identifier = |key: &str, v: &Option<String>, d: &str| -> Result<String, FieldProblem> {
@@ -503,15 +542,15 @@ fn resolve_one(i: usize, r: &RawExporter, defaults: &Defaults) -> Result<Exporte
         }
         _ => unreachable!("type_keys accepted it"),
     };
-    let default_log_types =
-        if kind == "clickhouse" { vec![LogType::Flows] } else { vec![LogType::Flows, LogType::Audit] };
-    Ok(ExporterConfig {
-        name,
-        encoding: r.encoding.unwrap_or_default(),
-        log_types: r.log_types.clone().unwrap_or(default_log_types),
-        delivery,
-        sink,
-    })
+    let log_types = match &r.log_types {
+        Some(t) => t.clone(),
+        None if kind == "clickhouse" => vec![LogType::Flows],
+        None => defaults.log_types.default.to_vec(),
+    };
+    if let Some(t) = log_types.iter().find(|t| !defaults.log_types.accepted.contains(t)) {
+        return Err(problem("log_types", format!("{}: {}", t.name(), defaults.log_types.refusal)));
+    }
+    Ok(ExporterConfig { name, encoding: r.encoding.unwrap_or_default(), log_types, delivery, sink })
 }
 
 fn url(v: &str) -> Result<String, String> {
@@ -531,6 +570,7 @@ mod tests {
             max_file_size: 100,
             max_files: 5,
             spool_root: "/var/lib/flowaudit/spool".into(),
+            log_types: AGENT_LOG_TYPES,
         }
     }
 
@@ -595,6 +635,39 @@ mod tests {
     }
 
     #[test]
+    fn the_reporter_sends_report_rows_only() {
+        let reporter = Defaults { log_types: REPORTER_LOG_TYPES, ..defaults() };
+        let raw: Vec<RawExporter> = serde_yaml_ng::from_str(
+            "- {name: local, type: file, dir: /reports}\n\
+             - {name: es, type: elasticsearch, url: 'http://h:9200'}\n\
+             - {name: bus, type: kafka, brokers: [h:1], topic: t}",
+        )
+        .unwrap();
+        let e = resolve(Some(&raw), &reporter).unwrap();
+        assert!(e.iter().all(|e| e.log_types == vec![LogType::Reports]), "{e:?}");
+        let SinkConfig::Elasticsearch { report_index, .. } = &e[1].sink else { panic!() };
+        assert_eq!(report_index, "flowaudit-reports-%Y.%m.%d");
+        let SinkConfig::Kafka { report_topic, .. } = &e[2].sink else { panic!() };
+        assert_eq!(report_topic, "t-reports");
+        for (yaml, reason) in [
+            (
+                "- {name: a, type: syslog, address: 'udp://h:514', log_types: [reports, audit]}",
+                "audit: flowaudit reporter sends the rows of its reports only",
+            ),
+            ("- {name: a, type: clickhouse, url: 'http://h:8123'}", "flows: flowaudit reporter sends"),
+            (
+                "- {name: a, type: clickhouse, url: 'http://h:8123', log_types: [reports]}",
+                "type clickhouse stores flows only, not reports",
+            ),
+        ] {
+            let raw: Vec<RawExporter> = serde_yaml_ng::from_str(yaml).unwrap();
+            let e = resolve(Some(&raw), &reporter).unwrap_err();
+            assert_eq!(e.field, "exporters[0].log_types", "{yaml}");
+            assert!(e.reason.contains(reason), "{yaml}: {}", e.reason);
+        }
+    }
+
+    #[test]
     fn errors_name_the_entry_and_the_key() {
         let cases = [
             (
@@ -621,7 +694,7 @@ mod tests {
             (
                 "- {name: a, type: clickhouse, url: 'http://h:8123', log_types: [flows, audit]}",
                 "exporters[0].log_types",
-                "stores flows only, not audit events",
+                "stores flows only, not audit",
             ),
             (
                 "- {name: a, type: clickhouse, url: 'http://h:8123', encoding: ecs}",
@@ -635,6 +708,11 @@ mod tests {
                 "- {name: a, type: syslog, address: 'udp://h:514', table: t}",
                 "exporters[0].table",
                 "not a key of type syslog",
+            ),
+            (
+                "- {name: a, type: file}\n- {name: b, type: syslog, address: 'udp://h:514', log_types: [flows, reports]}",
+                "exporters[1].log_types",
+                "reports: report rows are sent by flowaudit reporter",
             ),
         ];
         for (yaml, field, reason) in cases {

@@ -37,24 +37,31 @@ pub enum LogType {
     Flows,
     /// Policy change audit events.
     Audit,
+    /// Rows of compliance reports (`flowaudit reporter` only).
+    Reports,
 }
 
 impl LogType {
-    /// `flows` or `audit`.
+    /// Every log type, in [`LogType::index`] order.
+    pub const ALL: [LogType; 3] = [LogType::Flows, LogType::Audit, LogType::Reports];
+
+    /// `flows`, `audit` or `reports`.
     pub fn name(self) -> &'static str {
         match self {
             LogType::Flows => "flows",
             LogType::Audit => "audit",
+            LogType::Reports => "reports",
         }
     }
 
     /// The inverse of [`LogType::name`].
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "flows" => Some(LogType::Flows),
-            "audit" => Some(LogType::Audit),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The position in [`LogType::ALL`] (per-type slots and topics).
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -217,13 +224,17 @@ fn build_sink(cfg: &ExporterConfig, node: &str) -> Result<Sink, SinkError> {
                 tls,
             ))
         }
-        SinkConfig::Elasticsearch { url, index, audit_index, basic, api_key_file, tls, .. } => {
+        SinkConfig::Elasticsearch { url, index, audit_index, report_index, basic, api_key_file, tls, .. } => {
             let auth = match (basic, api_key_file) {
                 (_, Some(key)) => Some(format!("ApiKey {}", secret(key)?)),
                 (Some((user, pass)), None) => Some(basic_auth(user, &secret(pass)?)),
                 (None, None) => None,
             };
-            let api = HttpApi::Elasticsearch { index: index.clone(), audit_index: audit_index.clone() };
+            let api = HttpApi::Elasticsearch {
+                index: index.clone(),
+                audit_index: audit_index.clone(),
+                report_index: report_index.clone(),
+            };
             Sink::Http(HttpSink::new(url, api, auth, sink::tls::client_config(tls)?, cfg.delivery.timeout)?)
         }
         SinkConfig::SplunkHec { url, token_file, index, sourcetype, tls, .. } => {
@@ -244,9 +255,11 @@ fn build_sink(cfg: &ExporterConfig, node: &str) -> Result<Sink, SinkError> {
             let tls = sink::tls::client_config(tls)?;
             Sink::ClickHouse(ClickHouseSink::new(url, database, table, auth, tls, cfg.delivery.timeout)?)
         }
-        SinkConfig::Kafka { brokers, topic, audit_topic, compression } => {
-            Sink::Kafka(KafkaSink::new(brokers.clone(), topic.clone(), audit_topic.clone(), compression))
-        }
+        SinkConfig::Kafka { brokers, topic, audit_topic, report_topic, compression } => Sink::Kafka(KafkaSink::new(
+            brokers.clone(),
+            [topic.clone(), audit_topic.clone(), report_topic.clone()],
+            compression,
+        )),
     })
 }
 
@@ -340,8 +353,8 @@ async fn intake(mut rx: mpsc::Receiver<(LogType, Vec<Item>)>, delivery: config::
         bytes: u64,
         since: Instant,
     }
-    let mut pending: [Option<Pending>; 2] = [None, None];
-    let slot = |t: LogType| usize::from(t == LogType::Audit);
+    let mut pending: [Option<Pending>; LogType::ALL.len()] = [None, None, None];
+    let slot = LogType::index;
     let seal = |p: Pending, t: LogType| {
         let n = p.items.len() as i64;
         let mut spool = shared.spool.lock().expect("not poisoned");
@@ -363,7 +376,7 @@ async fn intake(mut rx: mpsc::Receiver<(LogType, Vec<Item>)>, delivery: config::
             sub = rx.recv() => sub,
             () = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
                 let now = Instant::now();
-                for t in [LogType::Flows, LogType::Audit] {
+                for t in LogType::ALL {
                     if pending[slot(t)].as_ref().is_some_and(|p| p.since + delivery.batch_timeout <= now) {
                         seal(pending[slot(t)].take().expect("checked"), t);
                     }
@@ -382,7 +395,7 @@ async fn intake(mut rx: mpsc::Receiver<(LogType, Vec<Item>)>, delivery: config::
             }
         }
     }
-    for t in [LogType::Flows, LogType::Audit] {
+    for t in LogType::ALL {
         if let Some(p) = pending[slot(t)].take() {
             seal(p, t);
         }

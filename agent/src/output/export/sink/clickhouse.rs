@@ -110,8 +110,8 @@ impl ClickHouseSink {
     /// dead letters) and the others are stored. Any other failure retries what is not stored yet.
     pub async fn send(&mut self, log_type: LogType, items: &[Item]) -> Result<Outcome, SinkError> {
         let mut outcome = Outcome::default();
-        if log_type == LogType::Audit {
-            // The configuration refuses `log_types: [audit]`; a spool of another version may not.
+        if log_type != LogType::Flows {
+            // The configuration refuses other log types; a spool of another version may not.
             let reason = "type clickhouse stores flow records only".to_owned();
             outcome.rejected = (0..items.len()).map(|i| (i, reason.clone())).collect();
             return Ok(outcome);

@@ -23,6 +23,8 @@ pub enum HttpApi {
         index: String,
         /// Index pattern of audit events.
         audit_index: String,
+        /// Index pattern of report rows.
+        report_index: String,
     },
     /// `POST <url>/services/collector/event`.
     Splunk {
@@ -73,8 +75,12 @@ impl HttpSink {
     /// Sends one batch.
     pub async fn send(&mut self, log_type: LogType, items: &[Item]) -> Result<Outcome, SinkError> {
         let (body, content_type) = match &self.api {
-            HttpApi::Elasticsearch { index, audit_index } => {
-                let pattern = if log_type == LogType::Flows { index } else { audit_index };
+            HttpApi::Elasticsearch { index, audit_index, report_index } => {
+                let pattern = match log_type {
+                    LogType::Flows => index,
+                    LogType::Audit => audit_index,
+                    LogType::Reports => report_index,
+                };
                 (bulk_body(pattern, items)?, "application/x-ndjson")
             }
             HttpApi::Splunk { index, sourcetype, host } => {

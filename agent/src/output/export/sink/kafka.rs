@@ -22,7 +22,7 @@ use crate::output::export::{Item, LogType};
 /// The Kafka sink.
 pub struct KafkaSink {
     brokers: Vec<String>,
-    topics: [String; 2],
+    topics: [String; LogType::ALL.len()],
     compression: Compression,
     client: Option<Client>,
     partitions: BTreeMap<(String, i32), PartitionClient>,
@@ -31,7 +31,7 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// A sink that connects on first use.
-    pub fn new(brokers: Vec<String>, topic: String, audit_topic: String, compression: &str) -> Self {
+    pub fn new(brokers: Vec<String>, topics: [String; LogType::ALL.len()], compression: &str) -> Self {
         let compression = match compression {
             "gzip" => Compression::Gzip,
             "lz4" => Compression::Lz4,
@@ -39,14 +39,7 @@ impl KafkaSink {
             "zstd" => Compression::Zstd,
             _ => Compression::NoCompression,
         };
-        Self {
-            brokers,
-            topics: [topic, audit_topic],
-            compression,
-            client: None,
-            partitions: BTreeMap::new(),
-            counts: BTreeMap::new(),
-        }
+        Self { brokers, topics, compression, client: None, partitions: BTreeMap::new(), counts: BTreeMap::new() }
     }
 
     fn transport(e: impl std::fmt::Display) -> SinkError {
@@ -55,7 +48,7 @@ impl KafkaSink {
 
     /// Sends one batch.
     pub async fn send(&mut self, log_type: LogType, items: &[Item]) -> Result<Outcome, SinkError> {
-        let topic = self.topics[usize::from(log_type == LogType::Audit)].clone();
+        let topic = self.topics[log_type.index()].clone();
         if self.client.is_none() {
             let client = ClientBuilder::new(self.brokers.clone())
                 .client_id("flowaudit")

@@ -86,6 +86,7 @@ impl SyslogSink {
         let (severity, msgid) = match log_type {
             LogType::Flows => (6, "flow"),
             LogType::Audit => (5, "audit"),
+            LogType::Reports => (5, "report"),
         };
         let pri = u32::from(self.facility) * 8 + severity;
         let mut m = format!(
