@@ -19,7 +19,11 @@
 //! WARN: with `--cluster`, 5.3.2 "Ensure that all Namespaces have NetworkPolicies defined"; with
 //! flow records (`--flow-log-dir`, `--store`), 5.3.1 "Ensure that the CNI in use supports
 //! NetworkPolicies": FAIL when a connection denied by policy was established anyway, PASS when
-//! denied connections were dropped and none got through, undecided when none was denied.
+//! denied connections were dropped and none got through, undecided when none was denied; with
+//! `--cluster`, 5.1.5 "Ensure that default service accounts are not actively used": FAIL when a
+//! pod runs as its namespace's `default` service account (the check also wants the default
+//! accounts' `automountServiceAccountToken: false`, which flowaudit does not read, so it never
+//! gives PASS: without such pods the row stays as kube-bench reported it).
 //! Such a row is always listed (unless a filter excludes it) but counts toward pass % only where
 //! it is scored or `includeUnscoredTests` is set.
 //!
@@ -56,6 +60,23 @@ pub const NAMESPACE_POLICY_CHECK: &str = "5.3.2";
 /// The check flowaudit decides from the flow records: "Ensure that the CNI in use supports
 /// NetworkPolicies".
 pub const CNI_ENFORCES_CHECK: &str = "5.3.1";
+/// The check flowaudit can fail from the pods of the cluster state: "Ensure that default service
+/// accounts are not actively used" (decided only where the test's description says so: the
+/// numbering of section 5.1 differs between benchmark versions).
+pub const DEFAULT_SERVICE_ACCOUNT_CHECK: &str = "5.1.5";
+
+/// The pods of the state that run as their namespace's `default` service account, `ns/name`,
+/// sorted.
+pub fn pods_on_default_service_account(state: &ClusterState) -> Vec<String> {
+    let mut pods: Vec<String> = state
+        .pods
+        .iter()
+        .filter(|p| p.service_account.is_empty() || p.service_account == "default")
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    pods.sort();
+    pods
+}
 
 /// `all-tests.csv` columns (Calico's, plus `decidedBy`).
 pub const ALL_TESTS_COLUMNS: &[&str] =
@@ -719,6 +740,8 @@ pub fn build(input: &Input<'_>) -> Result<CisReport, ReportError> {
         (None, _) => None,
     };
 
+    let default_sa_pods = input.cluster.map(pods_on_default_service_account).filter(|p| !p.is_empty());
+
     let enforcement = match input.flows {
         Some(flows) => {
             let e = Enforcement::read(flows, input.range)?;
@@ -767,6 +790,16 @@ pub fn build(input: &Input<'_>) -> Result<CisReport, ReportError> {
                         format!("{}\nNamespaces without a NetworkPolicy: {list}", t.remediation)
                     };
                 }
+            }
+            if t.number == DEFAULT_SERVICE_ACCOUNT_CHECK
+                && t.desc.to_ascii_lowercase().contains("default service account")
+                && let Some(pods) = &default_sa_pods
+            {
+                t.decided_by = DecidedBy::Flowaudit;
+                t.status = Status::Fail;
+                let evidence = format!("Pods running as the default service account: {}", pods.join(";"));
+                t.remediation =
+                    if t.remediation.is_empty() { evidence } else { format!("{}\n{evidence}", t.remediation) };
             }
             if t.number == CNI_ENFORCES_CHECK
                 && let Some((status, evidence)) = &enforcement

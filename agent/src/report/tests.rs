@@ -16,7 +16,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{
     cis::{self, Band, DecidedBy, Status},
@@ -391,6 +391,67 @@ fn all_namespaces_covered_passes_5_3_2() {
     let t = r.nodes[0].tests.iter().find(|t| t.number == "5.3.2").unwrap();
     assert_eq!((t.status, t.decided_by, t.counted), (Status::Pass, DecidedBy::Flowaudit, true));
     assert_eq!(t.remediation, "Follow the documentation and create NetworkPolicy objects as you need them.");
+}
+
+/// 5.1.5 ("default service accounts are not actively used") fails from the pods that run as
+/// `default`; a 5.1.5 with another description (older numbering) and a cluster without such pods
+/// leave the row as kube-bench reported it.
+#[test]
+fn pods_on_the_default_service_account_fail_5_1_5() {
+    let d = tempfile::tempdir().unwrap();
+    let bench = |node: &str, desc: &str| {
+        let file = d.path().join(format!("{node}.json"));
+        let doc = json!({"Controls": [{"id": "5", "version": "cis-1.10", "detected_version": "1.28",
+            "text": "Kubernetes Policies", "node_type": "policies", "tests": [{"section": "5.1", "desc": "RBAC and Service Accounts",
+            "results": [{"test_number": "5.1.5", "test_desc": desc, "status": "WARN", "scored": false,
+                "test_info": ["Create explicit service accounts wherever a Kubernetes workload requires specific access."]}]}]}]});
+        std::fs::write(&file, doc.to_string()).unwrap();
+        file
+    };
+    let files = vec![
+        bench("node-a", "Ensure that default service accounts are not actively used (Manual)"),
+        bench("node-b", "Ensure that Service Account Tokens are only mounted where necessary (Manual)"),
+    ];
+    let pod = |ns: &str, name: &str, sa: &str| {
+        let sa = if sa.is_empty() { String::new() } else { format!("serviceAccountName: {sa}, ") };
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{{sa}containers: []}}\n"
+        )
+    };
+    let cluster = d.path().join("cluster");
+    std::fs::create_dir_all(&cluster).unwrap();
+    std::fs::write(
+        cluster.join("pods.yaml"),
+        [pod("shop", "web", ""), pod("shop", "api", "api"), pod("ops", "monitor", "default")].join("---\n"),
+    )
+    .unwrap();
+    let build = |state: &ClusterState| {
+        cis::build(&cis::Input {
+            range: range(),
+            kube_bench: files.clone(),
+            report: Some(global_report("daily-cis", Kind::CisBenchmark)),
+            cluster: Some(state),
+            cluster_dir: Some(cluster.clone()),
+            flows: None,
+        })
+        .unwrap()
+    };
+    let state = manifests::load_dir(&cluster).unwrap().state;
+    assert_eq!(cis::pods_on_default_service_account(&state), ["ops/monitor", "shop/web"]);
+    let r = build(&state);
+    let t = &r.nodes[0].tests[0];
+    assert_eq!((t.status, t.decided_by), (Status::Fail, DecidedBy::Flowaudit));
+    assert_eq!(
+        t.remediation,
+        "Create explicit service accounts wherever a Kubernetes workload requires specific access.\n\
+         Pods running as the default service account: ops/monitor;shop/web"
+    );
+    let t = &r.nodes[1].tests[0];
+    assert_eq!((t.status, t.decided_by), (Status::Warn, DecidedBy::KubeBench), "another check numbered 5.1.5");
+    // No pod on a default account: nothing decided (the accounts' token mounting is not known).
+    std::fs::write(cluster.join("pods.yaml"), pod("shop", "api", "api")).unwrap();
+    let r = build(&manifests::load_dir(&cluster).unwrap().state);
+    assert_eq!((r.nodes[0].tests[0].status, r.nodes[0].tests[0].decided_by), (Status::Warn, DecidedBy::KubeBench));
 }
 
 #[test]
