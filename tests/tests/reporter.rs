@@ -466,7 +466,7 @@ fn reporter_sends_every_row_of_each_report_to_its_exporters() {
     for ((msgid, msg), (interval, file, header, row)) in messages.iter().zip(&rows) {
         assert_eq!(msgid, "report");
         let v: serde_json::Value = serde_json::from_str(msg).unwrap_or_else(|e| panic!("{e}: {msg}"));
-        assert_eq!(v["unmapped"]["file"].as_str(), Some(file.as_str()), "{interval}");
+        assert_eq!(v["unmapped"]["report"]["file"].as_str(), Some(file.as_str()), "{interval}");
         let get = |c: &str| row[header.iter().position(|h| h == c).unwrap()].as_str();
         if file == "all-tests.csv" {
             let status = match get("status") {

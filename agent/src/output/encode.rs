@@ -151,6 +151,31 @@ struct CalicoReportRow<'a> {
     columns: Columns<'a>,
 }
 
+/// A report row as the `ecs` and `ocsf` encodings nest it (`flowaudit.report`, `unmapped.report`).
+#[derive(serde::Serialize)]
+struct RowFields<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    file: &'static str,
+    row: u64,
+    rows: u64,
+    columns: Columns<'a>,
+}
+
+impl<'a> RowFields<'a> {
+    fn of(row: &'a ReportRow) -> Self {
+        Self {
+            name: &row.report,
+            kind: row.report_type,
+            file: row.file,
+            row: row.row,
+            rows: row.rows,
+            columns: Columns(row),
+        }
+    }
+}
+
 /// A report row's columns as one JSON object, in the file's column order.
 struct Columns<'a>(&'a ReportRow);
 

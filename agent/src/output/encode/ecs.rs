@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    AuditOp, AuditView, CIS_STANDARD, Columns, EncodeContext, EncodeError, FlowView, ReportView, labels, named,
+    AuditOp, AuditView, CIS_STANDARD, EncodeContext, EncodeError, FlowView, ReportView, RowFields, labels, named,
     rfc3339_ms, secs_to_ms,
 };
 use crate::model::{Action, Enforcement, FlowRecord, Observed, Policies, Reporter};
@@ -448,18 +448,7 @@ struct Rule<'a> {
 
 #[derive(Serialize)]
 struct ReportFlowaudit<'a> {
-    report: ReportFields<'a>,
-}
-
-#[derive(Serialize)]
-struct ReportFields<'a> {
-    name: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    file: &'static str,
-    row: u64,
-    rows: u64,
-    columns: Columns<'a>,
+    report: RowFields<'a>,
 }
 
 /// A report row is a state record (ECS `event.kind: state`): what the report found for the
@@ -489,16 +478,7 @@ pub(super) fn report(v: &ReportView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>)
         rule: v.test.as_ref().map(|t| Rule { id: t.index, name: t.description, ruleset: CIS_STANDARD }),
         host: Host { name: &ctx.node },
         agent: Agent { kind: "flowaudit", version: ctx.agent_version },
-        flowaudit: ReportFlowaudit {
-            report: ReportFields {
-                name: &row.report,
-                kind: row.report_type,
-                file: row.file,
-                row: row.row,
-                rows: row.rows,
-                columns: Columns(row),
-            },
-        },
+        flowaudit: ReportFlowaudit { report: RowFields::of(row) },
     };
     Ok(serde_json::to_writer(out, &doc)?)
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::{
-    AuditOp, AuditView, CIS_STANDARD, Columns, EncodeContext, EncodeError, FlowView, Level, ReportView, level, named,
+    AuditOp, AuditView, CIS_STANDARD, EncodeContext, EncodeError, FlowView, Level, ReportView, RowFields, level, named,
     secs_to_ms,
 };
 use crate::model::{Action, Enforcement, FlowRecord, Observed, Policies, RecordLabels, Reporter};
@@ -44,8 +44,10 @@ struct Device<'a> {
     kind: &'static str,
 }
 
+/// What every event starts with: its category, class, activity (`type_uid` = class × 100 +
+/// activity, `type_name` = `<class>: <activity>`) and severity.
 #[derive(Serialize)]
-struct FlowEvent<'a> {
+struct Classification {
     activity_id: u8,
     activity_name: &'static str,
     category_uid: u8,
@@ -53,9 +55,46 @@ struct FlowEvent<'a> {
     class_uid: u32,
     class_name: &'static str,
     type_uid: u32,
-    type_name: &'static str,
+    type_name: TypeName,
     severity_id: u8,
     severity: &'static str,
+}
+
+/// `<class>: <activity>`, written without an allocation.
+struct TypeName(&'static str, &'static str);
+
+impl Serialize for TypeName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}: {}", self.0, self.1))
+    }
+}
+
+impl Classification {
+    fn new(
+        (category_uid, category_name): (u8, &'static str),
+        (class_uid, class_name): (u32, &'static str),
+        (activity_id, activity_name): (u8, &'static str),
+        (severity_id, severity): (u8, &'static str),
+    ) -> Self {
+        Self {
+            activity_id,
+            activity_name,
+            category_uid,
+            category_name,
+            class_uid,
+            class_name,
+            type_uid: class_uid * 100 + u32::from(activity_id),
+            type_name: TypeName(class_name, activity_name),
+            severity_id,
+            severity,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FlowEvent<'a> {
+    #[serde(flatten)]
+    class: Classification,
     time: u64,
     start_time: u64,
     end_time: u64,
@@ -199,16 +238,12 @@ pub(super) fn flow(rec: &FlowRecord, ctx: &EncodeContext, out: &mut Vec<u8>) -> 
         .filter_map(|(name, ip)| ip.map(|value| Observable { name, type_id: 2, kind: "IP Address", value }))
         .collect();
     let ev = FlowEvent {
-        activity_id: 6,
-        activity_name: "Traffic",
-        category_uid: 4,
-        category_name: "Network Activity",
-        class_uid: 4001,
-        class_name: "Network Activity",
-        type_uid: 4001 * 100 + 6,
-        type_name: "Network Activity: Traffic",
-        severity_id,
-        severity,
+        class: Classification::new(
+            (4, "Network Activity"),
+            (4001, "Network Activity"),
+            (6, "Traffic"),
+            (severity_id, severity),
+        ),
         time: end_ms,
         start_time: start_ms,
         end_time: end_ms,
@@ -287,16 +322,8 @@ pub(super) fn flow(rec: &FlowRecord, ctx: &EncodeContext, out: &mut Vec<u8>) -> 
 
 #[derive(Serialize)]
 struct ApiEvent<'a> {
-    activity_id: u8,
-    activity_name: &'static str,
-    category_uid: u8,
-    category_name: &'static str,
-    class_uid: u32,
-    class_name: &'static str,
-    type_uid: u32,
-    type_name: &'static str,
-    severity_id: u8,
-    severity: &'static str,
+    #[serde(flatten)]
+    class: Classification,
     time: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     start_time: Option<u64>,
@@ -385,12 +412,12 @@ struct Url<'a> {
 }
 
 pub(super) fn audit(a: &AuditView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let (activity_id, activity_name, type_name) = match a.op() {
-        AuditOp::Create => (1, "Create", "API Activity: Create"),
-        AuditOp::Read => (2, "Read", "API Activity: Read"),
-        AuditOp::Update => (3, "Update", "API Activity: Update"),
-        AuditOp::Delete => (4, "Delete", "API Activity: Delete"),
-        AuditOp::Other => (99, "Other", "API Activity: Other"),
+    let activity = match a.op() {
+        AuditOp::Create => (1, "Create"),
+        AuditOp::Read => (2, "Read"),
+        AuditOp::Update => (3, "Update"),
+        AuditOp::Delete => (4, "Delete"),
+        AuditOp::Other => (99, "Other"),
     };
     let (status_id, status) = match a.succeeded() {
         Some(true) => (1, "Success"),
@@ -399,16 +426,7 @@ pub(super) fn audit(a: &AuditView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -
     };
     let has_resource = a.resource.is_some() || a.name.is_some();
     let ev = ApiEvent {
-        activity_id,
-        activity_name,
-        category_uid: 6,
-        category_name: "Application Activity",
-        class_uid: 6003,
-        class_name: "API Activity",
-        type_uid: 6003 * 100 + u32::from(activity_id),
-        type_name,
-        severity_id: 1,
-        severity: "Informational",
+        class: Classification::new((6, "Application Activity"), (6003, "API Activity"), activity, (1, "Informational")),
         time: a.time_ms,
         start_time: a.received_ms,
         status_id,
@@ -443,33 +461,33 @@ pub(super) fn audit(a: &AuditView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -
     Ok(serde_json::to_writer(out, &ev)?)
 }
 
-/// A CIS test row: Compliance Finding (2003).
+/// A report row: a Compliance Finding (2003) for a CIS test row (with [`Finding`]), else a Base
+/// Event (0).
 #[derive(Serialize)]
-struct ComplianceFinding<'a> {
-    activity_id: u8,
-    activity_name: &'static str,
-    category_uid: u8,
-    category_name: &'static str,
-    class_uid: u32,
-    class_name: &'static str,
-    type_uid: u32,
-    type_name: &'static str,
-    severity_id: u8,
-    severity: &'static str,
-    status_id: u8,
-    status: &'static str,
+struct ReportEvent<'a> {
+    #[serde(flatten)]
+    class: Classification,
     time: u64,
     start_time: u64,
     end_time: u64,
     message: String,
     metadata: Metadata<'a>,
     device: Device<'a>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    finding: Option<Finding<'a>>,
+    unmapped: ReportUnmapped<'a>,
+}
+
+/// What a Compliance Finding adds.
+#[derive(Serialize)]
+struct Finding<'a> {
+    status_id: u8,
+    status: &'static str,
     finding_info: FindingInfo<'a>,
     compliance: Compliance<'a>,
     resources: [NodeResource<'a>; 1],
     #[serde(skip_serializing_if = "Option::is_none")]
     remediation: Option<Remediation<'a>>,
-    unmapped: ReportUnmapped<'a>,
 }
 
 #[derive(Serialize)]
@@ -501,37 +519,10 @@ struct Remediation<'a> {
     desc: &'a str,
 }
 
-/// Any other report row: Base Event (0), the row in `unmapped`.
-#[derive(Serialize)]
-struct ReportEvent<'a> {
-    activity_id: u8,
-    activity_name: &'static str,
-    category_uid: u8,
-    category_name: &'static str,
-    class_uid: u32,
-    class_name: &'static str,
-    type_uid: u32,
-    type_name: &'static str,
-    severity_id: u8,
-    severity: &'static str,
-    time: u64,
-    start_time: u64,
-    end_time: u64,
-    message: String,
-    metadata: Metadata<'a>,
-    device: Device<'a>,
-    unmapped: ReportUnmapped<'a>,
-}
-
 /// The row as flowaudit writes it: report, file, row number and columns.
 #[derive(Serialize)]
 struct ReportUnmapped<'a> {
-    report: &'a str,
-    report_type: &'static str,
-    file: &'static str,
-    row: u64,
-    rows: u64,
-    columns: Columns<'a>,
+    report: RowFields<'a>,
 }
 
 /// A CIS test row is a Compliance Finding (2003): the test is `compliance.control` of the CIS
@@ -541,83 +532,47 @@ struct ReportUnmapped<'a> {
 /// `unmapped`, as this encoding does with every field OCSF has no attribute for.
 pub(super) fn report(v: &ReportView<'_>, ctx: &EncodeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let row = v.row;
-    let (severity_id, severity) = match v.level {
+    let severity = match v.level {
         Level::Info => (1, "Informational"),
         Level::Low => (2, "Low"),
         Level::Medium => (3, "Medium"),
         Level::High => (4, "High"),
     };
-    let unmapped = ReportUnmapped {
-        report: &row.report,
-        report_type: row.report_type,
-        file: row.file,
-        row: row.row,
-        rows: row.rows,
-        columns: Columns(row),
-    };
-    let Some(test) = &v.test else {
-        let ev = ReportEvent {
-            activity_id: 99,
-            activity_name: "Other",
-            category_uid: 0,
-            category_name: "Uncategorized",
-            class_uid: 0,
-            class_name: "Base Event",
-            type_uid: 99,
-            type_name: "Base Event: Other",
-            severity_id,
-            severity,
-            time: row.generated_ms,
-            start_time: row.start_ms,
-            end_time: row.end_ms,
-            message: v.message(),
-            metadata: metadata(ctx, Some(&v.id), "reports"),
-            device: device(ctx),
-            unmapped,
-        };
-        return Ok(serde_json::to_writer(out, &ev)?);
-    };
-    let (status_id, status) = match test.status {
-        "PASS" => (1, "Pass"),
-        "WARN" => (2, "Warning"),
-        "FAIL" => (3, "Fail"),
-        _ => (99, "Other"),
-    };
-    let ev = ComplianceFinding {
-        activity_id: 1,
-        activity_name: "Create",
-        category_uid: 2,
-        category_name: "Findings",
-        class_uid: 2003,
-        class_name: "Compliance Finding",
-        type_uid: 2003 * 100 + 1,
-        type_name: "Compliance Finding: Create",
-        severity_id,
-        severity,
+    let finding = v.test.as_ref().map(|test| Finding {
         status_id: 1,
         status: "New",
-        time: row.generated_ms,
-        start_time: row.start_ms,
-        end_time: row.end_ms,
-        message: v.message(),
-        metadata: metadata(ctx, Some(&v.id), "reports"),
-        device: device(ctx),
         finding_info: FindingInfo {
             uid: &v.id,
             title: test.description,
             created_time: row.generated_ms,
             types: [CIS_STANDARD],
         },
-        compliance: Compliance {
-            control: test.index,
-            standards: [CIS_STANDARD],
-            status_id,
-            status,
-            status_code: test.status,
+        compliance: {
+            let (status_id, status) = match test.status {
+                "PASS" => (1, "Pass"),
+                "WARN" => (2, "Warning"),
+                "FAIL" => (3, "Fail"),
+                _ => (99, "Other"),
+            };
+            Compliance { control: test.index, standards: [CIS_STANDARD], status_id, status, status_code: test.status }
         },
         resources: [NodeResource { kind: "Node", name: test.node }],
         remediation: (!test.remediation.is_empty()).then_some(Remediation { desc: test.remediation }),
-        unmapped,
+    });
+    let class = match finding {
+        Some(_) => Classification::new((2, "Findings"), (2003, "Compliance Finding"), (1, "Create"), severity),
+        None => Classification::new((0, "Uncategorized"), (0, "Base Event"), (99, "Other"), severity),
+    };
+    let ev = ReportEvent {
+        class,
+        time: row.generated_ms,
+        start_time: row.start_ms,
+        end_time: row.end_ms,
+        message: v.message(),
+        metadata: metadata(ctx, Some(&v.id), "reports"),
+        device: device(ctx),
+        finding,
+        unmapped: ReportUnmapped { report: RowFields::of(row) },
     };
     Ok(serde_json::to_writer(out, &ev)?)
 }

@@ -781,7 +781,7 @@ fn report_rows_keep_their_columns_in_every_encoding() {
         );
         assert_eq!(ecs["flowaudit"]["report"]["columns"], columns(&r), "{fixture}");
         let ocsf: Value = serde_json::from_str(&report_line(&r, Encoding::Ocsf)).unwrap();
-        assert_eq!(ocsf["unmapped"]["columns"], columns(&r), "{fixture}");
+        assert_eq!(ocsf["unmapped"]["report"]["columns"], columns(&r), "{fixture}");
         assert_eq!(ocsf["metadata"]["uid"].as_str(), Some(r.id().as_str()));
         let (_, cef) = parse_cef(&report_line(&r, Encoding::Cef));
         assert_eq!(serde_json::from_str::<Value>(&cef["flowauditflowauditColumns"]).unwrap(), columns(&r), "{fixture}");
