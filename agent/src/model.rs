@@ -384,8 +384,8 @@ pub struct RecordContext {
     /// The destination.
     pub dest: Option<Arc<Endpoint>>,
     /// The connection and interval this record belongs to (the record id's input, reporter
-    /// left as `{R}`): records of one connection share it.
-    pub conn: String,
+    /// left as `{R}`): records of one connection share it (one string).
+    pub conn: Text,
     /// The connection's packets and bytes forward, then reverse, at the point that saw most.
     pub alt: [u64; 4],
 }
@@ -405,8 +405,27 @@ pub fn is_private_ip(ip: IpAddr) -> bool {
 /// A record id: FNV-1a (64-bit) of `input`, as 16 hex digits. Stable across builds and
 /// platforms, so the same flow, interval and reporter always get the same id.
 pub fn record_id(input: &str) -> String {
-    let h = input.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{:016x}", fnv1a(FNV_OFFSET, input))
+}
+
+/// `record_id(&conn.replace("{R}", reporter))`, without building that string.
+pub fn record_id_of(conn: &str, reporter: &str) -> String {
+    let mut h = FNV_OFFSET;
+    for (i, piece) in conn.split("{R}").enumerate() {
+        if i > 0 {
+            h = fnv1a(h, reporter);
+        }
+        h = fnv1a(h, piece);
+    }
     format!("{h:016x}")
+}
+
+/// FNV-1a's offset basis (64 bits).
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64 bits) of `bytes`, continuing from `h`.
+fn fnv1a(h: u64, bytes: &str) -> u64 {
+    bytes.bytes().fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl FlowRecord {

@@ -8,7 +8,8 @@
 //!    rate (iperf3), and the short-connection rate (`fa-traffic tcp-churn`).
 //! 3. One fixed workload captured in turn by flowaudit, pmacctd, softflowd and conntrack
 //!    accounting: each one's process CPU time and its counts against nftables counters.
-//! 4. The agent's CPU time per thousand flows, next to the idle agent's over the same wall time.
+//! 4. The agent's CPU time per thousand flows, next to the idle agent's over the same wall time
+//!    (`super::bench_cpu`).
 //!
 //! Takes root and the lab; gives tables on stdout and the doc. Must never leave a lab, a tool
 //! process or a conntrack/nftables table behind (each lab removes its own on drop).
@@ -18,20 +19,23 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use flowaudit_lab::{Agent, Lab};
 use serde_json::Value;
 
-use crate::{build, cargo, root, setup};
+use crate::{
+    bench_cpu::{CPU_FLOWS, IDLE_SECONDS},
+    build, cargo, root, setup,
+};
 
 const ROUNDS: usize = 3;
 const SECONDS: &str = "5";
 /// Threads of the short-connection generator and of its server.
 const CHURN_THREADS: &str = "2";
-const CHURN_PORT: &str = "7000";
+pub(crate) const CHURN_PORT: &str = "7000";
 /// First source port of a counted run of short connections (each has its own).
 const CHURN_FIRST_SPORT: u16 = 20000;
 
@@ -60,7 +64,13 @@ fn iperf_udp(lab: &Lab, server: &str) -> anyhow::Result<(f64, f64)> {
 
 /// Short connections from p1 to the `tcp-accept` server of p2: (connections, seconds).
 /// With `max`, at most that many, each from its own source port from [`CHURN_FIRST_SPORT`] on.
-fn churn(lab: &Lab, traffic: &Path, server: &str, seconds: &str, max: Option<u64>) -> anyhow::Result<(u64, f64)> {
+pub(crate) fn churn(
+    lab: &Lab,
+    traffic: &Path,
+    server: &str,
+    seconds: &str,
+    max: Option<u64>,
+) -> anyhow::Result<(u64, f64)> {
     let mut cmd = lab.pod_command("p1", traffic)?;
     cmd.args(["tcp-churn", server, CHURN_PORT, CHURN_THREADS, seconds]);
     if let Some(max) = max {
@@ -76,7 +86,7 @@ fn churn(lab: &Lab, traffic: &Path, server: &str, seconds: &str, max: Option<u64
 /// Starts the short-connection server in p2 and lets p1 reuse TIME_WAIT ports (a client that
 /// closes first leaves one TIME_WAIT socket per connection; 28k ephemeral ports run out in
 /// seconds otherwise).
-fn churn_setup(lab: &mut Lab, traffic: &Path, server: &str) -> anyhow::Result<()> {
+pub(crate) fn churn_setup(lab: &mut Lab, traffic: &Path, server: &str) -> anyhow::Result<()> {
     let mut srv = lab.pod_command("p2", traffic)?;
     srv.args(["tcp-accept", server, CHURN_PORT, CHURN_THREADS]);
     lab.spawn(srv)?;
@@ -92,7 +102,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Packets that went to the ring buffer (flow table full) and that were lost, over all hooks.
-fn spills(agent: &Agent) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn spills(agent: &Agent) -> anyhow::Result<(u64, u64)> {
     let (_, body) = agent.get("/metrics")?;
     let sum = |counter: &str| -> u64 {
         let prefix = format!("flowaudit_kernel_events_total{{counter=\"{counter}\"");
@@ -105,7 +115,7 @@ fn spills(agent: &Agent) -> anyhow::Result<(u64, u64)> {
 }
 
 /// CPU time (user + system, seconds) of process `root` and its descendants, from /proc.
-fn tree_cpu(root: u32) -> f64 {
+pub(crate) fn tree_cpu(root: u32) -> f64 {
     // SAFETY: no side effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut procs: Vec<(u32, u32, u64)> = Vec::new();
@@ -160,6 +170,23 @@ struct Runs {
     spilled: (u64, u64),
 }
 
+/// For a part of the bench run alone (`bench-memory`, `bench-cpu`): installs what is needed,
+/// checks for root (`what` names the part), builds the release binaries and points the lab at
+/// them; returns their directory.
+pub(crate) fn lab_binaries(what: &str) -> anyhow::Result<PathBuf> {
+    setup::run()?;
+    if !crate::is_root() {
+        bail!("the {what} bench creates namespaces and loads eBPF programs: run as root");
+    }
+    let bin = build(true)?;
+    // SAFETY: single-threaded at this point; the lab reads these when it starts processes.
+    unsafe {
+        std::env::set_var("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
+        std::env::set_var("FLOWAUDIT_BIN_FA_TRAFFIC", bin.join("fa-traffic"));
+    }
+    Ok(bin)
+}
+
 /// Runs every benchmark and writes `docs/performance.md`.
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
@@ -194,7 +221,7 @@ pub fn run() -> anyhow::Result<()> {
     let traffic = bin.join("fa-traffic");
     let (iperf_table, udp_table, conn_table) = lab_rates(&bin, &traffic)?;
     let capture_table = side_by_side(&traffic)?;
-    let cpu_table = cpu_per_flow(&traffic)?;
+    let cpu_table = crate::bench_cpu::run(&traffic, crate::bench_cpu::ROUNDS, None)?;
     let memory = crate::bench_memory::run()?;
     println!("{memory}");
     let load = format!("{load_start} at the start, {} at the end", loadavg());
@@ -799,65 +826,6 @@ fn side_by_side(traffic: &Path) -> anyhow::Result<String> {
     Ok(table)
 }
 
-/// Connections of the CPU-per-flow measurement.
-const CPU_FLOWS: u64 = 20_000;
-/// Wall time of the idle measurement.
-const IDLE_SECONDS: u64 = 10;
-
-/// The agent's CPU time for a known number of new flows, next to its idle CPU.
-fn cpu_per_flow(traffic: &Path) -> anyhow::Result<String> {
-    let mut lab = Lab::new(2)?;
-    let server = lab.pod("p2").ipv4.to_string();
-    churn_setup(&mut lab, traffic, &server)?;
-    let dir = tempdir("cpu")?;
-    let config = dir.join("flowaudit.yaml");
-    // Room for every key of the run in one flush interval, so no packet takes the ring buffer.
-    std::fs::write(&config, "flow_table_entries: 262144\n")?;
-    let flows = dir.join("flows");
-    let cfg = config.to_string_lossy().into_owned();
-    let agent = Agent::start(&mut lab, &flows, &["--config", &cfg, "--flush-interval", "1s"])?;
-    std::thread::sleep(Duration::from_secs(2));
-    let idle0 = tree_cpu(agent.pid);
-    std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
-    let idle = tree_cpu(agent.pid) - idle0;
-    let start = Instant::now();
-    let busy0 = tree_cpu(agent.pid);
-    let (conns, _) = churn(&lab, traffic, &server, "120", Some(CPU_FLOWS))?;
-    // Three flush intervals: every flow of the run is drained, attributed and written.
-    std::thread::sleep(Duration::from_secs(3));
-    let busy = tree_cpu(agent.pid) - busy0;
-    let wall = start.elapsed().as_secs_f64();
-    let (spilled, lost) = spills(&agent)?;
-    if !agent.stop(&mut lab).is_some_and(|s| s.success()) {
-        bail!("the agent did not exit cleanly");
-    }
-    let port: u64 = CHURN_PORT.parse()?;
-    let records =
-        Agent::records(&flows).iter().filter(|r| r["dest_port"] == port && r["proto"] == "tcp").count() as f64;
-    let idle_same = idle * wall / IDLE_SECONDS as f64;
-    let net = busy - idle_same;
-    let table = format!(
-        "| measurement | wall time | agent CPU (user + system) | per connection | per flow record | per 1,000 connections |\n\
-         |---|---:|---:|---:|---:|---:|\n\
-         | idle agent | {IDLE_SECONDS} s | {:.0} ms | - | - | - |\n\
-         | idle agent, scaled to the busy run's wall time | {wall:.1} s | {:.0} ms | - | - | - |\n\
-         | {conns} short TCP connections ({records:.0} records, {spilled} packets through the ring buffer, {lost} lost) | {wall:.1} s | {:.0} ms | {:.1} µs | {:.1} µs | {:.1} ms |\n\
-         | the same, net of the idle agent | {wall:.1} s | {:.0} ms | {:.1} µs | {:.1} µs | {:.1} ms |\n",
-        idle * 1e3,
-        idle_same * 1e3,
-        busy * 1e3,
-        busy * 1e6 / conns as f64,
-        busy * 1e6 / records.max(1.0),
-        busy * 1e6 / conns as f64,
-        net * 1e3,
-        net * 1e6 / conns as f64,
-        net * 1e6 / records.max(1.0),
-        net * 1e6 / conns as f64,
-    );
-    println!("{table}");
-    Ok(table)
-}
-
 /// The empty programs attached in the lab's node namespace while this lives.
 struct EmptyHooks(std::process::Child);
 
@@ -884,7 +852,7 @@ impl Drop for EmptyHooks {
 }
 
 /// A fresh directory for one measurement's files, under target/bench-flows.
-fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = root().join("target").join("bench-flows").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

@@ -5,6 +5,7 @@
 //! the lab) say so when run without root.
 
 mod bench;
+mod bench_cpu;
 mod bench_memory;
 mod demo;
 mod fuzz;
@@ -49,6 +50,18 @@ enum Task {
     /// its section of `docs/performance.md` without writing the file.
     #[command(hide = true)]
     BenchMemory,
+    /// Only the CPU-per-flow part of `bench` (short connections, the best of `--rounds`): prints
+    /// its table without writing the file; `--perf FILE` records the agent's busy phase with
+    /// `perf record --call-graph dwarf` (FILE.N per round when there are several).
+    #[command(hide = true)]
+    BenchCpu {
+        /// Rounds, each in a lab of its own.
+        #[arg(long, default_value_t = bench_cpu::ROUNDS)]
+        rounds: usize,
+        /// perf.data output.
+        #[arg(long)]
+        perf: Option<PathBuf>,
+    },
     /// Fuzz the parsers of what the agent reads from outside (cargo-fuzz, nightly): each target
     /// for N seconds; fails on a crash and names the reproducer. Not part of `test`.
     Fuzz {
@@ -190,6 +203,7 @@ fn main() -> anyhow::Result<()> {
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
         Task::BenchMemory => bench_memory::alone(),
+        Task::BenchCpu { rounds, perf } => bench_cpu::alone(rounds, perf),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::KubeApiserver => kube_apiserver::run(),
         Task::Crdgen => crdgen(),

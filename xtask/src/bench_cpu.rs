@@ -1,0 +1,196 @@
+//! `cargo xtask bench`, CPU per flow: the agent's CPU time for a known number of new flows (short
+//! TCP connections), next to the idle agent's over the same wall time; the best of several
+//! rounds, each in a lab of its own. `cargo xtask bench-cpu` runs only this part, and with
+//! `--perf FILE` records the agent's busy phase with `perf record` for a profile.
+//!
+//! Takes: the release binaries (`FLOWAUDIT_BIN_*` set by the caller), root. Gives: a markdown
+//! table for `docs/performance.md` and one line per round on stdout. Must never: assert on a
+//! figure, or leave a lab or a `perf` process behind (the `Lab` drop removes the lab, the
+//! recorder's drop stops `perf`, also on error).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use flowaudit_lab::{Agent, Lab};
+
+use crate::bench::{CHURN_PORT, churn, churn_setup, spills, tempdir, tree_cpu};
+
+/// Connections of one round.
+pub const CPU_FLOWS: u64 = 20_000;
+/// Wall time of the idle measurement.
+pub const IDLE_SECONDS: u64 = 10;
+/// Rounds of `cargo xtask bench`; the best is reported.
+pub const ROUNDS: usize = 3;
+/// Sampling rate of `--perf` (Hz): with DWARF call graphs, a few MB per second of busy agent.
+const PERF_HZ: &str = "4999";
+
+/// One round's figures.
+#[derive(Clone, Copy)]
+struct Round {
+    /// CPU seconds of the idle agent over [`IDLE_SECONDS`].
+    idle: f64,
+    /// Wall seconds of the busy run (the connections and three flush intervals).
+    wall: f64,
+    /// CPU seconds of the agent over the busy run.
+    busy: f64,
+    conns: u64,
+    records: f64,
+    spilled: u64,
+    lost: u64,
+}
+
+impl Round {
+    /// Idle CPU scaled to the busy run's wall time.
+    fn idle_same(&self) -> f64 {
+        self.idle * self.wall / IDLE_SECONDS as f64
+    }
+
+    fn net(&self) -> f64 {
+        self.busy - self.idle_same()
+    }
+
+    /// Net CPU microseconds per flow record.
+    fn net_per_record_us(&self) -> f64 {
+        self.net() * 1e6 / self.records.max(1.0)
+    }
+}
+
+/// `perf record` on one process while this lives.
+struct Recorder(Child);
+
+impl Recorder {
+    fn start(pid: u32, out: &Path) -> anyhow::Result<Recorder> {
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", PERF_HZ, "--call-graph", "dwarf", "-p", &pid.to_string(), "-o"])
+            .arg(out)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting perf record (Debian package linux-perf)")?;
+        // perf needs a moment to open its events before the workload starts.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Recorder(child))
+    }
+
+    /// Stops `perf` (SIGINT: it writes the file and exits).
+    fn stop(mut self) -> anyhow::Result<()> {
+        self.interrupt();
+        let status = self.0.wait().context("waiting for perf")?;
+        // perf exits with the signal's code after a clean SIGINT.
+        if !status.success() && status.code() != Some(130) && status.code().is_some() {
+            bail!("perf record failed: {status}");
+        }
+        Ok(())
+    }
+
+    fn interrupt(&self) {
+        // SAFETY: a signal to our own child, by its pid.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            self.interrupt();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// One round in a lab of its own; with `perf`, the busy run is recorded into that file.
+fn round(traffic: &Path, perf: Option<&Path>) -> anyhow::Result<Round> {
+    let mut lab = Lab::new(2)?;
+    let server = lab.pod("p2").ipv4.to_string();
+    churn_setup(&mut lab, traffic, &server)?;
+    let dir = tempdir("cpu")?;
+    let config = dir.join("flowaudit.yaml");
+    // Room for every key of the run in one flush interval, so no packet takes the ring buffer.
+    std::fs::write(&config, "flow_table_entries: 262144\n")?;
+    let flows = dir.join("flows");
+    let cfg = config.to_string_lossy().into_owned();
+    let agent = Agent::start(&mut lab, &flows, &["--config", &cfg, "--flush-interval", "1s"])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle0 = tree_cpu(agent.pid);
+    std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
+    let idle = tree_cpu(agent.pid) - idle0;
+    let recorder = perf.map(|out| Recorder::start(agent.pid, out)).transpose()?;
+    let start = Instant::now();
+    let busy0 = tree_cpu(agent.pid);
+    let (conns, _) = churn(&lab, traffic, &server, "120", Some(CPU_FLOWS))?;
+    // Three flush intervals: every flow of the run is drained, attributed and written.
+    std::thread::sleep(Duration::from_secs(3));
+    let busy = tree_cpu(agent.pid) - busy0;
+    let wall = start.elapsed().as_secs_f64();
+    if let Some(recorder) = recorder {
+        recorder.stop()?;
+    }
+    let (spilled, lost) = spills(&agent)?;
+    if !agent.stop(&mut lab).is_some_and(|s| s.success()) {
+        bail!("the agent did not exit cleanly");
+    }
+    let port: u64 = CHURN_PORT.parse()?;
+    let records =
+        Agent::records(&flows).iter().filter(|r| r["dest_port"] == port && r["proto"] == "tcp").count() as f64;
+    Ok(Round { idle, wall, busy, conns, records, spilled, lost })
+}
+
+/// `rounds` rounds; the table of the best (least net CPU per record), and every round's figure.
+/// With `perf`, round N is recorded into `perf` (one round) or `perf.N`.
+pub fn run(traffic: &Path, rounds: usize, perf: Option<&Path>) -> anyhow::Result<String> {
+    let mut all = Vec::new();
+    for n in 1..=rounds.max(1) {
+        let out: Option<PathBuf> =
+            perf.map(|p| if rounds > 1 { PathBuf::from(format!("{}.{n}", p.display())) } else { p.to_owned() });
+        let r = round(traffic, out.as_deref())?;
+        println!(
+            "cpu round {n}: {} connections, {:.0} records, busy {:.0} ms, idle-scaled {:.0} ms, net {:.2} µs per record{}",
+            r.conns,
+            r.records,
+            r.busy * 1e3,
+            r.idle_same() * 1e3,
+            r.net_per_record_us(),
+            out.map(|p| format!(" (perf: {})", p.display())).unwrap_or_default()
+        );
+        all.push(r);
+    }
+    let figures: Vec<String> = all.iter().map(|r| format!("{:.1}", r.net_per_record_us())).collect();
+    let best = all.iter().min_by(|a, b| a.net_per_record_us().total_cmp(&b.net_per_record_us())).expect("a round");
+    let Round { idle, wall, busy, conns, records, spilled, lost } = *best;
+    let (idle_same, net) = (best.idle_same(), best.net());
+    let per_conn = |cpu: f64| cpu * 1e6 / conns as f64;
+    let per_record = |cpu: f64| cpu * 1e6 / records.max(1.0);
+    let table = format!(
+        "| measurement | wall time | agent CPU (user + system) | per connection | per flow record | per 1,000 connections |\n\
+         |---|---:|---:|---:|---:|---:|\n\
+         | idle agent | {IDLE_SECONDS} s | {:.0} ms | - | - | - |\n\
+         | idle agent, scaled to the busy run's wall time | {wall:.1} s | {:.0} ms | - | - | - |\n\
+         | {conns} short TCP connections ({records:.0} records, {spilled} packets through the ring buffer, {lost} lost) | {wall:.1} s | {:.0} ms | {:.1} µs | {:.1} µs | {:.1} ms |\n\
+         | the same, net of the idle agent | {wall:.1} s | {:.0} ms | {:.1} µs | {:.1} µs | {:.1} ms |\n\n\
+         The best of {} rounds by net CPU per record; each round's net µs per record: {}.\n",
+        idle * 1e3,
+        idle_same * 1e3,
+        busy * 1e3,
+        per_conn(busy),
+        per_record(busy),
+        per_conn(busy),
+        net * 1e3,
+        per_conn(net),
+        per_record(net),
+        per_conn(net),
+        all.len(),
+        figures.join(", "),
+    );
+    println!("{table}");
+    Ok(table)
+}
+
+/// `cargo xtask bench-cpu`: builds the release binaries and prints the section's table.
+pub fn alone(rounds: usize, perf: Option<PathBuf>) -> anyhow::Result<()> {
+    let bin = crate::bench::lab_binaries("CPU")?;
+    run(&bin.join("fa-traffic"), rounds, perf.as_deref())?;
+    Ok(())
+}
