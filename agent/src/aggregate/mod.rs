@@ -40,7 +40,7 @@ use flowaudit_common::{proto, tcp_flags};
 
 use crate::model::{
     Action, CaptureBatch, Enforcement, FlowRecord, Hook, IfaceRole, Observation, Observed, Policies, RecordContext,
-    Reporter, Text, record_id_of,
+    Reporter, Text, push_decimal, push_ip, record_id_of,
 };
 
 /// What aggregate needs to know.
@@ -630,69 +630,41 @@ pub fn localize(mut records: Vec<FlowRecord>, node: &str) -> Vec<FlowRecord> {
 /// `node|{R}|proto|initiator ip|port|responder ip|port|icmp|echo id|start ns|end ns`, the ICMP
 /// fields as Rust's `Debug` writes an `Option` (`None`, `Some((8, 0))`, `Some(7)`).
 fn conn_text(node: &str, key: ConnKey, conn: &Conn, batch: &CaptureBatch) -> Text {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(node.len() + 96);
-    s.push_str(node);
-    s.push_str("|{R}|");
+    let mut s = Vec::with_capacity(node.len() + 96);
+    s.extend_from_slice(node.as_bytes());
+    s.extend_from_slice(b"|{R}|");
     push_decimal(&mut s, key.proto.into());
     for end in [conn.initiator, conn.responder] {
-        s.push('|');
-        match end.ip {
-            IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        s.push('.');
-                    }
-                    push_decimal(&mut s, octet.into());
-                }
-            }
-            IpAddr::V6(v6) => {
-                let _ = write!(s, "{v6}");
-            }
-        }
-        s.push('|');
+        s.push(b'|');
+        push_ip(&mut s, end.ip);
+        s.push(b'|');
         push_decimal(&mut s, end.port.into());
     }
-    s.push('|');
+    s.push(b'|');
     match conn.icmp {
-        None => s.push_str("None"),
+        None => s.extend_from_slice(b"None"),
         Some((t, c)) => {
-            s.push_str("Some((");
+            s.extend_from_slice(b"Some((");
             push_decimal(&mut s, t.into());
-            s.push_str(", ");
+            s.extend_from_slice(b", ");
             push_decimal(&mut s, c.into());
-            s.push_str("))");
+            s.extend_from_slice(b"))");
         }
     }
-    s.push('|');
+    s.push(b'|');
     match key.extra {
         Extra::Echo(id) => {
-            s.push_str("Some(");
+            s.extend_from_slice(b"Some(");
             push_decimal(&mut s, id.into());
-            s.push(')');
+            s.push(b')');
         }
-        _ => s.push_str("None"),
+        _ => s.extend_from_slice(b"None"),
     }
-    s.push('|');
+    s.push(b'|');
     push_decimal(&mut s, batch.start_ns);
-    s.push('|');
+    s.push(b'|');
     push_decimal(&mut s, batch.end_ns);
-    Arc::from(s)
-}
-
-/// Appends `n` in decimal.
-fn push_decimal(s: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+    Arc::from(String::from_utf8(s).expect("the node name and ASCII"))
 }
 
 /// The reporter as record ids spell it (its `Debug` form).
