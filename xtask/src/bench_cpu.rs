@@ -188,9 +188,53 @@ pub fn run(traffic: &Path, rounds: usize, perf: Option<&Path>) -> anyhow::Result
     Ok(table)
 }
 
-/// `cargo xtask bench-cpu`: builds the release binaries and prints the section's table.
-pub fn alone(rounds: usize, perf: Option<PathBuf>) -> anyhow::Result<()> {
+/// `cargo xtask bench-cpu`: builds the release binaries and prints the section's table; with
+/// `agents` (label, agent binary), compares those binaries instead ([`compare`]).
+pub fn alone(rounds: usize, perf: Option<PathBuf>, agents: Vec<(String, PathBuf)>) -> anyhow::Result<()> {
     let bin = crate::bench::lab_binaries("CPU")?;
-    run(&bin.join("fa-traffic"), rounds, perf.as_deref())?;
+    if agents.is_empty() {
+        run(&bin.join("fa-traffic"), rounds, perf.as_deref())?;
+    } else {
+        compare(&bin.join("fa-traffic"), rounds, &agents)?;
+    }
     Ok(())
+}
+
+/// The same measurement for several agent binaries, their rounds interleaved (round 1 of each,
+/// then round 2, ...) so that a change of the machine's load hits them alike: a table of each
+/// one's net CPU per record in every round and the best.
+pub fn compare(traffic: &Path, rounds: usize, agents: &[(String, PathBuf)]) -> anyhow::Result<String> {
+    let mut results: Vec<Vec<Round>> = agents.iter().map(|_| Vec::new()).collect();
+    for n in 1..=rounds.max(1) {
+        for ((label, agent), rs) in agents.iter().zip(&mut results) {
+            // SAFETY: single-threaded (no lab is alive between rounds); the lab reads it when it
+            // starts the agent.
+            unsafe { std::env::set_var("FLOWAUDIT_BIN_FLOWAUDIT", agent) };
+            let r = round(traffic, None)?;
+            println!(
+                "cpu round {n}, {label}: {:.0} records, busy {:.0} ms, idle {:.0} ms per {IDLE_SECONDS} s, net {:.2} µs per record",
+                r.records,
+                r.busy * 1e3,
+                r.idle * 1e3,
+                r.net_per_record_us()
+            );
+            rs.push(r);
+        }
+    }
+    let mut table = format!(
+        "| agent | net CPU per record, each round | best | its busy CPU | idle CPU per {IDLE_SECONDS} s (that round) |\n|---|---|---:|---:|---:|\n"
+    );
+    for ((label, _), rs) in agents.iter().zip(&results) {
+        let each: Vec<String> = rs.iter().map(|r| format!("{:.2}", r.net_per_record_us())).collect();
+        let best = rs.iter().min_by(|a, b| a.net_per_record_us().total_cmp(&b.net_per_record_us())).expect("a round");
+        table.push_str(&format!(
+            "| {label} | {} µs | {:.2} µs | {:.0} ms | {:.0} ms |\n",
+            each.join(", "),
+            best.net_per_record_us(),
+            best.busy * 1e3,
+            best.idle * 1e3
+        ));
+    }
+    println!("{table}");
+    Ok(table)
 }

@@ -61,6 +61,10 @@ enum Task {
         /// perf.data output.
         #[arg(long)]
         perf: Option<PathBuf>,
+        /// LABEL=PATH: measure this agent binary (repeat to compare several, rounds interleaved)
+        /// instead of the one just built.
+        #[arg(long, value_parser = parse_agent)]
+        agent: Vec<(String, PathBuf)>,
     },
     /// Fuzz the parsers of what the agent reads from outside (cargo-fuzz, nightly): each target
     /// for N seconds; fails on a crash and names the reproducer. Not part of `test`.
@@ -78,6 +82,16 @@ enum Task {
     /// Write the CRDs generated from the Rust types (agent/src/report/resource.rs) to
     /// deploy/base/crds/; a unit test of the agent fails while the committed files differ.
     Crdgen,
+}
+
+/// `LABEL=PATH` of `bench-cpu --agent`.
+fn parse_agent(s: &str) -> Result<(String, PathBuf), String> {
+    let (label, path) = s.split_once('=').ok_or_else(|| format!("{s}: expected LABEL=PATH"))?;
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(format!("{}: no such file", path.display()));
+    }
+    Ok((label.to_owned(), path))
 }
 
 /// The workspace root.
@@ -203,7 +217,7 @@ fn main() -> anyhow::Result<()> {
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
         Task::BenchMemory => bench_memory::alone(),
-        Task::BenchCpu { rounds, perf } => bench_cpu::alone(rounds, perf),
+        Task::BenchCpu { rounds, perf, agent } => bench_cpu::alone(rounds, perf, agent),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::KubeApiserver => kube_apiserver::run(),
         Task::Crdgen => crdgen(),
