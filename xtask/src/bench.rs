@@ -26,10 +26,7 @@ use anyhow::{Context as _, bail};
 use flowaudit_lab::{Agent, Lab};
 use serde_json::Value;
 
-use crate::{
-    bench_cpu::{CPU_FLOWS, IDLE_SECONDS},
-    build, cargo, root, setup,
-};
+use crate::{build, cargo, root, setup};
 
 const ROUNDS: usize = 3;
 const SECONDS: &str = "5";
@@ -168,6 +165,31 @@ struct Runs {
     conns: Vec<f64>,
     /// Packets of the churn runs that went through the ring buffer, and that were lost.
     spilled: (u64, u64),
+}
+
+/// Replaces the section of `docs/performance.md` that starts with `section`'s first line (its
+/// `## ` heading) with `section`, up to the next heading: a part of the bench run alone
+/// (`--write-doc`) updates its own section and leaves the others as the last full run wrote them.
+pub(crate) fn splice_doc(section: &str) -> anyhow::Result<()> {
+    let path = root().join("docs").join("performance.md");
+    let doc = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let doc = splice(&doc, section).with_context(|| format!("{}", path.display()))?;
+    std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    println!("updated {}", path.display());
+    Ok(())
+}
+
+/// `doc` with the section headed by `section`'s first line replaced by `section`.
+fn splice(doc: &str, section: &str) -> anyhow::Result<String> {
+    let heading = section.lines().next().filter(|h| h.starts_with("## ")).context("a section starts with ## ")?;
+    let start = doc
+        .find(&format!("\n{heading}\n"))
+        .map(|i| i + 1)
+        .with_context(|| format!("no section {heading:?} (run the whole `cargo xtask bench`)"))?;
+    let body = start + heading.len();
+    let end = doc[body..].find("\n## ").map_or(doc.len(), |i| body + i + 1);
+    let section = if end < doc.len() { format!("{}\n\n", section.trim_end()) } else { section.to_owned() };
+    Ok(format!("{}{section}{}", &doc[..start], &doc[end..]))
 }
 
 /// For a part of the bench run alone (`bench-memory`, `bench-cpu`): installs what is needed,
@@ -956,14 +978,7 @@ fn write_doc(t: &Tables) -> anyhow::Result<()> {
          bench); conntrack's counts are `conntrack -L` after the workload (closed connections \
          stay listed in TIME_WAIT for 120 s).\n\n{capture}\n\
          {capture_reading}\n\
-         ## Agent CPU time per thousand flows\n\n\
-         The agent (cgroup hook, 1 s flushes, a 262,144-entry table so that no packet takes the \
-         ring buffer) in a lab of its own: first idle for {IDLE_SECONDS} s, then {CPU_FLOWS} \
-         short TCP connections from p1 to p2 (`tcp-churn`), then three flush intervals so that \
-         every flow is drained, attributed and written. CPU is the agent process's user + system \
-         time from /proc/PID/stat. Both ends are pods of the node, so each connection gives one \
-         record per side. The lab has no cluster source: enrichment finds no pods and attribution \
-         no policies; the section below measures those with 10,000 pods and 1,000 policies.\n\n{cpu}\n\
+         {cpu}\n\
          ## Userspace cost per flow record\n\n\
          `cargo bench -p flowaudit --bench attribution`: one core, a generated cluster of 100 \
          namespaces, 10,000 pods and 1,000 Kubernetes NetworkPolicies (read by the manifests \
@@ -997,7 +1012,7 @@ fn write_doc(t: &Tables) -> anyhow::Result<()> {
         conns_reading = CONNS_READING,
         capture = t.capture,
         capture_reading = CAPTURE_READING,
-        cpu = t.cpu,
+        cpu = crate::bench_cpu::section(&t.cpu),
         attribution = t.attribution,
         encode = t.encode,
         export = t.export,
@@ -1078,3 +1093,15 @@ const EXPORT_READING: &str = "Reading it (figures of the 2026-11-27 run):
   rewritten as a row (its objects as JSON text) and one HTTP insert per 1,000 records. The rate
   is ClickHouse 18.16's: it parses `JSONEachRow` and writes a part per insert on the other core.
 ";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn splice_replaces_one_section_whole() {
+        let doc = "# P\n\n## A\n\nold a\n\n## B\n\nold b\n";
+        assert_eq!(super::splice(doc, "## A\n\nnew a\n").unwrap(), "# P\n\n## A\n\nnew a\n\n## B\n\nold b\n");
+        assert_eq!(super::splice(doc, "## B\n\nnew b\n").unwrap(), "# P\n\n## A\n\nold a\n\n## B\n\nnew b\n");
+        assert!(super::splice(doc, "## C\n\nc\n").is_err());
+        assert!(super::splice(doc, "no heading").is_err());
+    }
+}

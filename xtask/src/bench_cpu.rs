@@ -188,12 +188,41 @@ pub fn run(traffic: &Path, rounds: usize, perf: Option<&Path>) -> anyhow::Result
     Ok(table)
 }
 
+/// The section of `docs/performance.md`: what is measured, `table` (from [`run`]) and what it
+/// shows.
+pub fn section(table: &str) -> String {
+    format!(
+        "## Agent CPU time per thousand flows\n\n\
+         `cargo xtask bench` (alone: `cargo xtask bench-cpu`, which prints this table; \
+         `--write-doc` puts it here). The agent (release build, cgroup hook, 1 s flushes, level-0 \
+         records, a 262,144-entry table so that no packet takes the ring buffer) in a lab of its \
+         own: first idle for {IDLE_SECONDS} s, then {CPU_FLOWS} short TCP connections from p1 to \
+         p2 (`tcp-churn`), then three flush intervals so that every flow is drained, attributed and \
+         written. CPU is the agent process's user + system time from /proc/PID/stat. Both ends \
+         are pods of the node, so each connection gives one record per side. The lab has no \
+         cluster source: enrichment finds no pods and attribution no policies; the section below \
+         measures those with 10,000 pods and 1,000 policies.\n\n{table}\n{CPU_READING}"
+    )
+}
+
+/// Where the CPU goes and what was done about it (the profile and the figures of the runs named).
+const CPU_READING: &str = "Reading it: TODO
+";
+
 /// `cargo xtask bench-cpu`: builds the release binaries and prints the section's table; with
 /// `agents` (label, agent binary), compares those binaries instead ([`compare`]).
-pub fn alone(rounds: usize, perf: Option<PathBuf>, agents: Vec<(String, PathBuf)>) -> anyhow::Result<()> {
+pub fn alone(
+    rounds: usize,
+    perf: Option<PathBuf>,
+    agents: Vec<(String, PathBuf)>,
+    write_doc: bool,
+) -> anyhow::Result<()> {
     let bin = crate::bench::lab_binaries("CPU")?;
     if agents.is_empty() {
-        run(&bin.join("fa-traffic"), rounds, perf.as_deref())?;
+        let table = run(&bin.join("fa-traffic"), rounds, perf.as_deref())?;
+        if write_doc {
+            crate::bench::splice_doc(&section(&table))?;
+        }
     } else {
         compare(&bin.join("fa-traffic"), rounds, &agents)?;
     }

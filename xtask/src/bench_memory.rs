@@ -64,10 +64,15 @@ fn sample(agent: &Agent) -> anyhow::Result<Sample> {
     Ok(Sample { rss: agent.status_bytes("VmRSS")?, hwm: agent.status_bytes("VmHWM")?, maps: agent.bpf_maps()? })
 }
 
-/// `cargo xtask bench-memory`: builds the release binaries and prints the section.
-pub fn alone() -> anyhow::Result<()> {
+/// `cargo xtask bench-memory`: builds the release binaries and prints the section (with
+/// `write_doc`, also puts it into `docs/performance.md`).
+pub fn alone(write_doc: bool) -> anyhow::Result<()> {
     crate::bench::lab_binaries("memory")?;
-    println!("{}", run()?);
+    let section = run()?;
+    println!("{section}");
+    if write_doc {
+        crate::bench::splice_doc(&section)?;
+    }
     Ok(())
 }
 

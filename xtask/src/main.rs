@@ -47,11 +47,15 @@ enum Task {
     /// Per-packet cost of each program and iperf3 throughput with and without the agent.
     Bench,
     /// Only the memory part of `bench` (RSS at 100k live flows, kernel maps, bounds): prints
-    /// its section of `docs/performance.md` without writing the file.
+    /// its section of `docs/performance.md`; `--write-doc` replaces it there.
     #[command(hide = true)]
-    BenchMemory,
+    BenchMemory {
+        /// Replace the section in docs/performance.md.
+        #[arg(long)]
+        write_doc: bool,
+    },
     /// Only the CPU-per-flow part of `bench` (short connections, the best of `--rounds`): prints
-    /// its table without writing the file; `--perf FILE` records the agent's busy phase with
+    /// its table (`--write-doc`: replaces its section of docs/performance.md); `--perf FILE` records the agent's busy phase with
     /// `perf record --call-graph dwarf` (FILE.N per round when there are several).
     #[command(hide = true)]
     BenchCpu {
@@ -65,6 +69,9 @@ enum Task {
         /// instead of the one just built.
         #[arg(long, value_parser = parse_agent)]
         agent: Vec<(String, PathBuf)>,
+        /// Replace the section in docs/performance.md (not with --agent).
+        #[arg(long, conflicts_with = "agent")]
+        write_doc: bool,
     },
     /// Fuzz the parsers of what the agent reads from outside (cargo-fuzz, nightly): each target
     /// for N seconds; fails on a crash and names the reproducer. Not part of `test`.
@@ -216,8 +223,8 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo::supervise(),
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
-        Task::BenchMemory => bench_memory::alone(),
-        Task::BenchCpu { rounds, perf, agent } => bench_cpu::alone(rounds, perf, agent),
+        Task::BenchMemory { write_doc } => bench_memory::alone(write_doc),
+        Task::BenchCpu { rounds, perf, agent, write_doc } => bench_cpu::alone(rounds, perf, agent, write_doc),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::KubeApiserver => kube_apiserver::run(),
         Task::Crdgen => crdgen(),
