@@ -19,8 +19,9 @@ use flowaudit_lab::{Agent, Lab};
 
 use crate::bench::{CHURN_PORT, churn, churn_setup, spills, tempdir, tree_cpu};
 
-/// Connections of one round.
-pub const CPU_FLOWS: u64 = 20_000;
+/// Connections of one round: enough that the 10 ms ticks of /proc CPU times are a few per cent of
+/// the busy CPU (each has its own source port from 20000 on, so at most 45,535).
+pub const CPU_FLOWS: u64 = 40_000;
 /// Wall time of the idle measurement.
 pub const IDLE_SECONDS: u64 = 10;
 /// Rounds of `cargo xtask bench`; the best is reported.
