@@ -385,8 +385,8 @@ pub struct RecordContext {
     /// The destination.
     pub dest: Option<Arc<Endpoint>>,
     /// The connection and interval this record belongs to (the record id's input, reporter
-    /// left as `{R}`): records of one connection share it.
-    pub conn: String,
+    /// left as `{R}`): records of one connection share it (one string).
+    pub conn: Text,
     /// The connection's packets and bytes forward, then reverse, at the point that saw most.
     pub alt: [u64; 4],
 }
@@ -406,8 +406,66 @@ pub fn is_private_ip(ip: IpAddr) -> bool {
 /// A record id: FNV-1a (64-bit) of `input`, as 16 hex digits. Stable across builds and
 /// platforms, so the same flow, interval and reporter always get the same id.
 pub fn record_id(input: &str) -> String {
-    let h = input.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    format!("{h:016x}")
+    hex_id(fnv1a(FNV_OFFSET, input))
+}
+
+/// `record_id(&conn.replace("{R}", reporter))`, without building that string.
+pub fn record_id_of(conn: &str, reporter: &str) -> String {
+    let mut h = FNV_OFFSET;
+    for (i, piece) in conn.split("{R}").enumerate() {
+        if i > 0 {
+            h = fnv1a(h, reporter);
+        }
+        h = fnv1a(h, piece);
+    }
+    hex_id(h)
+}
+
+/// `format!("{h:016x}")`, without the formatting machinery.
+fn hex_id(h: u64) -> String {
+    (0..16).rev().map(|i| char::from(b"0123456789abcdef"[(h >> (i * 4)) as usize & 0xf])).collect()
+}
+
+/// Appends `n` as `Display` writes it.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `ip` as `Display` writes it (an IPv4 address without the formatting machinery:
+/// every record and connection string has two).
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, octet.into());
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// FNV-1a's offset basis (64 bits).
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64 bits) of `bytes`, continuing from `h`.
+fn fnv1a(h: u64, bytes: &str) -> u64 {
+    bytes.bytes().fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl FlowRecord {
@@ -503,5 +561,30 @@ impl ReportRow {
     /// The value of column `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.columns.iter().position(|c| *c == name).and_then(|i| self.values.get(i)).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_helpers_write_what_display_and_format_write() {
+        let ips = ["0.0.0.0", "10.231.1.2", "255.255.255.255", "::", "::1", "fe80::1:2", "2001:db8::ffff:1.2.3.4"];
+        for ip in ips.map(|s| s.parse::<IpAddr>().unwrap()) {
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+        for n in [0, 7, 10, 99, 255, 65535, 1_795_760_156_000_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+        for h in [0, 0xa, 0x894c_e16f_9fed_652b, u64::MAX] {
+            assert_eq!(hex_id(h), format!("{h:016x}"));
+        }
+        assert_eq!(record_id_of("n{R}|{R}|x", "Src"), record_id("nSrc|Src|x"));
+        assert_eq!(record_id_of("no marker", "Src"), record_id("no marker"));
     }
 }

@@ -8,7 +8,8 @@
 //!    rate (iperf3), and the short-connection rate (`fa-traffic tcp-churn`).
 //! 3. One fixed workload captured in turn by flowaudit, pmacctd, softflowd and conntrack
 //!    accounting: each one's process CPU time and its counts against nftables counters.
-//! 4. The agent's CPU time per thousand flows, next to the idle agent's over the same wall time.
+//! 4. The agent's CPU time per thousand flows, next to the idle agent's over the same wall time
+//!    (`super::bench_cpu`).
 //!
 //! Takes root and the lab; gives tables on stdout and the doc. Must never leave a lab, a tool
 //! process or a conntrack/nftables table behind (each lab removes its own on drop).
@@ -18,7 +19,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -31,7 +32,7 @@ const ROUNDS: usize = 3;
 const SECONDS: &str = "5";
 /// Threads of the short-connection generator and of its server.
 const CHURN_THREADS: &str = "2";
-const CHURN_PORT: &str = "7000";
+pub(crate) const CHURN_PORT: &str = "7000";
 /// First source port of a counted run of short connections (each has its own).
 const CHURN_FIRST_SPORT: u16 = 20000;
 
@@ -60,7 +61,13 @@ fn iperf_udp(lab: &Lab, server: &str) -> anyhow::Result<(f64, f64)> {
 
 /// Short connections from p1 to the `tcp-accept` server of p2: (connections, seconds).
 /// With `max`, at most that many, each from its own source port from [`CHURN_FIRST_SPORT`] on.
-fn churn(lab: &Lab, traffic: &Path, server: &str, seconds: &str, max: Option<u64>) -> anyhow::Result<(u64, f64)> {
+pub(crate) fn churn(
+    lab: &Lab,
+    traffic: &Path,
+    server: &str,
+    seconds: &str,
+    max: Option<u64>,
+) -> anyhow::Result<(u64, f64)> {
     let mut cmd = lab.pod_command("p1", traffic)?;
     cmd.args(["tcp-churn", server, CHURN_PORT, CHURN_THREADS, seconds]);
     if let Some(max) = max {
@@ -76,7 +83,7 @@ fn churn(lab: &Lab, traffic: &Path, server: &str, seconds: &str, max: Option<u64
 /// Starts the short-connection server in p2 and lets p1 reuse TIME_WAIT ports (a client that
 /// closes first leaves one TIME_WAIT socket per connection; 28k ephemeral ports run out in
 /// seconds otherwise).
-fn churn_setup(lab: &mut Lab, traffic: &Path, server: &str) -> anyhow::Result<()> {
+pub(crate) fn churn_setup(lab: &mut Lab, traffic: &Path, server: &str) -> anyhow::Result<()> {
     let mut srv = lab.pod_command("p2", traffic)?;
     srv.args(["tcp-accept", server, CHURN_PORT, CHURN_THREADS]);
     lab.spawn(srv)?;
@@ -92,7 +99,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Packets that went to the ring buffer (flow table full) and that were lost, over all hooks.
-fn spills(agent: &Agent) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn spills(agent: &Agent) -> anyhow::Result<(u64, u64)> {
     let (_, body) = agent.get("/metrics")?;
     let sum = |counter: &str| -> u64 {
         let prefix = format!("flowaudit_kernel_events_total{{counter=\"{counter}\"");
@@ -105,7 +112,7 @@ fn spills(agent: &Agent) -> anyhow::Result<(u64, u64)> {
 }
 
 /// CPU time (user + system, seconds) of process `root` and its descendants, from /proc.
-fn tree_cpu(root: u32) -> f64 {
+pub(crate) fn tree_cpu(root: u32) -> f64 {
     // SAFETY: no side effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut procs: Vec<(u32, u32, u64)> = Vec::new();
@@ -160,6 +167,48 @@ struct Runs {
     spilled: (u64, u64),
 }
 
+/// Replaces the section of `docs/performance.md` that starts with `section`'s first line (its
+/// `## ` heading) with `section`, up to the next heading: a part of the bench run alone
+/// (`--write-doc`) updates its own section and leaves the others as the last full run wrote them.
+pub(crate) fn splice_doc(section: &str) -> anyhow::Result<()> {
+    let path = root().join("docs").join("performance.md");
+    let doc = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let doc = splice(&doc, section).with_context(|| format!("{}", path.display()))?;
+    std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    println!("updated {}", path.display());
+    Ok(())
+}
+
+/// `doc` with the section headed by `section`'s first line replaced by `section`.
+fn splice(doc: &str, section: &str) -> anyhow::Result<String> {
+    let heading = section.lines().next().filter(|h| h.starts_with("## ")).context("a section starts with ## ")?;
+    let start = doc
+        .find(&format!("\n{heading}\n"))
+        .map(|i| i + 1)
+        .with_context(|| format!("no section {heading:?} (run the whole `cargo xtask bench`)"))?;
+    let body = start + heading.len();
+    let end = doc[body..].find("\n## ").map_or(doc.len(), |i| body + i + 1);
+    let section = if end < doc.len() { format!("{}\n\n", section.trim_end()) } else { section.to_owned() };
+    Ok(format!("{}{section}{}", &doc[..start], &doc[end..]))
+}
+
+/// For a part of the bench run alone (`bench-memory`, `bench-cpu`): installs what is needed,
+/// checks for root (`what` names the part), builds the release binaries and points the lab at
+/// them; returns their directory.
+pub(crate) fn lab_binaries(what: &str) -> anyhow::Result<PathBuf> {
+    setup::run()?;
+    if !crate::is_root() {
+        bail!("the {what} bench creates namespaces and loads eBPF programs: run as root");
+    }
+    let bin = build(true)?;
+    // SAFETY: single-threaded at this point; the lab reads these when it starts processes.
+    unsafe {
+        std::env::set_var("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
+        std::env::set_var("FLOWAUDIT_BIN_FA_TRAFFIC", bin.join("fa-traffic"));
+    }
+    Ok(bin)
+}
+
 /// Runs every benchmark and writes `docs/performance.md`.
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
@@ -194,7 +243,7 @@ pub fn run() -> anyhow::Result<()> {
     let traffic = bin.join("fa-traffic");
     let (iperf_table, udp_table, conn_table) = lab_rates(&bin, &traffic)?;
     let capture_table = side_by_side(&traffic)?;
-    let cpu_table = cpu_per_flow(&traffic)?;
+    let cpu_table = crate::bench_cpu::run(&traffic, crate::bench_cpu::ROUNDS, None)?;
     let memory = crate::bench_memory::run()?;
     println!("{memory}");
     let load = format!("{load_start} at the start, {} at the end", loadavg());
@@ -799,65 +848,6 @@ fn side_by_side(traffic: &Path) -> anyhow::Result<String> {
     Ok(table)
 }
 
-/// Connections of the CPU-per-flow measurement.
-const CPU_FLOWS: u64 = 20_000;
-/// Wall time of the idle measurement.
-const IDLE_SECONDS: u64 = 10;
-
-/// The agent's CPU time for a known number of new flows, next to its idle CPU.
-fn cpu_per_flow(traffic: &Path) -> anyhow::Result<String> {
-    let mut lab = Lab::new(2)?;
-    let server = lab.pod("p2").ipv4.to_string();
-    churn_setup(&mut lab, traffic, &server)?;
-    let dir = tempdir("cpu")?;
-    let config = dir.join("flowaudit.yaml");
-    // Room for every key of the run in one flush interval, so no packet takes the ring buffer.
-    std::fs::write(&config, "flow_table_entries: 262144\n")?;
-    let flows = dir.join("flows");
-    let cfg = config.to_string_lossy().into_owned();
-    let agent = Agent::start(&mut lab, &flows, &["--config", &cfg, "--flush-interval", "1s"])?;
-    std::thread::sleep(Duration::from_secs(2));
-    let idle0 = tree_cpu(agent.pid);
-    std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
-    let idle = tree_cpu(agent.pid) - idle0;
-    let start = Instant::now();
-    let busy0 = tree_cpu(agent.pid);
-    let (conns, _) = churn(&lab, traffic, &server, "120", Some(CPU_FLOWS))?;
-    // Three flush intervals: every flow of the run is drained, attributed and written.
-    std::thread::sleep(Duration::from_secs(3));
-    let busy = tree_cpu(agent.pid) - busy0;
-    let wall = start.elapsed().as_secs_f64();
-    let (spilled, lost) = spills(&agent)?;
-    if !agent.stop(&mut lab).is_some_and(|s| s.success()) {
-        bail!("the agent did not exit cleanly");
-    }
-    let port: u64 = CHURN_PORT.parse()?;
-    let records =
-        Agent::records(&flows).iter().filter(|r| r["dest_port"] == port && r["proto"] == "tcp").count() as f64;
-    let idle_same = idle * wall / IDLE_SECONDS as f64;
-    let net = busy - idle_same;
-    let table = format!(
-        "| measurement | wall time | agent CPU (user + system) | per connection | per flow record | per 1,000 connections |\n\
-         |---|---:|---:|---:|---:|---:|\n\
-         | idle agent | {IDLE_SECONDS} s | {:.0} ms | - | - | - |\n\
-         | idle agent, scaled to the busy run's wall time | {wall:.1} s | {:.0} ms | - | - | - |\n\
-         | {conns} short TCP connections ({records:.0} records, {spilled} packets through the ring buffer, {lost} lost) | {wall:.1} s | {:.0} ms | {:.1} µs | {:.1} µs | {:.1} ms |\n\
-         | the same, net of the idle agent | {wall:.1} s | {:.0} ms | {:.1} µs | {:.1} µs | {:.1} ms |\n",
-        idle * 1e3,
-        idle_same * 1e3,
-        busy * 1e3,
-        busy * 1e6 / conns as f64,
-        busy * 1e6 / records.max(1.0),
-        busy * 1e6 / conns as f64,
-        net * 1e3,
-        net * 1e6 / conns as f64,
-        net * 1e6 / records.max(1.0),
-        net * 1e6 / conns as f64,
-    );
-    println!("{table}");
-    Ok(table)
-}
-
 /// The empty programs attached in the lab's node namespace while this lives.
 struct EmptyHooks(std::process::Child);
 
@@ -884,7 +874,7 @@ impl Drop for EmptyHooks {
 }
 
 /// A fresh directory for one measurement's files, under target/bench-flows.
-fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = root().join("target").join("bench-flows").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -988,14 +978,7 @@ fn write_doc(t: &Tables) -> anyhow::Result<()> {
          bench); conntrack's counts are `conntrack -L` after the workload (closed connections \
          stay listed in TIME_WAIT for 120 s).\n\n{capture}\n\
          {capture_reading}\n\
-         ## Agent CPU time per thousand flows\n\n\
-         The agent (cgroup hook, 1 s flushes, a 262,144-entry table so that no packet takes the \
-         ring buffer) in a lab of its own: first idle for {IDLE_SECONDS} s, then {CPU_FLOWS} \
-         short TCP connections from p1 to p2 (`tcp-churn`), then three flush intervals so that \
-         every flow is drained, attributed and written. CPU is the agent process's user + system \
-         time from /proc/PID/stat. Both ends are pods of the node, so each connection gives one \
-         record per side. The lab has no cluster source: enrichment finds no pods and attribution \
-         no policies; the section below measures those with 10,000 pods and 1,000 policies.\n\n{cpu}\n\
+         {cpu}\n\
          ## Userspace cost per flow record\n\n\
          `cargo bench -p flowaudit --bench attribution`: one core, a generated cluster of 100 \
          namespaces, 10,000 pods and 1,000 Kubernetes NetworkPolicies (read by the manifests \
@@ -1029,7 +1012,7 @@ fn write_doc(t: &Tables) -> anyhow::Result<()> {
         conns_reading = CONNS_READING,
         capture = t.capture,
         capture_reading = CAPTURE_READING,
-        cpu = t.cpu,
+        cpu = crate::bench_cpu::section(&t.cpu),
         attribution = t.attribution,
         encode = t.encode,
         export = t.export,
@@ -1110,3 +1093,15 @@ const EXPORT_READING: &str = "Reading it (figures of the 2026-11-27 run):
   rewritten as a row (its objects as JSON text) and one HTTP insert per 1,000 records. The rate
   is ClickHouse 18.16's: it parses `JSONEachRow` and writes a part per insert on the other core.
 ";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn splice_replaces_one_section_whole() {
+        let doc = "# P\n\n## A\n\nold a\n\n## B\n\nold b\n";
+        assert_eq!(super::splice(doc, "## A\n\nnew a\n").unwrap(), "# P\n\n## A\n\nnew a\n\n## B\n\nold b\n");
+        assert_eq!(super::splice(doc, "## B\n\nnew b\n").unwrap(), "# P\n\n## A\n\nold a\n\n## B\n\nnew b\n");
+        assert!(super::splice(doc, "## C\n\nc\n").is_err());
+        assert!(super::splice(doc, "no heading").is_err());
+    }
+}

@@ -64,19 +64,15 @@ fn sample(agent: &Agent) -> anyhow::Result<Sample> {
     Ok(Sample { rss: agent.status_bytes("VmRSS")?, hwm: agent.status_bytes("VmHWM")?, maps: agent.bpf_maps()? })
 }
 
-/// `cargo xtask bench-memory`: builds the release binaries and prints the section.
-pub fn alone() -> anyhow::Result<()> {
-    crate::setup::run()?;
-    if !crate::is_root() {
-        bail!("the memory bench creates namespaces and loads eBPF programs: run as root");
+/// `cargo xtask bench-memory`: builds the release binaries and prints the section (with
+/// `write_doc`, also puts it into `docs/performance.md`).
+pub fn alone(write_doc: bool) -> anyhow::Result<()> {
+    crate::bench::lab_binaries("memory")?;
+    let section = run()?;
+    println!("{section}");
+    if write_doc {
+        crate::bench::splice_doc(&section)?;
     }
-    let bin = crate::build(true)?;
-    // SAFETY: single-threaded at this point; the lab reads these when it starts processes.
-    unsafe {
-        std::env::set_var("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
-        std::env::set_var("FLOWAUDIT_BIN_FA_TRAFFIC", bin.join("fa-traffic"));
-    }
-    println!("{}", run()?);
     Ok(())
 }
 
@@ -183,7 +179,8 @@ pub fn run() -> anyhow::Result<String> {
 const BOUNDS: &str = concat!(
     "What bounds memory, with E = `flow_table_entries`, R = `ring_buffer_size`, C = ",
     "`max_connections` (`docs/config.md`):\n\n",
-    "- kernel: two preallocated flow tables during a drain (2 x E x the measured bytes per entry), ",
+    "- kernel: two preallocated flow tables (2 x E x the measured bytes per entry: the installed ",
+    "one and the one the last drain emptied, installed by the next), ",
     "the ring buffer (R) and a few small maps;\n",
     "- a batch: the table (at most E flows) plus the flows read from the ring buffer (at most E: ",
     "reaching E ends the interval early, `flowaudit_drains_total{reason=\"pending_full\"}`), so at ",

@@ -5,6 +5,7 @@
 //! the lab) say so when run without root.
 
 mod bench;
+mod bench_cpu;
 mod bench_memory;
 mod demo;
 mod fuzz;
@@ -46,9 +47,32 @@ enum Task {
     /// Per-packet cost of each program and iperf3 throughput with and without the agent.
     Bench,
     /// Only the memory part of `bench` (RSS at 100k live flows, kernel maps, bounds): prints
-    /// its section of `docs/performance.md` without writing the file.
+    /// its section of `docs/performance.md`; `--write-doc` replaces it there.
     #[command(hide = true)]
-    BenchMemory,
+    BenchMemory {
+        /// Replace the section in docs/performance.md.
+        #[arg(long)]
+        write_doc: bool,
+    },
+    /// Only the CPU-per-flow part of `bench` (short connections, the best of `--rounds`): prints
+    /// its table (`--write-doc`: replaces its section of docs/performance.md); `--perf FILE` records the agent's busy phase with
+    /// `perf record --call-graph dwarf` (FILE.N per round when there are several).
+    #[command(hide = true)]
+    BenchCpu {
+        /// Rounds, each in a lab of its own.
+        #[arg(long, default_value_t = bench_cpu::ROUNDS)]
+        rounds: usize,
+        /// perf.data output.
+        #[arg(long)]
+        perf: Option<PathBuf>,
+        /// LABEL=PATH: measure this agent binary (repeat to compare several, rounds interleaved)
+        /// instead of the one just built.
+        #[arg(long, value_parser = parse_agent)]
+        agent: Vec<(String, PathBuf)>,
+        /// Replace the section in docs/performance.md (not with --agent).
+        #[arg(long, conflicts_with = "agent")]
+        write_doc: bool,
+    },
     /// Fuzz the parsers of what the agent reads from outside (cargo-fuzz, nightly): each target
     /// for N seconds; fails on a crash and names the reproducer. Not part of `test`.
     Fuzz {
@@ -65,6 +89,16 @@ enum Task {
     /// Write the CRDs generated from the Rust types (agent/src/report/resource.rs) to
     /// deploy/base/crds/; a unit test of the agent fails while the committed files differ.
     Crdgen,
+}
+
+/// `LABEL=PATH` of `bench-cpu --agent`.
+fn parse_agent(s: &str) -> Result<(String, PathBuf), String> {
+    let (label, path) = s.split_once('=').ok_or_else(|| format!("{s}: expected LABEL=PATH"))?;
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(format!("{}: no such file", path.display()));
+    }
+    Ok((label.to_owned(), path))
 }
 
 /// The workspace root.
@@ -189,7 +223,8 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo::supervise(),
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
-        Task::BenchMemory => bench_memory::alone(),
+        Task::BenchMemory { write_doc } => bench_memory::alone(write_doc),
+        Task::BenchCpu { rounds, perf, agent, write_doc } => bench_cpu::alone(rounds, perf, agent, write_doc),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::KubeApiserver => kube_apiserver::run(),
         Task::Crdgen => crdgen(),

@@ -32,6 +32,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -39,7 +40,7 @@ use flowaudit_common::{proto, tcp_flags};
 
 use crate::model::{
     Action, CaptureBatch, Enforcement, FlowRecord, Hook, IfaceRole, Observation, Observed, Policies, RecordContext,
-    Reporter, record_id,
+    Reporter, Text, push_decimal, push_ip, record_id_of,
 };
 
 /// What aggregate needs to know.
@@ -75,12 +76,46 @@ enum Extra {
     Icmp(u8, u8),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ConnKey {
     proto: u8,
     lo: Endpoint,
     hi: Endpoint,
     extra: Extra,
+}
+
+impl std::hash::Hash for ConnKey {
+    /// Every field in one buffer and one `write`: SipHash costs a round per call, and the
+    /// derived impl makes about a dozen (a key is hashed at least twice per connection and batch).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut b = [0u8; 42];
+        b[0] = self.proto;
+        let endpoint = |b: &mut [u8], e: &Endpoint| {
+            match e.ip {
+                IpAddr::V4(v4) => b[1..5].copy_from_slice(&v4.octets()),
+                IpAddr::V6(v6) => {
+                    b[0] = 6;
+                    b[1..17].copy_from_slice(&v6.octets());
+                }
+            }
+            b[17..19].copy_from_slice(&e.port.to_le_bytes());
+        };
+        endpoint(&mut b[1..20], &self.lo);
+        endpoint(&mut b[20..39], &self.hi);
+        match self.extra {
+            Extra::None => {}
+            Extra::Echo(id) => {
+                b[39] = 1;
+                b[40..42].copy_from_slice(&id.to_le_bytes());
+            }
+            Extra::Icmp(t, c) => {
+                b[39] = 2;
+                b[40] = t;
+                b[41] = c;
+            }
+        }
+        state.write(&b);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,6 +143,8 @@ struct Conn {
     first_seen_ns: u64,
     /// A destination-unreachable message named this connection.
     refused: bool,
+    /// It has observations in the batch being processed (cleared by [`Aggregator::expire`]).
+    seen: bool,
 }
 
 /// The aggregate stage. Keeps connection state between intervals.
@@ -116,6 +153,43 @@ pub struct Aggregator {
     conns: HashMap<ConnKey, Conn>,
     first_batch: bool,
     untracked: u64,
+    texts: Texts,
+}
+
+/// The field values records start with, shared: a record copies a pointer, not the string.
+struct Texts {
+    host: Text,
+    dash: Text,
+    net: Text,
+    pvt: Text,
+    public: Text,
+    /// `tcp`, `udp`, `icmp`, `icmp6`, `sctp` (other protocols are written as their number).
+    protos: [(u8, Text); 5],
+}
+
+impl Texts {
+    fn new(node: &str) -> Self {
+        let protos = [proto::TCP, proto::UDP, proto::ICMP, proto::ICMPV6, proto::SCTP];
+        Self {
+            host: node.into(),
+            dash: "-".into(),
+            net: "net".into(),
+            pvt: "pvt".into(),
+            public: "pub".into(),
+            protos: protos.map(|p| (p, proto_name(p).into())),
+        }
+    }
+
+    fn proto(&self, p: u8) -> Text {
+        match self.protos.iter().find(|(n, _)| *n == p) {
+            Some((_, t)) => t.clone(),
+            None => proto_name(p).into(),
+        }
+    }
+
+    fn net_aggr(&self, ip: IpAddr) -> Text {
+        if crate::model::is_private_ip(ip) { self.pvt.clone() } else { self.public.clone() }
+    }
 }
 
 /// Counts of one direction chosen for one side.
@@ -146,12 +220,42 @@ struct SideRecord {
     /// that identity finds local but capture did not see (see [`localize`]).
     alt_fwd: Counts,
     alt_rev: Counts,
+    /// The connection and interval (`RecordContext::conn`), one string for all its sides.
+    conn: Text,
+}
+
+/// The order of records in a batch: by source, destination, protocol name and reporter, then
+/// ICMP echo identifier, then the order the sides were made in.
+type SortKey = (IpAddr, Option<u16>, IpAddr, Option<u16>, ProtoName, Reporter, u16, usize);
+
+/// A record's `proto` as sortable bytes, without allocating for protocols written as numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ProtoName([u8; 5]);
+
+impl ProtoName {
+    fn of(p: u8) -> Self {
+        // Names are at most 5 bytes ("icmp6") and numbers 3 digits; NUL pads, and sorts before
+        // every character, so the bytes compare like the strings.
+        let mut b = [0u8; 5];
+        match p {
+            proto::TCP | proto::UDP | proto::ICMP | proto::ICMPV6 | proto::SCTP => {
+                let name = proto_name(p);
+                b[..name.len()].copy_from_slice(name.as_bytes());
+            }
+            n => {
+                let digits = n.to_string();
+                b[..digits.len()].copy_from_slice(digits.as_bytes());
+            }
+        }
+        ProtoName(b)
+    }
 }
 
 impl Aggregator {
     /// A new stage with no connection state.
     pub fn new(cfg: AggregateConfig) -> Self {
-        Self { cfg, conns: HashMap::new(), first_batch: true, untracked: 0 }
+        let texts = Texts::new(&cfg.node);
+        Self { cfg, conns: HashMap::new(), first_batch: true, untracked: 0, texts }
     }
 
     /// Connections currently remembered.
@@ -166,10 +270,35 @@ impl Aggregator {
 
     /// Turns one interval's observations into records (sorted for stable output).
     pub fn process(&mut self, batch: &CaptureBatch) -> Vec<FlowRecord> {
-        let mut groups: HashMap<ConnKey, Vec<&Observation>> = HashMap::new();
+        // The observations grouped by connection, in one array: group `g` (in order of first
+        // appearance) is `grouped[starts[g]..starts[g + 1]]`, in batch order.
+        let n = batch.observations.len();
+        let mut index: HashMap<ConnKey, usize> = HashMap::with_capacity(n);
+        let mut keys: Vec<ConnKey> = Vec::new();
+        let mut group_of = Vec::with_capacity(n);
         for obs in &batch.observations {
-            groups.entry(conn_key(obs)).or_default().push(obs);
+            let key = conn_key(obs);
+            let g = *index.entry(key).or_insert_with(|| {
+                keys.push(key);
+                keys.len() - 1
+            });
+            group_of.push(g);
         }
+        drop(index);
+        let mut starts = vec![0usize; keys.len() + 1];
+        for &g in &group_of {
+            starts[g + 1] += 1;
+        }
+        for g in 0..keys.len() {
+            starts[g + 1] += starts[g];
+        }
+        let mut next = starts.clone();
+        let mut positions = vec![0usize; n];
+        for (i, &g) in group_of.iter().enumerate() {
+            positions[next[g]] = i;
+            next[g] += 1;
+        }
+        let grouped: Vec<&Observation> = positions.iter().map(|&i| &batch.observations[i]).collect();
         // Connections named by destination-unreachable messages (the message's sender is the
         // refused packet's destination; its receiver, the refused packet's sender).
         let refused: HashSet<ConnKey> = batch.observations.iter().filter_map(refused_conn).collect();
@@ -178,34 +307,40 @@ impl Aggregator {
                 conn.refused = true;
             }
         }
-        let mut sides = Vec::new();
-        for (key, observations) in &groups {
-            self.account(*key, observations, &refused, &mut sides);
+        let mut sides = Vec::with_capacity(n);
+        for (g, key) in keys.iter().enumerate() {
+            self.account(*key, &grouped[starts[g]..starts[g + 1]], &refused, batch, &mut sides);
         }
-        self.expire(batch.end_ns, &groups, &mut sides);
+        self.expire(batch, &mut sides);
         // A flood leaves a large map behind once its connections expire: give the memory back.
         if self.conns.capacity() > 4 * self.conns.len().max(1024) {
             self.conns.shrink_to_fit();
         }
         self.first_batch = false;
-        let echo = |side: &SideRecord| match side.key.extra {
-            Extra::Echo(id) => id,
-            _ => 0,
-        };
-        sides.sort_by_key(|side| echo(side));
-        let mut records = self.build_records(batch, sides);
-        // Stable: records with equal fields keep the echo-identifier order.
-        records.sort_by(|a, b| {
-            (a.source_ip, a.source_port, a.dest_ip, a.dest_port, &a.proto, a.reporter).cmp(&(
-                b.source_ip,
-                b.source_port,
-                b.dest_ip,
-                b.dest_port,
-                &b.proto,
-                b.reporter,
-            ))
-        });
-        records
+        // Sorted before the records are made, so the (large) records are never moved.
+        let mut order: Vec<SortKey> = sides
+            .iter()
+            .enumerate()
+            .map(|(i, side)| {
+                let icmp = is_icmp(side.proto);
+                let echo = match side.key.extra {
+                    Extra::Echo(id) => id,
+                    _ => 0,
+                };
+                (
+                    side.initiator.ip,
+                    (!icmp).then_some(side.initiator.port),
+                    side.responder.ip,
+                    (!icmp).then_some(side.responder.port),
+                    ProtoName::of(side.proto),
+                    side.reporter,
+                    echo,
+                    i,
+                )
+            })
+            .collect();
+        order.sort_unstable();
+        order.iter().map(|k| self.record(batch, &sides[k.7])).collect()
     }
 
     fn account(
@@ -213,6 +348,7 @@ impl Aggregator {
         key: ConnKey,
         observations: &[&Observation],
         refused: &HashSet<ConnKey>,
+        batch: &CaptureBatch,
         out: &mut Vec<SideRecord>,
     ) {
         let first_batch = self.first_batch;
@@ -230,7 +366,9 @@ impl Aggregator {
             &mut unremembered
         };
         conn.refused |= refused.contains(&key);
-        let mut picks: HashMap<(Side, bool), &Observation> = HashMap::new();
+        conn.seen = true;
+        // The winning observation per side and direction (index: `pick_slot`).
+        let mut picks: [Option<&Observation>; 6] = [None; 6];
         let mut syn_now = false;
         for obs in observations {
             let forward = is_forward(conn, obs);
@@ -251,9 +389,10 @@ impl Aggregator {
                     Side::Transit => {}
                 }
             }
-            let slot = picks.entry((side, forward)).or_insert(obs);
-            if better(obs, slot) {
-                *slot = obs;
+            let slot = &mut picks[pick_slot(side, forward)];
+            match slot {
+                Some(current) if !better(obs, current) => {}
+                _ => *slot = Some(obs),
             }
         }
         let started = is_new && (key.proto != proto::TCP || syn_now);
@@ -266,9 +405,9 @@ impl Aggregator {
         }
         let observed = observed(key.proto, key.extra, conn);
         let pick = |side: Side, forward: bool| {
-            picks.get(&(side, forward)).map(|o| Counts { packets: o.packets, bytes: o.bytes }).unwrap_or_default()
+            picks[pick_slot(side, forward)].map(|o| Counts { packets: o.packets, bytes: o.bytes }).unwrap_or_default()
         };
-        let has = |side: Side| picks.contains_key(&(side, true)) || picks.contains_key(&(side, false));
+        let has = |side: Side| picks[pick_slot(side, true)].is_some() || picks[pick_slot(side, false)].is_some();
         let most = |forward: bool| {
             observations
                 .iter()
@@ -278,6 +417,7 @@ impl Aggregator {
                 .unwrap_or_default()
         };
         let (alt_fwd, alt_rev) = (most(true), most(false));
+        let text = conn_text(&self.cfg.node, key, conn, batch);
         let mut emit = |reporter: Reporter, out_counts: Counts, in_counts: Counts| {
             conn.reporters |= 1 << reporter as u8;
             out.push(SideRecord {
@@ -297,6 +437,7 @@ impl Aggregator {
                 first_seen_ns: conn.first_seen_ns,
                 alt_fwd,
                 alt_rev,
+                conn: text.clone(),
             });
         };
         let local = has(Side::Src) || has(Side::Dst);
@@ -311,13 +452,16 @@ impl Aggregator {
         }
     }
 
-    /// Completes idle non-TCP flows (zero-count records) and forgets finished TCP connections.
-    fn expire(&mut self, now_ns: u64, seen: &HashMap<ConnKey, Vec<&Observation>>, out: &mut Vec<SideRecord>) {
+    /// Completes idle non-TCP flows (zero-count records) and forgets finished TCP connections;
+    /// connections seen in this batch stay.
+    fn expire(&mut self, batch: &CaptureBatch, out: &mut Vec<SideRecord>) {
+        let now_ns = batch.end_ns;
+        let node = &self.cfg.node;
         let idle = self.cfg.idle_timeout.as_nanos() as u64;
         let tcp_idle = self.cfg.tcp_idle_timeout.as_nanos() as u64;
         let linger = TCP_LINGER.as_nanos() as u64;
         self.conns.retain(|key, conn| {
-            if seen.contains_key(key) {
+            if std::mem::take(&mut conn.seen) {
                 return true;
             }
             let quiet = now_ns.saturating_sub(conn.last_seen_ns);
@@ -331,6 +475,7 @@ impl Aggregator {
                 return true;
             }
             let observed = observed(key.proto, key.extra, conn);
+            let text = conn_text(node, *key, conn, batch);
             let reporters = [Reporter::Src, Reporter::Dst, Reporter::Fwd];
             for reporter in reporters.into_iter().filter(|r| conn.reporters & (1 << *r as u8) != 0) {
                 out.push(SideRecord {
@@ -350,64 +495,44 @@ impl Aggregator {
                     first_seen_ns: conn.first_seen_ns,
                     alt_fwd: Counts::default(),
                     alt_rev: Counts::default(),
+                    conn: text.clone(),
                 });
             }
             false
         });
     }
 
-    fn build_records(&self, batch: &CaptureBatch, sides: Vec<SideRecord>) -> Vec<FlowRecord> {
-        sides.iter().map(|side| self.record(batch, side)).collect()
-    }
-
     /// One connection seen by one reporter in one interval (aggregation level 0; levels 1-3 are
     /// applied by rollup once the verdicts are known).
     fn record(&self, batch: &CaptureBatch, side: &SideRecord) -> FlowRecord {
-        let echo_id = match side.key.extra {
-            Extra::Echo(id) => Some(id),
-            _ => None,
-        };
-        let conn = format!(
-            "{}|{{R}}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}",
-            self.cfg.node,
-            side.proto,
-            side.initiator.ip,
-            side.initiator.port,
-            side.responder.ip,
-            side.responder.port,
-            side.icmp,
-            echo_id,
-            batch.start_ns,
-            batch.end_ns
-        );
-        let id_input = conn.replace("{R}", &format!("{:?}", side.reporter));
+        let t = &self.texts;
         let icmp = is_icmp(side.proto);
         let count = |o: Observed| u64::from(side.observed == o);
         FlowRecord {
-            id: record_id(&id_input),
+            id: record_id_of(&side.conn, reporter_name(side.reporter)),
             start_time: batch.start_ns / 1_000_000_000,
             end_time: batch.end_ns.div_ceil(1_000_000_000),
-            host: self.cfg.node.as_str().into(),
+            host: t.host.clone(),
             action: Action::Allow,
             reporter: side.reporter,
-            proto: proto_name(side.proto).into(),
+            proto: t.proto(side.proto),
             source_ip: Some(side.initiator.ip),
             source_port: (!icmp).then_some(side.initiator.port),
-            source_name: "-".into(),
-            source_name_aggr: net_aggr(side.initiator.ip).into(),
-            source_namespace: "-".into(),
-            source_type: "net".into(),
+            source_name: t.dash.clone(),
+            source_name_aggr: t.net_aggr(side.initiator.ip),
+            source_namespace: t.dash.clone(),
+            source_type: t.net.clone(),
             source_labels: "-".into(),
             dest_ip: Some(side.responder.ip),
             dest_port: (!icmp).then_some(side.responder.port),
-            dest_name: "-".into(),
-            dest_name_aggr: net_aggr(side.responder.ip).into(),
-            dest_namespace: "-".into(),
-            dest_type: "net".into(),
+            dest_name: t.dash.clone(),
+            dest_name_aggr: t.net_aggr(side.responder.ip),
+            dest_namespace: t.dash.clone(),
+            dest_type: t.net.clone(),
             dest_labels: "-".into(),
-            dest_service_name: "-".into(),
-            dest_service_namespace: "-".into(),
-            dest_service_port: "-".into(),
+            dest_service_name: t.dash.clone(),
+            dest_service_namespace: t.dash.clone(),
+            dest_service_port: t.dash.clone(),
             icmp_type: side.icmp.map(|(t, _)| t),
             icmp_code: side.icmp.map(|(_, c)| c),
             bytes_in: side.inc.bytes,
@@ -434,7 +559,7 @@ impl Aggregator {
                 first_seen_ns: side.first_seen_ns,
                 source: None,
                 dest: None,
-                conn,
+                conn: side.conn.clone(),
                 alt: [side.alt_fwd.packets, side.alt_fwd.bytes, side.alt_rev.packets, side.alt_rev.bytes],
             },
         }
@@ -460,7 +585,7 @@ pub fn localize(mut records: Vec<FlowRecord>, node: &str) -> Vec<FlowRecord> {
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(records.len());
         for r in &records {
             let next = index.len();
-            let c = *index.entry(r.context.conn.as_str()).or_insert(next);
+            let c = *index.entry(&*r.context.conn).or_insert(next);
             first.push(c == seen.len());
             if c == seen.len() {
                 seen.push([false; 3]);
@@ -480,7 +605,7 @@ pub fn localize(mut records: Vec<FlowRecord>, node: &str) -> Vec<FlowRecord> {
             let mut add = |reporter: Reporter, out_counts: (u64, u64), in_counts: (u64, u64)| {
                 let mut extra = r.clone();
                 extra.reporter = reporter;
-                extra.id = record_id(&r.context.conn.replace("{R}", &format!("{reporter:?}")));
+                extra.id = record_id_of(&r.context.conn, reporter_name(reporter));
                 (extra.packets_out, extra.bytes_out) = out_counts;
                 (extra.packets_in, extra.bytes_in) = in_counts;
                 extras.push(extra);
@@ -498,6 +623,67 @@ pub fn localize(mut records: Vec<FlowRecord>, node: &str) -> Vec<FlowRecord> {
     records.retain(|_| keep.next().unwrap_or(true));
     records.extend(extras);
     records
+}
+
+/// The connection and interval a record belongs to, with the reporter left as `{R}` (the input of
+/// the record ids of the connection's sides: [`record_id_of`]):
+/// `node|{R}|proto|initiator ip|port|responder ip|port|icmp|echo id|start ns|end ns`, the ICMP
+/// fields as Rust's `Debug` writes an `Option` (`None`, `Some((8, 0))`, `Some(7)`).
+fn conn_text(node: &str, key: ConnKey, conn: &Conn, batch: &CaptureBatch) -> Text {
+    let mut s = Vec::with_capacity(node.len() + 96);
+    s.extend_from_slice(node.as_bytes());
+    s.extend_from_slice(b"|{R}|");
+    push_decimal(&mut s, key.proto.into());
+    for end in [conn.initiator, conn.responder] {
+        s.push(b'|');
+        push_ip(&mut s, end.ip);
+        s.push(b'|');
+        push_decimal(&mut s, end.port.into());
+    }
+    s.push(b'|');
+    match conn.icmp {
+        None => s.extend_from_slice(b"None"),
+        Some((t, c)) => {
+            s.extend_from_slice(b"Some((");
+            push_decimal(&mut s, t.into());
+            s.extend_from_slice(b", ");
+            push_decimal(&mut s, c.into());
+            s.extend_from_slice(b"))");
+        }
+    }
+    s.push(b'|');
+    match key.extra {
+        Extra::Echo(id) => {
+            s.extend_from_slice(b"Some(");
+            push_decimal(&mut s, id.into());
+            s.push(b')');
+        }
+        _ => s.extend_from_slice(b"None"),
+    }
+    s.push(b'|');
+    push_decimal(&mut s, batch.start_ns);
+    s.push(b'|');
+    push_decimal(&mut s, batch.end_ns);
+    Arc::from(String::from_utf8(s).expect("the node name and ASCII"))
+}
+
+/// The reporter as record ids spell it (its `Debug` form).
+fn reporter_name(reporter: Reporter) -> &'static str {
+    match reporter {
+        Reporter::Src => "Src",
+        Reporter::Dst => "Dst",
+        Reporter::Fwd => "Fwd",
+    }
+}
+
+/// Index of a side and direction in the picks of [`Aggregator::account`].
+fn pick_slot(side: Side, forward: bool) -> usize {
+    let s = match side {
+        Side::Src => 0,
+        Side::Dst => 2,
+        Side::Transit => 4,
+    };
+    s + usize::from(forward)
 }
 
 fn is_icmp(p: u8) -> bool {
@@ -590,6 +776,7 @@ fn new_conn(key: ConnKey, observations: &[&Observation], first_batch: bool) -> C
         dest_cgroup_id: None,
         first_seen_ns: earliest.first_seen_ns,
         refused: false,
+        seen: false,
     }
 }
 

@@ -1266,6 +1266,46 @@ fn other_protocols_have_ports_and_their_number() {
 // 11. Record ids
 // ---------------------------------------------------------------------------------------------
 
+/// The documented id input of a record: `node|reporter|proto|initiator ip|port|responder
+/// ip|port|icmp (Debug)|echo id (Debug)|start ns|end ns`, FNV-1a.
+fn expected_id(reporter: &str, rest: &str) -> String {
+    crate::model::record_id(&format!("node-1|{reporter}|{rest}"))
+}
+
+#[test]
+fn record_ids_are_the_fnv_of_the_connection_reporter_and_interval() {
+    let tcp =
+        vec![obs(CG_EG, A, 40000, B, 8080, TCP, 1, 60, SYN_PKT), obs(CG_IN, A, 40000, B, 8080, TCP, 1, 60, SYN_PKT)];
+    let records = agg().process(&batch(0, 10, tcp));
+    let rest = format!("6|{A}|40000|{B}|8080|None|None|{}|{}", T0, T0 + 10 * SEC);
+    assert_eq!(ids(&records), vec![expected_id("Src", &rest), expected_id("Dst", &rest)]);
+    assert_eq!(&*records[0].context.conn, format!("node-1|{{R}}|{rest}"));
+    let v6 = vec![
+        icmp(CG_EG, "fd00::1", "fd00::2:0:0:2", ICMPV6, 128, 0, 7, 1, 104),
+        icmp(CG_IN, "fd00::2:0:0:2", "fd00::1", ICMPV6, 129, 0, 7, 1, 104).seen(1.5, 2.0),
+    ];
+    let records = agg().process(&batch(0, 10, v6));
+    let rest = format!("58|fd00::1|0|fd00::2:0:0:2|0|Some((128, 0))|Some(7)|{}|{}", T0, T0 + 10 * SEC);
+    assert_eq!(ids(&records), vec![expected_id("Src", &rest)]);
+    // The completion record of an idle UDP flow, in the interval it expires in.
+    let mut a = agg();
+    a.process(&batch(0, 10, vec![obs(CG_EG, A, 5353, B, 53, UDP, 1, 80, 0)]));
+    let expired = a.process(&batch(60, 70, Vec::new()));
+    let rest = format!("17|{A}|5353|{B}|53|None|None|{}|{}", T0 + 60 * SEC, T0 + 70 * SEC);
+    assert_eq!(ids(&expired), vec![expected_id("Src", &rest)]);
+    // localize's record for the side capture did not see.
+    let syn = vec![obs(pod_in(5), A, 41002, B, 5432, TCP, 2, 120, SYN_PKT)];
+    let mut records = agg().process(&batch(0, 10, syn));
+    records[0].context.dest = pod_on("node-1");
+    let records = localize(records, "node-1");
+    let rest = format!("6|{A}|41002|{B}|5432|None|None|{}|{}", T0, T0 + 10 * SEC);
+    assert_eq!(ids(&records), vec![expected_id("Src", &rest), expected_id("Dst", &rest)]);
+}
+
+fn ids(records: &[FlowRecord]) -> Vec<String> {
+    records.iter().map(|r| r.id.clone()).collect()
+}
+
 #[test]
 fn record_ids_are_stable_and_distinct() {
     let observations = || {

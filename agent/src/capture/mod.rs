@@ -8,8 +8,10 @@
 //! while the pipeline has not taken the last batch the ring buffer is not read, and what it
 //! cannot hold is counted as lost by the kernel. Must never: be bypassed
 //! (it is the only module that touches aya), change a packet's fate, or drop a count: a drain
-//! installs a fresh table first (the map-of-maps update waits for running programs), then reads
-//! the old one whole; a table that cannot be replaced stays in place and is read next time.
+//! installs an empty table first (the one the previous drain emptied, else a fresh one; the
+//! map-of-maps update waits for running programs), then reads and empties the old one whole in
+//! batches ([`table`]) and keeps it for the next drain; a table that cannot be replaced stays in
+//! place and is read next time.
 //!
 //! Attach rules: `cgroup_skb` ingress and egress on the configured cgroup v2 directory (bpf links,
 //! which never displace other programs attached there); TC ingress and egress on every interface
@@ -24,6 +26,7 @@
 pub mod bench;
 mod ifaces;
 mod metrics;
+mod table;
 
 use std::{
     collections::HashMap,
@@ -139,6 +142,13 @@ pub struct Capture {
     cfg: CaptureConfig,
     ebpf: Ebpf,
     active: FlowTable,
+    /// The table the last drain read and emptied, installed at the next drain (none after a
+    /// drain that could not empty it: a fresh one is created then).
+    spare: Option<FlowTable>,
+    /// Observations of the last batch: the next one's first allocation.
+    last_batch_len: usize,
+    /// A batched read of the table failed once (said once in the log).
+    batch_refused: bool,
     ring: AsyncFd<RingBuf<MapData>>,
     cgroup_links: Vec<(&'static str, CgroupSkbLinkId)>,
     /// With `--pin`: the pinned cgroup links.
@@ -308,6 +318,9 @@ impl Capture {
             cfg,
             ebpf,
             active,
+            spare: None,
+            last_batch_len: 0,
+            batch_refused: false,
             ring,
             cgroup_links: Vec::new(),
             cgroup_pins: Vec::new(),
@@ -498,29 +511,63 @@ impl Capture {
         read_ring(self.ring.get_mut(), &mut self.pending, &self.metrics, cap)
     }
 
-    /// Swaps in a fresh table and reads the old one and the ring buffer. `last` marks the batch
-    /// sent at shutdown.
+    /// Swaps in an empty table (the one the last drain emptied, else a fresh one) and reads the
+    /// old one and the ring buffer. `last` marks the batch sent at shutdown.
     fn drain(&mut self, reason: DrainReason, last: bool, answers: Option<u64>) -> CaptureBatch {
         let started = Instant::now();
         self.metrics.drains.with_label_values(&[reason.name()]).inc();
         let end_ns = wall_now_ns();
         let wall_minus_mono = end_ns as i128 - mono_now_ns() as i128;
-        let mut merged: HashMap<FlowKey, FlowStats> = HashMap::new();
-        match new_table(self.cfg.flow_table_entries).and_then(|fresh| {
+        let swapped = match self.spare.take() {
+            Some(empty) => Ok(empty),
+            None => new_table(self.cfg.flow_table_entries),
+        }
+        .and_then(|fresh| {
             install(&mut self.ebpf, &fresh, self.cfg.pin.as_deref())?;
             Ok(std::mem::replace(&mut self.active, fresh))
-        }) {
+        });
+        // Ring-buffer records written before the swap are readable now (those past the cap on
+        // `pending` wait in the ring for the next drain); they are merged into the table's
+        // entries of the same key as the table is read.
+        self.read_ring();
+        let to_wall = |mono: u64| (mono as i128 + wall_minus_mono).max(0) as u64;
+        let mut observations = Vec::with_capacity(self.last_batch_len.max(self.pending.len()));
+        // Entries, packets and bytes per observation point ([`ObsPoint`] as index).
+        let mut per_point = [[0u64; 3]; ObsPoint::ALL.len()];
+        let (ifaces, gone, pending) = (&self.ifaces, &self.gone, &mut self.pending);
+        let mut add = |key: &FlowKey, stats: &FlowStats| {
+            if let Some(obs) = observation(key, stats, ifaces, gone, &to_wall) {
+                let counts = &mut per_point[key.obs as usize];
+                counts[0] += 1;
+                counts[1] += stats.packets;
+                counts[2] += stats.bytes;
+                observations.push(obs);
+            }
+        };
+        match swapped {
             Ok(old) => {
                 let mut entries = 0i64;
-                for item in old.iter() {
-                    match item {
-                        Ok((key, stats)) => {
-                            entries += 1;
-                            merged.insert(key, stats);
+                let read = table::read(
+                    &old,
+                    |key, mut stats| {
+                        entries += 1;
+                        if !pending.is_empty()
+                            && let Some(ev) = pending.remove(&key)
+                        {
+                            merge_pending(&mut stats, &ev);
                         }
-                        Err(error) => {
-                            self.metrics.drain_errors.inc();
-                            tracing::error!(message = "Reading a flow-table entry failed.", %error);
+                        add(&key, &stats);
+                    },
+                    |error| {
+                        self.metrics.drain_errors.inc();
+                        tracing::error!(message = "Reading a flow-table entry failed.", %error);
+                    },
+                );
+                match read {
+                    table::Read::Emptied => self.spare = Some(old),
+                    table::Read::Iterated(error) => {
+                        if !std::mem::replace(&mut self.batch_refused, true) {
+                            tracing::warn!(message = "Reading the flow table in batches failed; reading it entry by entry (slower, a fresh table per drain).", %error);
                         }
                     }
                 }
@@ -536,63 +583,24 @@ impl Capture {
                 tracing::error!(message = "Swapping the flow table failed; its counts stay for the next drain.", %error);
             }
         }
-        // Ring-buffer records written before the swap are readable now (those past the cap on
-        // `pending` wait in the ring for the next drain).
-        self.read_ring();
-        for (key, ev) in self.pending.drain() {
-            let e = merged.entry(key).or_insert(FlowStats {
-                first_seen_ns: ev.first_seen_ns,
-                cgroup_id: ev.cgroup_id,
-                ..Default::default()
-            });
-            e.packets += ev.packets;
-            e.bytes += ev.bytes;
-            e.first_seen_ns = e.first_seen_ns.min(ev.first_seen_ns);
-            e.last_seen_ns = e.last_seen_ns.max(ev.last_seen_ns);
-            e.tcp_flags |= ev.tcp_flags;
-            if e.cgroup_id == 0 {
-                e.cgroup_id = ev.cgroup_id;
+        // Keys only the ring buffer saw.
+        for (key, ev) in pending.drain() {
+            let mut stats =
+                FlowStats { first_seen_ns: ev.first_seen_ns, cgroup_id: ev.cgroup_id, ..Default::default() };
+            merge_pending(&mut stats, &ev);
+            add(&key, &stats);
+        }
+        for (obs, [entries, packets, bytes]) in ObsPoint::ALL.into_iter().zip(per_point) {
+            if entries > 0 {
+                self.metrics.flow_entries.with_label_values(&[obs.name()]).inc_by(entries);
+                self.metrics.packets.with_label_values(&[obs.name()]).inc_by(packets);
+                self.metrics.bytes.with_label_values(&[obs.name()]).inc_by(bytes);
             }
         }
         self.metrics.pending.set(0);
         self.read_counters();
-        let to_wall = |mono: u64| (mono as i128 + wall_minus_mono).max(0) as u64;
-        let mut observations = Vec::with_capacity(merged.len());
-        for (key, stats) in merged {
-            let Some(obs) = ObsPoint::from_raw(key.obs) else { continue };
-            let hook = match obs {
-                ObsPoint::CgroupIngress => Hook::CgroupIngress,
-                ObsPoint::CgroupEgress => Hook::CgroupEgress,
-                ObsPoint::TcIngress => Hook::TcIngress,
-                ObsPoint::TcEgress => Hook::TcEgress,
-            };
-            self.metrics.flow_entries.with_label_values(&[obs.name()]).inc();
-            self.metrics.packets.with_label_values(&[obs.name()]).inc_by(stats.packets);
-            self.metrics.bytes.with_label_values(&[obs.name()]).inc_by(stats.bytes);
-            let role = match hook {
-                Hook::TcIngress | Hook::TcEgress => Some(
-                    self.ifaces
-                        .get(&key.ifindex)
-                        .map(|i| i.role)
-                        .or_else(|| self.gone.get(&key.ifindex).copied())
-                        .unwrap_or(IfaceRole::Host),
-                ),
-                _ => None,
-            };
-            observations.push(Observation {
-                tuple: tuple_of(&key),
-                hook,
-                ifindex: key.ifindex,
-                role,
-                packets: stats.packets,
-                bytes: stats.bytes,
-                first_seen_ns: to_wall(stats.first_seen_ns),
-                last_seen_ns: to_wall(stats.last_seen_ns),
-                tcp_flags: stats.tcp_flags,
-                cgroup_id: stats.cgroup_id,
-            });
-        }
         self.gone.clear();
+        self.last_batch_len = observations.len();
         let batch = CaptureBatch { start_ns: self.interval_start_ns, end_ns, observations, last, answers };
         self.interval_start_ns = end_ns;
         self.metrics.drain_seconds.observe(started.elapsed().as_secs_f64());
@@ -675,7 +683,7 @@ impl Capture {
     }
 }
 
-/// Pin names of the installed flow table under `<pin>/maps`: a fresh table is pinned as `next`,
+/// Pin names of the installed flow table under `<pin>/maps`: the table a drain installs is pinned as `next`,
 /// installed, then renamed over `current`. A takeover opens the installed table by its pin and
 /// checks its id against slot 0, because opening it by id (`bpf_map_get_fd_by_id`) needs
 /// CAP_SYS_ADMIN, which the agent does not keep.
@@ -785,6 +793,16 @@ fn tc_pin_name(iface: &str, attach: TcAttachType) -> String {
 unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c_long> {
     // SAFETY: the caller's contract.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const A, size_of::<A>() as u32) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// [`sys_bpf`] for the commands that write results back into `attr` (the batch commands).
+///
+/// # Safety
+/// As [`sys_bpf`].
+unsafe fn sys_bpf_mut<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's contract.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
 }
 
@@ -935,6 +953,57 @@ fn attach_tc_prog(
             TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }),
         )
     }
+}
+
+/// Adds the ring-buffer packets `ev` of a key to its counts `e`.
+fn merge_pending(e: &mut FlowStats, ev: &FlowStats) {
+    e.packets += ev.packets;
+    e.bytes += ev.bytes;
+    e.first_seen_ns = e.first_seen_ns.min(ev.first_seen_ns);
+    e.last_seen_ns = e.last_seen_ns.max(ev.last_seen_ns);
+    e.tcp_flags |= ev.tcp_flags;
+    if e.cgroup_id == 0 {
+        e.cgroup_id = ev.cgroup_id;
+    }
+}
+
+/// The observation of one drained key (`None` for an unknown observation point); `to_wall`
+/// turns the kernel's monotonic times into wall-clock times.
+fn observation(
+    key: &FlowKey,
+    stats: &FlowStats,
+    ifaces: &HashMap<u32, Interface>,
+    gone: &HashMap<u32, IfaceRole>,
+    to_wall: &impl Fn(u64) -> u64,
+) -> Option<Observation> {
+    let hook = match ObsPoint::from_raw(key.obs)? {
+        ObsPoint::CgroupIngress => Hook::CgroupIngress,
+        ObsPoint::CgroupEgress => Hook::CgroupEgress,
+        ObsPoint::TcIngress => Hook::TcIngress,
+        ObsPoint::TcEgress => Hook::TcEgress,
+    };
+    let role = match hook {
+        Hook::TcIngress | Hook::TcEgress => Some(
+            ifaces
+                .get(&key.ifindex)
+                .map(|i| i.role)
+                .or_else(|| gone.get(&key.ifindex).copied())
+                .unwrap_or(IfaceRole::Host),
+        ),
+        _ => None,
+    };
+    Some(Observation {
+        tuple: tuple_of(key),
+        hook,
+        ifindex: key.ifindex,
+        role,
+        packets: stats.packets,
+        bytes: stats.bytes,
+        first_seen_ns: to_wall(stats.first_seen_ns),
+        last_seen_ns: to_wall(stats.last_seen_ns),
+        tcp_flags: stats.tcp_flags,
+        cgroup_id: stats.cgroup_id,
+    })
 }
 
 fn tuple_of(key: &FlowKey) -> Tuple {

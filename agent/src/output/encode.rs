@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::model::{Action, Enforcement, FlowRecord, RecordLabels, ReportRow, Reporter, Text};
 
+mod calico;
 mod cef;
 mod ecs;
 mod ocsf;
@@ -73,7 +74,7 @@ pub enum EncodeError {
 /// Never panics.
 pub fn encode_flow(rec: &FlowRecord, enc: Encoding, ctx: &EncodeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     match enc {
-        Encoding::Calico => Ok(serde_json::to_writer(out, rec)?),
+        Encoding::Calico => Ok(calico::flow(rec, out)?),
         Encoding::Ecs => ecs::flow(rec, ctx, out),
         Encoding::Ocsf => ocsf::flow(rec, ctx, out),
         Encoding::Cef => cef::flow(rec, ctx, out),

@@ -588,6 +588,32 @@ fn cef_escapes_what_would_break_a_line_or_a_field() {
 }
 
 #[test]
+fn calico_writes_what_the_serde_derive_writes_whatever_the_strings() {
+    let nasty = ["", "\"q\"", "back\\slash", "tab\tnl\ncr\r\u{1}\u{1f}\u{7f}", "é ☃ \u{10ffff}", "</script>"];
+    for (_, base) in flows() {
+        for (i, text) in nasty.iter().enumerate() {
+            let mut r = base.clone();
+            let t: crate::model::Text = (*text).into();
+            r.id = text.to_string();
+            (r.host, r.proto, r.source_name, r.source_name_aggr, r.source_namespace) =
+                (t.clone(), t.clone(), t.clone(), t.clone(), t.clone());
+            (r.source_type, r.dest_name, r.dest_name_aggr, r.dest_namespace, r.dest_type) =
+                (t.clone(), t.clone(), t.clone(), t.clone(), t.clone());
+            (r.dest_service_name, r.dest_service_namespace, r.dest_service_port) = (t.clone(), t.clone(), t.clone());
+            r.source_labels = list(&[text, "a=b"]);
+            r.policies = Policies { enforced_policies: trace(&[text]), pending_policies: trace(&[]) };
+            r.icmp_type = (i % 2 == 0).then_some(3);
+            r.icmp_code = (i % 3 == 0).then_some(255);
+            r.source_cgroup_id = (i % 2 == 1).then_some(u64::MAX);
+            r.host_network = i % 2 == 0;
+            r.source_port = (i % 2 == 0).then_some(65535);
+            r.dest_ip = (i % 3 != 0).then(|| "fe80::1:2".parse().unwrap());
+            assert_eq!(flow_line(&r, Encoding::Calico).into_bytes(), serde_json::to_vec(&r).unwrap(), "{text:?}");
+        }
+    }
+}
+
+#[test]
 fn odd_records_never_panic() {
     let mut odd = Vec::new();
     let mut r = tcp4_allow();
@@ -620,6 +646,7 @@ fn odd_records_never_panic() {
     r.proto = "icmp6".into();
     odd.push(r);
     for r in &odd {
+        assert_eq!(flow_line(r, Encoding::Calico).into_bytes(), serde_json::to_vec(r).unwrap());
         for enc in ALL {
             let mut out = Vec::new();
             match encode_flow(r, enc, &ctx(), &mut out) {
