@@ -170,21 +170,13 @@ pub fn is_pod(ep: &Endpoint) -> bool {
 impl KubePolicy {
     /// Compiles the spec of a policy in `namespace`, its selectors and namespace named in `ids`.
     pub fn new(namespace: &str, spec: &NetworkPolicySpec, ids: &mut Ids) -> KubePolicy {
-        let mut peers = |peers: Option<&[NetworkPolicyPeer]>| {
-            peers.filter(|v| !v.is_empty()).map(|v| v.iter().map(|p| KubePeer::new(p, ids)).collect())
+        let mut rule = |peers: Option<&[NetworkPolicyPeer]>, ports: &Option<Vec<NetworkPolicyPort>>| KubeRule {
+            peers: peers.filter(|v| !v.is_empty()).map(|v| v.iter().map(|p| KubePeer::new(p, ids)).collect()),
+            ports: ports.clone().filter(|v| !v.is_empty()),
         };
-        let rules_in: Vec<KubeRule> = spec
-            .ingress
-            .iter()
-            .flatten()
-            .map(|r| KubeRule { peers: peers(r.from.as_deref()), ports: r.ports.clone().filter(|v| !v.is_empty()) })
-            .collect();
-        let rules_out: Vec<KubeRule> = spec
-            .egress
-            .iter()
-            .flatten()
-            .map(|r| KubeRule { peers: peers(r.to.as_deref()), ports: r.ports.clone().filter(|v| !v.is_empty()) })
-            .collect();
+        let rules_in: Vec<KubeRule> =
+            spec.ingress.iter().flatten().map(|r| rule(r.from.as_deref(), &r.ports)).collect();
+        let rules_out: Vec<KubeRule> = spec.egress.iter().flatten().map(|r| rule(r.to.as_deref(), &r.ports)).collect();
         let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         let types: Vec<String> = match &spec.policy_types {
             Some(t) if !t.is_empty() => t.clone(),

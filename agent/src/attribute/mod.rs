@@ -24,7 +24,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     cluster::{CalicoPolicyKind, ClusterState, NamedPort, calico::StagedAction, selector::label_selector_matches},
-    model::{Action, Endpoint, EndpointKind, Enforcement, FlowRecord, Observed, Reporter},
+    model::{Action, Endpoint, EndpointKind, Enforcement, FlowRecord, Observed, Reporter, Trace},
 };
 pub use engine::FlowView;
 use engine::{Body, Dir, End, Entry, LabelsOf, Policy, PolicyKind, RuleAction, Selection, SideOutcome, Tier};
@@ -377,7 +377,7 @@ struct Memo {
     /// Per walk, the index in `trace_list` of the written trace of each list of entries.
     traces: [hashbrown::HashMap<Box<[Entry]>, u32>; 2],
     /// The written traces.
-    trace_list: Vec<crate::model::Trace>,
+    trace_list: Vec<Trace>,
     /// The entries of the walk in progress.
     entries: Vec<Entry>,
 }
@@ -569,20 +569,17 @@ impl VerdictCache {
         self.entries.reserve(n);
     }
 
-    /// The verdict of `key`, from `verdict` when it is not here yet.
-    fn get_or_insert_with(&mut self, key: CacheKey, verdict: impl FnOnce() -> CompactVerdict) -> CompactVerdict {
+    /// The verdict of `key` if it is here, and the key's hash.
+    fn get(&self, key: &CacheKey) -> (u64, Option<CompactVerdict>) {
         let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
-        let entries = &mut self.entries;
-        let entry = self.index.entry(hash, |&i| entries[i as usize].1 == key, |&i| entries[i as usize].0);
-        match entry {
-            hashbrown::hash_table::Entry::Occupied(e) => entries[*e.get() as usize].2,
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                let v = verdict();
-                e.insert(entries.len() as u32);
-                entries.push((hash, key, v));
-                v
-            }
-        }
+        (hash, self.index.find(hash, |&i| self.entries[i as usize].1 == *key).map(|&i| self.entries[i as usize].2))
+    }
+
+    /// Keeps `verdict` for `key` (not here yet), whose hash is `hash`.
+    fn insert(&mut self, hash: u64, key: CacheKey, verdict: CompactVerdict) {
+        let entries = &self.entries;
+        self.index.insert_unique(hash, entries.len() as u32, |&i| entries[i as usize].0);
+        self.entries.push((hash, key, verdict));
     }
 }
 
@@ -596,7 +593,7 @@ pub struct Attributor {
     /// many flows is one copy).
     cache: VerdictCache,
     /// The trace of a side that has none.
-    empty: crate::model::Trace,
+    empty: Trace,
     /// When the current state took effect (Unix ns): connections older than this that it denies
     /// are stale, not violations.
     since_ns: u64,
@@ -620,7 +617,9 @@ impl Attributor {
     pub fn attribute(&mut self, records: &mut [FlowRecord]) {
         // Grown once for the batch rather than doubling (and moving every verdict) as it fills.
         self.cache.reserve(records.len().min(CACHE_LIMIT - self.cache.len().min(CACHE_LIMIT)));
-        for r in records {
+        for i in 0..records.len() {
+            crate::enrich::prefetch_record(records, i + AHEAD);
+            let r = &mut records[i];
             let (Some(src_ip), Some(dst_ip)) = (r.source_ip, r.dest_ip) else { continue };
             let icmp = r.icmp_type.map(|t| (t, r.icmp_code.unwrap_or(0)));
             let ptr = |e: &Option<Arc<Endpoint>>| e.as_ref().map_or(0, |e| Arc::as_ptr(e) as usize);
@@ -639,56 +638,60 @@ impl Attributor {
                 self.cache.clear();
                 self.memo.clear_traces();
             }
-            let (policies, memo) = (&self.policies, &mut self.memo);
-            let verdict = self.cache.get_or_insert_with(key, || {
-                policies.verdict_ids(
-                    memo,
-                    r.context.source.as_ref(),
-                    r.context.dest.as_ref(),
-                    &FlowView {
-                        src: r.context.source.as_deref(),
-                        src_ip,
-                        dst: r.context.dest.as_deref(),
-                        dst_ip,
-                        proto: r.context.proto,
-                        src_port: r.source_port,
-                        dst_port: r.dest_port,
-                        icmp,
-                    },
-                )
+            let (hash, cached) = self.cache.get(&key);
+            let verdict = cached.unwrap_or_else(|| {
+                let flow = FlowView {
+                    src: r.context.source.as_deref(),
+                    src_ip,
+                    dst: r.context.dest.as_deref(),
+                    dst_ip,
+                    proto: r.context.proto,
+                    src_port: r.source_port,
+                    dst_port: r.dest_port,
+                    icmp,
+                };
+                self.policies.verdict_ids(&mut self.memo, r.context.source.as_ref(), r.context.dest.as_ref(), &flow)
             });
-            self.write(r, verdict);
+            // The record first: its atomic operations (trace counts) need not wait for the
+            // writes of a new cache entry to reach memory.
+            write(r, verdict, &self.memo.trace_list, &self.empty, self.since_ns);
+            if cached.is_none() {
+                self.cache.insert(hash, key, verdict);
+            }
         }
     }
+}
 
-    /// Writes `verdict` into `r`.
-    fn write(&self, r: &mut FlowRecord, verdict: CompactVerdict) {
-        let trace = |id: SideId| match id {
-            NO_SIDE => self.empty.clone(),
-            id => self.memo.trace_list[(id >> 1) as usize].clone(),
-        };
-        let action = |id: SideId| if id == NO_SIDE { Action::Allow } else { side_action(id) };
-        let flow_action = both(Some(action(verdict[0])), Some(action(verdict[2])));
-        let (enforced, pending) = match r.reporter {
-            Reporter::Src => ((action(verdict[0]), trace(verdict[0])), (action(verdict[1]), trace(verdict[1]))),
-            Reporter::Dst => ((action(verdict[2]), trace(verdict[2])), (action(verdict[3]), trace(verdict[3]))),
-            Reporter::Fwd => {
-                let joined = |a: SideId, b: SideId| trace(a).iter().chain(trace(b).iter()).cloned().collect();
-                (
-                    (flow_action, joined(verdict[0], verdict[2])),
-                    (both(Some(action(verdict[1])), Some(action(verdict[3]))), joined(verdict[1], verdict[3])),
-                )
-            }
-        };
-        r.action = enforced.0;
-        r.policies.enforced_policies = enforced.1;
-        r.pending_action = pending.0;
-        r.policies.pending_policies = pending.1;
-        r.flow_action = flow_action;
-        r.enforcement =
-            enforcement(r.flow_action, r.observed, r.num_flows_started, r.context.first_seen_ns, self.since_ns);
-        r.num_violations = u64::from(r.enforcement == Enforcement::Violation);
-    }
+/// How many records ahead of the one it works on the stage asks for.
+const AHEAD: usize = 4;
+
+/// Writes `verdict` (trace ids into `traces`; `empty`: the trace of no side) into `r`, for a
+/// state in force since `since_ns`.
+fn write(r: &mut FlowRecord, verdict: CompactVerdict, traces: &[Trace], empty: &Trace, since_ns: u64) {
+    let trace = |id: SideId| match id {
+        NO_SIDE => empty.clone(),
+        id => traces[(id >> 1) as usize].clone(),
+    };
+    let action = |id: SideId| if id == NO_SIDE { Action::Allow } else { side_action(id) };
+    let flow_action = both(Some(action(verdict[0])), Some(action(verdict[2])));
+    let (enforced, pending) = match r.reporter {
+        Reporter::Src => ((action(verdict[0]), trace(verdict[0])), (action(verdict[1]), trace(verdict[1]))),
+        Reporter::Dst => ((action(verdict[2]), trace(verdict[2])), (action(verdict[3]), trace(verdict[3]))),
+        Reporter::Fwd => {
+            let joined = |a: SideId, b: SideId| trace(a).iter().chain(trace(b).iter()).cloned().collect();
+            (
+                (flow_action, joined(verdict[0], verdict[2])),
+                (both(Some(action(verdict[1])), Some(action(verdict[3]))), joined(verdict[1], verdict[3])),
+            )
+        }
+    };
+    r.action = enforced.0;
+    r.policies.enforced_policies = enforced.1;
+    r.pending_action = pending.0;
+    r.policies.pending_policies = pending.1;
+    r.flow_action = flow_action;
+    r.enforcement = enforcement(r.flow_action, r.observed, r.num_flows_started, r.context.first_seen_ns, since_ns);
+    r.num_violations = u64::from(r.enforcement == Enforcement::Violation);
 }
 
 /// What the packets showed against what the policy says.

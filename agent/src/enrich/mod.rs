@@ -363,9 +363,13 @@ impl Enricher {
             self.current.scan_cgroups(&state, &self.cfg.cgroup_root, &kubepods);
             self.scanned_ns = now_ns;
         }
-        for chunk in records.chunks_mut(CHUNK) {
+        for start in (0..records.len()).step_by(CHUNK) {
+            let chunk_end = records.len().min(start + CHUNK);
             let mut found = [(None, None); CHUNK];
-            for (r, ends) in chunk.iter().zip(&mut found) {
+            for (i, ends) in (start..chunk_end).zip(&mut found) {
+                // The next chunk's records, while this one's lookups wait for memory.
+                prefetch_record(records, i + CHUNK);
+                let r = &records[i];
                 *ends = (
                     self.endpoint(r.source_cgroup_id, r.source_ip, now_ns),
                     self.endpoint(r.context.dest_cgroup_id, r.dest_ip, now_ns),
@@ -377,7 +381,7 @@ impl Enricher {
                 prefetch(Arc::as_ptr(&r.source_name));
                 prefetch(Arc::as_ptr(&r.dest_name));
             }
-            for (r, (source, dest)) in chunk.iter_mut().zip(found) {
+            for (r, (source, dest)) in records[start..chunk_end].iter_mut().zip(found) {
                 self.name(r, source.cloned(), dest.cloned());
             }
         }
@@ -433,6 +437,19 @@ impl Enricher {
 
 /// Records per chunk of [`Enricher::enrich`].
 const CHUNK: usize = 16;
+
+/// Asks the CPU to bring every cache line of record `i` of `records` closer, if there is one:
+/// records are larger than the strides the CPU's own prefetcher follows, and a stage reads a few
+/// fields spread over all of their lines.
+pub(crate) fn prefetch_record(records: &[FlowRecord], i: usize) {
+    if i >= records.len() {
+        return;
+    }
+    let start = records.as_ptr().wrapping_add(i).cast::<u8>();
+    for offset in (0..std::mem::size_of::<FlowRecord>()).step_by(64) {
+        prefetch(start.wrapping_add(offset));
+    }
+}
 
 /// Asks the CPU to bring the cache line at `p` closer; no effect on what the program computes.
 pub(crate) fn prefetch<T: ?Sized>(p: *const T) {
