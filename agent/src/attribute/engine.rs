@@ -7,9 +7,16 @@
 
 use std::{cmp::Ordering, net::IpAddr};
 
-use crate::model::{Action, Endpoint};
+use crate::{
+    cluster::{NamedPort, selector::label_selector_matches},
+    model::{Action, Endpoint},
+};
 
-use super::{admin::AdminPolicy, calico::CalicoPolicy, kube::KubePolicy};
+use super::{
+    admin::AdminPolicy,
+    calico::CalicoPolicy,
+    kube::{self, KubePolicy, Sel},
+};
 
 /// Direction of a side: the destination's ingress or the source's egress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,6 +109,102 @@ pub struct FlowView<'a> {
     pub icmp: Option<(u8, u8)>,
 }
 
+/// One end of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum End {
+    /// The source.
+    Src,
+    /// The destination.
+    Dst,
+}
+
+impl Dir {
+    /// The end whose side this direction is: the source's egress, the destination's ingress.
+    pub fn subject(self) -> End {
+        match self {
+            Dir::Ingress => End::Dst,
+            Dir::Egress => End::Src,
+        }
+    }
+}
+
+/// Whose labels a Kubernetes label selector is matched against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LabelsOf {
+    /// The pod's.
+    Pod,
+    /// Its namespace's.
+    Namespace,
+}
+
+/// What Kubernetes policies ask about the ends of a flow: answered from the endpoints themselves
+/// ([`FromEndpoints`]), or from what the attribute stage keeps per endpoint and per label set.
+/// Every implementation gives the answers of [`FromEndpoints`].
+pub trait Ends {
+    /// Whether `end` is a pod Kubernetes policies see ([`kube::is_pod`]).
+    fn pod(&self, end: End) -> bool;
+    /// Whether `end` is in the namespace `name`, whose id in the policy set is `id`.
+    fn in_namespace(&self, end: End, id: u32, name: &str) -> bool;
+    /// Whether `sel` selects the labels of `end` (`of`: its own or its namespace's).
+    fn selects(&mut self, end: End, of: LabelsOf, sel: &Sel) -> bool;
+    /// Whether `end` has a container port `name` of `protocol` numbered `port`.
+    fn named_port(&self, end: End, name: &str, protocol: &str, port: u16) -> bool;
+}
+
+/// [`Ends`] read from the endpoints of a flow.
+#[derive(Clone, Copy, Debug)]
+pub struct FromEndpoints<'a> {
+    /// The source endpoint.
+    pub src: Option<&'a Endpoint>,
+    /// The destination endpoint.
+    pub dst: Option<&'a Endpoint>,
+}
+
+impl<'a> FromEndpoints<'a> {
+    /// The ends of `flow`.
+    pub fn of(flow: &FlowView<'a>) -> Self {
+        FromEndpoints { src: flow.src, dst: flow.dst }
+    }
+
+    fn get(&self, end: End) -> Option<&'a Endpoint> {
+        match end {
+            End::Src => self.src,
+            End::Dst => self.dst,
+        }
+    }
+}
+
+/// Whether `ep` has a container port `name` of `protocol` numbered `port`.
+pub fn has_named_port(ports: &[NamedPort], name: &str, protocol: &str, port: u16) -> bool {
+    ports.iter().any(|np| np.name == name && np.protocol == protocol && np.port == port)
+}
+
+impl Ends for FromEndpoints<'_> {
+    fn pod(&self, end: End) -> bool {
+        self.get(end).is_some_and(kube::is_pod)
+    }
+
+    fn in_namespace(&self, end: End, _id: u32, name: &str) -> bool {
+        self.get(end).is_some_and(|e| e.namespace.as_deref() == Some(name))
+    }
+
+    fn selects(&mut self, end: End, of: LabelsOf, sel: &Sel) -> bool {
+        self.get(end).is_some_and(|e| {
+            label_selector_matches(
+                &sel.selector,
+                match of {
+                    LabelsOf::Pod => &e.labels,
+                    LabelsOf::Namespace => &e.namespace_labels,
+                },
+            )
+        })
+    }
+
+    fn named_port(&self, end: End, name: &str, protocol: &str, port: u16) -> bool {
+        self.get(end).is_some_and(|e| has_named_port(&e.named_ports, name, protocol, port))
+    }
+}
+
 /// How a compiled policy selects and matches; one variant per policy family.
 #[derive(Clone, Debug)]
 pub enum Body {
@@ -137,18 +240,19 @@ impl Policy {
         }
     }
 
-    fn selects(&self, subject: &Endpoint, dir: Dir) -> bool {
+    /// Whether the policy selects `subject` (the flow's end for `dir`, as `ends` see it).
+    fn selects(&self, subject: &Endpoint, dir: Dir, ends: &mut impl Ends) -> bool {
         match &self.body {
-            Body::Kube(p) => p.selects(self.namespace.as_deref().unwrap_or_default(), subject, dir),
+            Body::Kube(p) => p.selects(self.namespace.as_deref().unwrap_or_default(), dir.subject(), dir, ends),
             Body::Calico(p) => p.selects(self.namespace.as_deref(), subject, dir),
             Body::Admin(p) => p.selects(subject, dir),
         }
     }
 
     /// The first rule that matches, as (index, action).
-    fn first_match(&self, dir: Dir, flow: &FlowView<'_>) -> Option<(usize, RuleAction)> {
+    fn first_match(&self, dir: Dir, flow: &FlowView<'_>, ends: &mut impl Ends) -> Option<(usize, RuleAction)> {
         match &self.body {
-            Body::Kube(p) => p.first_match(self.namespace.as_deref().unwrap_or_default(), dir, flow),
+            Body::Kube(p) => p.first_match(self.namespace.as_deref().unwrap_or_default(), dir, flow, ends),
             Body::Calico(p) => p.first_match(self.namespace.as_deref(), dir, flow),
             Body::Admin(p) => p.first_match(dir, flow),
         }
@@ -258,18 +362,19 @@ pub struct Entry {
 /// The policies that select one endpoint in one direction: per tier that selects it (in tier
 /// order), the indices of its selecting policies in evaluation order. It depends on the endpoint
 /// and the direction only, so it can be kept per endpoint for a state version.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Selection(Vec<(u32, Vec<u32>)>);
 
 impl Selection {
-    /// The policies of `tiers` that select `subject` in `dir`.
-    pub fn of(tiers: &[Tier], subject: &Endpoint, dir: Dir) -> Selection {
+    /// The policies of `tiers` that select `subject` in `dir` (`subject` is the end
+    /// `dir.subject()` of the flow `ends` describe).
+    pub fn of(tiers: &[Tier], subject: &Endpoint, dir: Dir, ends: &mut impl Ends) -> Selection {
         let mut out = Vec::new();
         for (t, tier) in tiers.iter().enumerate() {
             let selecting: Vec<u32> = tier
                 .candidates(subject)
                 .iter()
-                .filter(|&&i| tier.policies[i].selects(subject, dir))
+                .filter(|&&i| tier.policies[i].selects(subject, dir, ends))
                 .map(|&i| i as u32)
                 .collect();
             if !selecting.is_empty() {
@@ -280,13 +385,20 @@ impl Selection {
     }
 }
 
-/// Walks the tiers `selection` names for a flow in `dir`: the side's action, and its trace
-/// entries pushed to `entries`.
-pub fn walk(tiers: &[Tier], selection: &Selection, dir: Dir, flow: &FlowView<'_>, entries: &mut Vec<Entry>) -> Action {
+/// Walks the tiers `selection` names for a flow in `dir` (its ends as `ends` see them): the
+/// side's action, and its trace entries pushed to `entries`.
+pub fn walk(
+    tiers: &[Tier],
+    selection: &Selection,
+    dir: Dir,
+    flow: &FlowView<'_>,
+    entries: &mut Vec<Entry>,
+    ends: &mut impl Ends,
+) -> Action {
     for (t, selecting) in &selection.0 {
         let tier = &tiers[*t as usize];
         let decided = selecting.iter().find_map(|&p| {
-            tier.policies[p as usize].first_match(dir, flow).map(|(rule, action)| (p, action, rule as i64))
+            tier.policies[p as usize].first_match(dir, flow, ends).map(|(rule, action)| (p, action, rule as i64))
         });
         // A tier that selected the endpoint without a match applies its default action, naming
         // its first selecting policy.
@@ -317,6 +429,7 @@ pub fn render(tiers: &[Tier], entries: &[Entry]) -> crate::model::Trace {
 /// Walks `tiers` for `subject` in `dir`.
 pub fn evaluate(tiers: &[Tier], subject: &Endpoint, dir: Dir, flow: &FlowView<'_>) -> SideOutcome {
     let mut entries = Vec::new();
-    let action = walk(tiers, &Selection::of(tiers, subject, dir), dir, flow, &mut entries);
+    let mut ends = FromEndpoints::of(flow);
+    let action = walk(tiers, &Selection::of(tiers, subject, dir, &mut ends), dir, flow, &mut entries, &mut ends);
     SideOutcome { action, trace: render(tiers, &entries) }
 }

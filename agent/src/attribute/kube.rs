@@ -20,16 +20,55 @@ use k8s_openapi::{
 
 use flowaudit_common::proto;
 
-use super::engine::{Dir, FlowView, RuleAction};
-use crate::{
-    cluster::selector::label_selector_matches,
-    model::{Endpoint, EndpointKind},
-};
+use super::engine::{Dir, End, Ends, FlowView, LabelsOf, RuleAction};
+use crate::model::{Endpoint, EndpointKind};
+
+/// A label selector of a compiled policy, with its id: equal selectors of one policy set share
+/// one, so what a selector says about a label set can be kept once per (id, label set).
+#[derive(Clone, Debug)]
+pub struct Sel {
+    /// Id in the policy set.
+    pub id: u32,
+    /// The selector.
+    pub selector: LabelSelector,
+}
+
+/// Ids of the selectors and namespaces of one policy set's Kubernetes policies.
+#[derive(Clone, Debug, Default)]
+pub struct Ids {
+    /// By the selector's JSON form.
+    selectors: hashbrown::HashMap<String, u32>,
+    /// By name.
+    namespaces: hashbrown::HashMap<String, u32>,
+}
+
+/// The id no namespace of a policy has.
+pub const NO_NAMESPACE: u32 = u32::MAX;
+
+impl Ids {
+    fn selector(&mut self, selector: LabelSelector) -> Sel {
+        let key = serde_json::to_string(&selector).unwrap_or_else(|_| format!("{selector:?}"));
+        let next = self.selectors.len() as u32;
+        Sel { id: *self.selectors.entry(key).or_insert(next), selector }
+    }
+
+    fn namespace_id(&mut self, name: &str) -> u32 {
+        let next = self.namespaces.len() as u32;
+        *self.namespaces.entry_ref(name).or_insert(next)
+    }
+
+    /// The id of namespace `name`, [`NO_NAMESPACE`] when no policy is in it.
+    pub fn namespace(&self, name: Option<&str>) -> u32 {
+        name.and_then(|n| self.namespaces.get(n)).copied().unwrap_or(NO_NAMESPACE)
+    }
+}
 
 /// A compiled Kubernetes NetworkPolicy.
 #[derive(Clone, Debug)]
 pub struct KubePolicy {
-    pod_selector: LabelSelector,
+    /// Id of the policy's namespace in [`Ids`].
+    namespace: u32,
+    pod_selector: Sel,
     /// `None`: the policy does not isolate in this direction.
     ingress: Option<Vec<KubeRule>>,
     egress: Option<Vec<KubeRule>>,
@@ -48,19 +87,19 @@ struct KubeRule {
 struct KubePeer {
     /// `cidr` and `except`.
     ip_block: Option<(Cidr, Vec<Cidr>)>,
-    pod_selector: Option<LabelSelector>,
-    namespace_selector: Option<LabelSelector>,
+    pod_selector: Option<Sel>,
+    namespace_selector: Option<Sel>,
 }
 
 impl KubePeer {
-    fn new(peer: &NetworkPolicyPeer) -> KubePeer {
+    fn new(peer: &NetworkPolicyPeer, ids: &mut Ids) -> KubePeer {
         KubePeer {
             ip_block: peer
                 .ip_block
                 .as_ref()
                 .map(|b| (Cidr::parse(&b.cidr), b.except.iter().flatten().map(|e| Cidr::parse(e)).collect())),
-            pod_selector: peer.pod_selector.clone(),
-            namespace_selector: peer.namespace_selector.clone(),
+            pod_selector: peer.pod_selector.clone().map(|s| ids.selector(s)),
+            namespace_selector: peer.namespace_selector.clone().map(|s| ids.selector(s)),
         }
     }
 }
@@ -123,61 +162,59 @@ fn proto_matches(protocol: Option<&str>, p: u8) -> bool {
     }
 }
 
-fn is_pod(ep: Option<&Endpoint>) -> Option<&Endpoint> {
-    ep.filter(|e| e.kind == EndpointKind::Wep && !e.host_network)
+/// Whether an endpoint is a pod as Kubernetes policies see them (not host-network).
+pub fn is_pod(ep: &Endpoint) -> bool {
+    ep.kind == EndpointKind::Wep && !ep.host_network
 }
 
 impl KubePolicy {
-    /// Compiles a spec.
-    pub fn new(spec: &NetworkPolicySpec) -> KubePolicy {
-        let peers = |peers: Option<&[NetworkPolicyPeer]>| {
-            peers.filter(|v| !v.is_empty()).map(|v| v.iter().map(KubePeer::new).collect())
+    /// Compiles the spec of a policy in `namespace`, its selectors and namespace named in `ids`.
+    pub fn new(namespace: &str, spec: &NetworkPolicySpec, ids: &mut Ids) -> KubePolicy {
+        let mut rule = |peers: Option<&[NetworkPolicyPeer]>, ports: &Option<Vec<NetworkPolicyPort>>| KubeRule {
+            peers: peers.filter(|v| !v.is_empty()).map(|v| v.iter().map(|p| KubePeer::new(p, ids)).collect()),
+            ports: ports.clone().filter(|v| !v.is_empty()),
         };
-        let rules_in = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyIngressRule]| {
-            rules
-                .iter()
-                .map(|r| KubeRule { peers: peers(r.from.as_deref()), ports: r.ports.clone().filter(|v| !v.is_empty()) })
-                .collect()
-        };
-        let rules_out = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyEgressRule]| {
-            rules
-                .iter()
-                .map(|r| KubeRule { peers: peers(r.to.as_deref()), ports: r.ports.clone().filter(|v| !v.is_empty()) })
-                .collect()
-        };
+        let rules_in: Vec<KubeRule> =
+            spec.ingress.iter().flatten().map(|r| rule(r.from.as_deref(), &r.ports)).collect();
+        let rules_out: Vec<KubeRule> = spec.egress.iter().flatten().map(|r| rule(r.to.as_deref(), &r.ports)).collect();
         let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         let types: Vec<String> = match &spec.policy_types {
             Some(t) if !t.is_empty() => t.clone(),
             _ if has_egress => vec!["Ingress".into(), "Egress".into()],
             _ => vec!["Ingress".into()],
         };
+        let isolates = |t: &str| types.iter().any(|x| x == t);
         KubePolicy {
-            pod_selector: spec.pod_selector.clone().unwrap_or_default(),
-            ingress: types
-                .iter()
-                .any(|t| t == "Ingress")
-                .then(|| rules_in(spec.ingress.as_deref().unwrap_or_default())),
-            egress: types.iter().any(|t| t == "Egress").then(|| rules_out(spec.egress.as_deref().unwrap_or_default())),
+            namespace: ids.namespace_id(namespace),
+            pod_selector: ids.selector(spec.pod_selector.clone().unwrap_or_default()),
+            ingress: isolates("Ingress").then_some(rules_in),
+            egress: isolates("Egress").then_some(rules_out),
         }
     }
 
-    /// Whether the policy isolates `subject` in `dir`.
-    pub fn selects(&self, namespace: &str, subject: &Endpoint, dir: Dir) -> bool {
+    /// Whether the policy (in `namespace`) isolates `subject`, the flow's end `end`, in `dir`.
+    pub fn selects(&self, namespace: &str, end: End, dir: Dir, ends: &mut impl Ends) -> bool {
         let isolates = match dir {
             Dir::Ingress => self.ingress.is_some(),
             Dir::Egress => self.egress.is_some(),
         };
         isolates
-            && is_pod(Some(subject)).is_some()
-            && subject.namespace.as_deref() == Some(namespace)
-            && label_selector_matches(&self.pod_selector, &subject.labels)
+            && ends.pod(end)
+            && ends.in_namespace(end, self.namespace, namespace)
+            && ends.selects(end, LabelsOf::Pod, &self.pod_selector)
     }
 
     /// The first rule admitting `flow` in `dir`.
-    pub fn first_match(&self, namespace: &str, dir: Dir, flow: &FlowView<'_>) -> Option<(usize, RuleAction)> {
+    pub fn first_match(
+        &self,
+        namespace: &str,
+        dir: Dir,
+        flow: &FlowView<'_>,
+        ends: &mut impl Ends,
+    ) -> Option<(usize, RuleAction)> {
         let (rules, peer, peer_ip) = match dir {
-            Dir::Ingress => (self.ingress.as_ref()?, flow.src, flow.src_ip),
-            Dir::Egress => (self.egress.as_ref()?, flow.dst, flow.dst_ip),
+            Dir::Ingress => (self.ingress.as_ref()?, End::Src, flow.src_ip),
+            Dir::Egress => (self.egress.as_ref()?, End::Dst, flow.dst_ip),
         };
         rules
             .iter()
@@ -185,29 +222,31 @@ impl KubePolicy {
                 let peer_ok = rule
                     .peers
                     .as_ref()
-                    .is_none_or(|peers| peers.iter().any(|p| peer_matches(namespace, p, peer, peer_ip)));
-                peer_ok && rule.ports.as_ref().is_none_or(|ports| ports.iter().any(|p| port_matches(p, flow)))
+                    .is_none_or(|peers| peers.iter().any(|p| self.peer_matches(namespace, p, peer, peer_ip, ends)));
+                peer_ok && rule.ports.as_ref().is_none_or(|ports| ports.iter().any(|p| port_matches(p, flow, ends)))
             })
             .map(|i| (i, RuleAction::Allow))
     }
+
+    fn peer_matches(&self, namespace: &str, peer: &KubePeer, end: End, ip: IpAddr, ends: &mut impl Ends) -> bool {
+        if let Some((cidr, except)) = &peer.ip_block {
+            return cidr.contains(ip) && !except.iter().any(|e| e.contains(ip));
+        }
+        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+            return false;
+        }
+        if !ends.pod(end) {
+            return false;
+        }
+        let ns_ok = match &peer.namespace_selector {
+            Some(sel) => ends.selects(end, LabelsOf::Namespace, sel),
+            None => ends.in_namespace(end, self.namespace, namespace),
+        };
+        ns_ok && peer.pod_selector.as_ref().is_none_or(|sel| ends.selects(end, LabelsOf::Pod, sel))
+    }
 }
 
-fn peer_matches(namespace: &str, peer: &KubePeer, ep: Option<&Endpoint>, ip: IpAddr) -> bool {
-    if let Some((cidr, except)) = &peer.ip_block {
-        return cidr.contains(ip) && !except.iter().any(|e| e.contains(ip));
-    }
-    if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
-        return false;
-    }
-    let Some(pod) = is_pod(ep) else { return false };
-    let ns_ok = match &peer.namespace_selector {
-        Some(sel) => label_selector_matches(sel, &pod.namespace_labels),
-        None => pod.namespace.as_deref() == Some(namespace),
-    };
-    ns_ok && peer.pod_selector.as_ref().is_none_or(|sel| label_selector_matches(sel, &pod.labels))
-}
-
-fn port_matches(port: &NetworkPolicyPort, flow: &FlowView<'_>) -> bool {
+fn port_matches(port: &NetworkPolicyPort, flow: &FlowView<'_>, ends: &impl Ends) -> bool {
     if !proto_matches(port.protocol.as_deref(), flow.proto) {
         return false;
     }
@@ -222,9 +261,7 @@ fn port_matches(port: &NetworkPolicyPort, flow: &FlowView<'_>) -> bool {
         Some(IntOrString::String(name)) => {
             // A named port is the destination pod's container port of that name and protocol.
             let protocol = port.protocol.as_deref().unwrap_or("TCP");
-            is_pod(flow.dst).is_some_and(|pod| {
-                pod.named_ports.iter().any(|np| &np.name == name && np.protocol == protocol && np.port == dst_port)
-            })
+            ends.pod(End::Dst) && ends.named_port(End::Dst, name, protocol, dst_port)
         }
     }
 }

@@ -37,7 +37,7 @@ pub struct Namespace {
 }
 
 /// A container port with a name (the target of named ports in policies and Services).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NamedPort {
     /// Port name.
     pub name: String,
