@@ -207,10 +207,11 @@ pub fn section(table: &str) -> String {
 }
 
 /// Where the CPU goes and what was done about it (the profile and the figures of the runs named).
-const CPU_READING: &str = "Reading it (runs of 2026-11-27): each change against the one before it, \
-measured by `cargo xtask bench-cpu --rounds 3 --agent before=BIN --agent capture=BIN ...` (the \
-four release builds' rounds interleaved, 40,000 connections, net CPU per record, best of three; \
-load average 1.4-2.3):
+const CPU_READING: &str = "Reading it (runs of 2026-11-27; the table above is the last one, on a \
+busier machine, load average 2.6): each change against the one before it, measured by `cargo \
+xtask bench-cpu --rounds 3 --agent before=BIN --agent capture=BIN ...` (the four release builds' \
+rounds interleaved in one session, 40,000 connections, net CPU per record, best of three; load \
+average 1.4-2.3):
 
 | build | net CPU per record | busy CPU | idle CPU per 10 s |
 |---|---:|---:|---:|

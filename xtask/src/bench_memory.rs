@@ -136,7 +136,8 @@ pub fn run() -> anyhow::Result<String> {
     out.push_str("Kernel maps of the agent at 100k live flows (`/proc/PID/fdinfo`):\n\n| map type | max_entries | memlock |\n|---|---:|---:|\n");
     for m in &live.maps {
         let kind = match m.map_type {
-            1 => "hash (the flow table)",
+            1 if m.max_entries == TABLE => "hash (a flow table)",
+            1 => "hash (the counting floor of the per-packet bench, unused here)",
             6 => "per-CPU array (counters)",
             12 => "array of maps (table slot)",
             27 => "ring buffer",
