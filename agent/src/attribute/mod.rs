@@ -323,7 +323,7 @@ enum Walk {
 const TRACE_LIMIT: usize = 100_000;
 
 /// Selector matches kept per policy set; cleared when they reach this size.
-const MATCH_LIMIT: usize = 1_000_000;
+const MATCH_LIMIT: usize = 100_000;
 
 /// What Kubernetes policies ask about an endpoint, as small ids (see [`engine::Ends`]).
 #[derive(Clone, Copy, Debug)]
