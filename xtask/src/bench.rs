@@ -1107,12 +1107,13 @@ What is left (a `perf record` profile, cpu-clock, of `FLOWAUDIT_BENCH_PROFILE=8`
   names, labels and endpoints and dropping the placeholders they replace: `Text` is `Arc<str>`); \
   the samples of `fill` sit on the lock-prefixed instructions.
 - The bench's records are copies that share their placeholder strings (`-`, `pvt`, `net`) with the \
-  original vector, so replacing one only lowers a count. Aggregate allocates them per record, so in \
-  the agent enrich frees 8 allocations per record: with unshared copies (a local variant of \
-  `FLOWAUDIT_BENCH_PROFILE=3`, three runs) enrich took 404 ns instead of 304 and the first pass \
-  after it 758 instead of 646 (glibc merging the freed chunks at the cache's large allocation): \
-  about 210 ns more per record, which would put the table's figure near 1 µs. One shared copy of \
-  each placeholder in aggregate would remove that (not done here: aggregate is outside this change).
+  original vector, so replacing one only lowers a count. Records made by the aggregate stage of \
+  before this change allocated them per record, so in the agent enrich freed 8 allocations per \
+  record: with unshared copies (a local variant of `FLOWAUDIT_BENCH_PROFILE=3`, three runs) enrich \
+  took 404 ns instead of 304 and the first pass after it 758 instead of 646 (glibc merging the \
+  freed chunks at the cache's large allocation), about 210 ns more per record. The aggregate \
+  change measured in the CPU section above shares one copy of each constant text per aggregator, \
+  so the agent's records now share them as the bench's do (not measured again together).
 - The first pass: 1848 instructions per record, of which about 390 are the memo learning each \
   endpoint on first sight (210 its ids, mostly hashing its label sets; 180 the policies selecting \
   it; 10,000 endpoints over 200,000 records), and the \
