@@ -13,9 +13,9 @@
 //! committed: a report is archived only after its rows were handed over.
 //! When: [`scheduler`] (cron in UTC, the delay, suspend, 7 days of catch-up, oldest first).
 //! Must never: import a pipeline stage (it uses [`crate::report`] and [`crate::cluster`] only),
-//! run an interval twice (the archive and the status remember), fake a report type that is not
-//! implemented (network-access: a failed run, "not implemented yet"), or panic on a
-//! bad resource (it is refused, logged, counted, and written to the status file).
+//! run an interval twice (the archive and the status remember), make a report whose input is
+//! missing (a failed run naming the flag), or panic on a bad resource (it is refused, logged,
+//! counted, and written to the status file).
 
 pub mod archive;
 pub mod scheduler;
