@@ -151,18 +151,25 @@ impl Stages {
         let written = self.outputs.write_flows(&records);
         self.metrics.drain_lag.observe(now_ns().saturating_sub(batch.end_ns) as f64 / 1e9);
         self.metrics.bytes.inc_by(written.file_bytes);
+        let mut per_reporter = [0u64; 3];
         for r in &records {
-            let reporter = match r.reporter {
+            per_reporter[r.reporter as usize] += 1;
+        }
+        for (reporter, n) in
+            [Reporter::Src, Reporter::Dst, Reporter::Fwd].into_iter().zip(per_reporter).filter(|(_, n)| *n > 0)
+        {
+            let label = match reporter {
                 Reporter::Src => "src",
                 Reporter::Dst => "dst",
                 Reporter::Fwd => "fwd",
             };
-            self.metrics.records.with_label_values(&[reporter]).inc();
+            self.metrics.records.with_label_values(&[label]).inc_by(n);
         }
         for (exporter, error) in written.file_errors {
             self.metrics.dropped.with_label_values(&["write_error"]).inc_by(records.len() as u64);
             tracing::error!(message = "Writing flow records failed.", exporter, records = records.len(), %error);
         }
+        self.aggregator.recycle(records);
     }
 }
 

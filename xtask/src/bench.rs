@@ -34,7 +34,7 @@ const SECONDS: &str = "5";
 const CHURN_THREADS: &str = "2";
 pub(crate) const CHURN_PORT: &str = "7000";
 /// First source port of a counted run of short connections (each has its own).
-const CHURN_FIRST_SPORT: u16 = 20000;
+pub(crate) const CHURN_FIRST_SPORT: u16 = 20000;
 
 fn iperf(lab: &Lab, server: &str) -> anyhow::Result<f64> {
     let mut cmd = lab.pod_command("p1", "iperf3")?;
@@ -60,18 +60,18 @@ fn iperf_udp(lab: &Lab, server: &str) -> anyhow::Result<(f64, f64)> {
 }
 
 /// Short connections from p1 to the `tcp-accept` server of p2: (connections, seconds).
-/// With `max`, at most that many, each from its own source port from [`CHURN_FIRST_SPORT`] on.
+/// With `max` (count, first source port), at most that many, each from its own source port.
 pub(crate) fn churn(
     lab: &Lab,
     traffic: &Path,
     server: &str,
     seconds: &str,
-    max: Option<u64>,
+    max: Option<(u64, u16)>,
 ) -> anyhow::Result<(u64, f64)> {
     let mut cmd = lab.pod_command("p1", traffic)?;
     cmd.args(["tcp-churn", server, CHURN_PORT, CHURN_THREADS, seconds]);
-    if let Some(max) = max {
-        cmd.arg(max.to_string()).arg(CHURN_FIRST_SPORT.to_string());
+    if let Some((max, first_sport)) = max {
+        cmd.arg(max.to_string()).arg(first_sport.to_string());
     }
     let json: Value = serde_json::from_str(&lab.output(cmd)?).context("tcp-churn output")?;
     if json["failed"].as_u64() != Some(0) {
@@ -113,9 +113,15 @@ pub(crate) fn spills(agent: &Agent) -> anyhow::Result<(u64, u64)> {
 
 /// CPU time (user + system, seconds) of process `root` and its descendants, from /proc.
 pub(crate) fn tree_cpu(root: u32) -> f64 {
+    let (user, system) = tree_cpu_split(root);
+    user + system
+}
+
+/// CPU time of process `root` and its descendants, from /proc: (user, system) seconds.
+pub(crate) fn tree_cpu_split(root: u32) -> (f64, f64) {
     // SAFETY: no side effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
+    let mut procs: Vec<(u32, u32, (u64, u64))> = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
@@ -123,7 +129,7 @@ pub(crate) fn tree_cpu(root: u32) -> f64 {
         let Some((_, rest)) = stat.rsplit_once(')') else { continue };
         let f: Vec<&str> = rest.split_whitespace().collect();
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        procs.push((pid, num(1) as u32, num(11) + num(12)));
+        procs.push((pid, num(1) as u32, (num(11), num(12))));
     }
     let mut tree = HashSet::from([root]);
     loop {
@@ -137,7 +143,8 @@ pub(crate) fn tree_cpu(root: u32) -> f64 {
             break;
         }
     }
-    procs.iter().filter(|(pid, _, _)| tree.contains(pid)).map(|(_, _, t)| *t as f64).sum::<f64>() / hz
+    let ours = || procs.iter().filter(|(pid, _, _)| tree.contains(pid)).map(|(_, _, t)| *t);
+    (ours().map(|t| t.0 as f64).sum::<f64>() / hz, ours().map(|t| t.1 as f64).sum::<f64>() / hz)
 }
 
 fn loadavg() -> String {
@@ -738,7 +745,7 @@ fn workload(lab: &Lab, traffic: &Path) -> anyhow::Result<u64> {
     let mut tcp = lab.pod_command("p1", traffic)?;
     tcp.args(["tcp-send", &p2, "5001", "40001", &BULK_BYTES.to_string()]);
     lab.output(tcp)?;
-    let (n, _) = churn(lab, traffic, &p2, "60", Some(CHURN_CONNECTIONS))?;
+    let (n, _) = churn(lab, traffic, &p2, "60", Some((CHURN_CONNECTIONS, CHURN_FIRST_SPORT)))?;
     Ok(n)
 }
 

@@ -29,14 +29,12 @@
 //! - Records leave at aggregation level 0 (one per connection and reporter); rollup applies the
 //!   configured level once attribute has given each its verdict.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use flowaudit_common::{proto, tcp_flags};
+// hashbrown's default hasher (foldhash, seeded per map) instead of std's SipHash: every
+// observation and record is hashed here once or twice per interval.
+use hashbrown::{HashMap, HashSet};
 
 use crate::model::{
     Action, CaptureBatch, Enforcement, FlowRecord, Hook, IfaceRole, Observation, Observed, Policies, RecordContext,
@@ -154,6 +152,48 @@ pub struct Aggregator {
     first_batch: bool,
     untracked: u64,
     texts: Texts,
+    scratch: Scratch,
+}
+
+/// Buffers of [`Aggregator::process`] kept between intervals, emptied: a batch is tens of
+/// megabytes, and memory freshly mapped for each one costs the kernel a page fault and a zeroed
+/// page per 4 KiB (a quarter of the agent's CPU before they were kept). After a flood they are
+/// given back ([`recycle`]).
+#[derive(Default)]
+struct Scratch {
+    index: HashMap<ConnKey, usize>,
+    keys: Vec<ConnKey>,
+    group_of: Vec<usize>,
+    starts: Vec<usize>,
+    positions: Vec<usize>,
+    sides: Vec<SideRecord>,
+    order: Vec<SortKey>,
+    /// The previous batch's records, handed back by [`Aggregator::recycle`].
+    records: Vec<FlowRecord>,
+    /// High-water marks of a batch's observations and records that decay by 1/16 per batch, so
+    /// a quiet interval keeps the memory of busy ones, and a flood's goes back after a few dozen
+    /// intervals of far smaller batches.
+    recent_observations: usize,
+    recent_records: usize,
+}
+
+impl Scratch {
+    /// Notes this batch's sizes; gives the decayed high-water marks (observations, records).
+    fn note(&mut self, observations: usize, records: usize) -> (usize, usize) {
+        let decay = |recent: usize, now: usize| now.max(recent - recent / 16);
+        self.recent_observations = decay(self.recent_observations, observations);
+        self.recent_records = decay(self.recent_records, records);
+        (self.recent_observations, self.recent_records)
+    }
+}
+
+/// Empties `v` for reuse, giving its memory back when it is far larger than `recent` (what the
+/// last batches needed): one flood must not pin its peak for the agent's lifetime.
+fn recycle<T>(v: &mut Vec<T>, recent: usize) {
+    v.clear();
+    if v.capacity() > 4 * recent.max(1024) {
+        v.shrink_to(recent);
+    }
 }
 
 /// The field values records start with, shared: a record copies a pointer, not the string.
@@ -255,7 +295,7 @@ impl Aggregator {
     /// A new stage with no connection state.
     pub fn new(cfg: AggregateConfig) -> Self {
         let texts = Texts::new(&cfg.node);
-        Self { cfg, conns: HashMap::new(), first_batch: true, untracked: 0, texts }
+        Self { cfg, conns: HashMap::new(), first_batch: true, untracked: 0, texts, scratch: Scratch::default() }
     }
 
     /// Connections currently remembered.
@@ -268,33 +308,41 @@ impl Aggregator {
         self.untracked
     }
 
-    /// Turns one interval's observations into records (sorted for stable output).
+    /// Turns one interval's observations into records (sorted for stable output). Hand the
+    /// records back with [`Aggregator::recycle`] once written, and the next batch reuses their
+    /// memory.
     pub fn process(&mut self, batch: &CaptureBatch) -> Vec<FlowRecord> {
+        let n = batch.observations.len();
+        let mut s = std::mem::take(&mut self.scratch);
         // The observations grouped by connection, in one array: group `g` (in order of first
         // appearance) is `grouped[starts[g]..starts[g + 1]]`, in batch order.
-        let n = batch.observations.len();
-        let mut index: HashMap<ConnKey, usize> = HashMap::with_capacity(n);
-        let mut keys: Vec<ConnKey> = Vec::new();
-        let mut group_of = Vec::with_capacity(n);
+        s.index.clear();
+        s.index.reserve(n);
+        s.keys.clear();
+        s.group_of.clear();
         for obs in &batch.observations {
             let key = conn_key(obs);
-            let g = *index.entry(key).or_insert_with(|| {
-                keys.push(key);
-                keys.len() - 1
+            let g = *s.index.entry(key).or_insert_with(|| {
+                s.keys.push(key);
+                s.keys.len() - 1
             });
-            group_of.push(g);
+            s.group_of.push(g);
         }
-        drop(index);
-        let mut starts = vec![0usize; keys.len() + 1];
-        for &g in &group_of {
-            starts[g + 1] += 1;
+        let groups = s.keys.len();
+        s.starts.clear();
+        s.starts.resize(groups + 1, 0);
+        for &g in &s.group_of {
+            s.starts[g + 1] += 1;
         }
-        for g in 0..keys.len() {
-            starts[g + 1] += starts[g];
+        for g in 0..groups {
+            s.starts[g + 1] += s.starts[g];
         }
-        let mut next = starts.clone();
-        let mut positions = vec![0usize; n];
-        for (i, &g) in group_of.iter().enumerate() {
+        // `positions` first holds each group's next free slot, then the observations' indices.
+        s.positions.clear();
+        s.positions.resize(n + groups, 0);
+        let (positions, next) = s.positions.split_at_mut(n);
+        next.copy_from_slice(&s.starts[..groups]);
+        for (i, &g) in s.group_of.iter().enumerate() {
             positions[next[g]] = i;
             next[g] += 1;
         }
@@ -307,10 +355,13 @@ impl Aggregator {
                 conn.refused = true;
             }
         }
-        let mut sides = Vec::with_capacity(n);
-        for (g, key) in keys.iter().enumerate() {
-            self.account(*key, &grouped[starts[g]..starts[g + 1]], &refused, batch, &mut sides);
+        let mut sides = std::mem::take(&mut s.sides);
+        sides.clear();
+        sides.reserve(n);
+        for (g, key) in s.keys.iter().enumerate() {
+            self.account(*key, &grouped[s.starts[g]..s.starts[g + 1]], &refused, batch, &mut sides);
         }
+        drop(grouped);
         self.expire(batch, &mut sides);
         // A flood leaves a large map behind once its connections expire: give the memory back.
         if self.conns.capacity() > 4 * self.conns.len().max(1024) {
@@ -318,29 +369,52 @@ impl Aggregator {
         }
         self.first_batch = false;
         // Sorted before the records are made, so the (large) records are never moved.
-        let mut order: Vec<SortKey> = sides
-            .iter()
-            .enumerate()
-            .map(|(i, side)| {
-                let icmp = is_icmp(side.proto);
-                let echo = match side.key.extra {
-                    Extra::Echo(id) => id,
-                    _ => 0,
-                };
-                (
-                    side.initiator.ip,
-                    (!icmp).then_some(side.initiator.port),
-                    side.responder.ip,
-                    (!icmp).then_some(side.responder.port),
-                    ProtoName::of(side.proto),
-                    side.reporter,
-                    echo,
-                    i,
-                )
-            })
-            .collect();
-        order.sort_unstable();
-        order.iter().map(|k| self.record(batch, &sides[k.7])).collect()
+        s.order.clear();
+        s.order.extend(sides.iter().enumerate().map(|(i, side)| {
+            let icmp = is_icmp(side.proto);
+            let echo = match side.key.extra {
+                Extra::Echo(id) => id,
+                _ => 0,
+            };
+            (
+                side.initiator.ip,
+                (!icmp).then_some(side.initiator.port),
+                side.responder.ip,
+                (!icmp).then_some(side.responder.port),
+                ProtoName::of(side.proto),
+                side.reporter,
+                echo,
+                i,
+            )
+        }));
+        s.order.sort_unstable();
+        let mut records = std::mem::take(&mut s.records);
+        records.clear();
+        records.reserve(s.order.len());
+        records.extend(s.order.iter().map(|k| self.record(batch, &sides[k.7])));
+        // Emptied for the next batch; given back when a flood made them far larger than needed.
+        let (recent_n, recent_records) = s.note(n, records.len());
+        recycle(&mut sides, recent_records);
+        s.sides = sides;
+        recycle(&mut s.order, recent_records);
+        recycle(&mut s.keys, recent_n);
+        for v in [&mut s.group_of, &mut s.starts, &mut s.positions] {
+            recycle(v, 2 * recent_n);
+        }
+        s.index.clear();
+        if s.index.capacity() > 4 * recent_n.max(1024) {
+            s.index.shrink_to(recent_n);
+        }
+        self.scratch = s;
+        records
+    }
+
+    /// Takes back written records: emptied, their memory holds the next batch's.
+    pub fn recycle(&mut self, mut records: Vec<FlowRecord>) {
+        recycle(&mut records, self.scratch.recent_records);
+        if records.capacity() >= self.scratch.records.capacity() {
+            self.scratch.records = records;
+        }
     }
 
     fn account(

@@ -1528,3 +1528,69 @@ fn an_icmp_port_unreachable_rejects_the_udp_flow_it_names() {
     let udp = records.iter().find(|r| &*r.proto == "udp").unwrap();
     assert_eq!(udp.observed, Observed::OneWay);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Buffers kept between intervals
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn records_made_in_recycled_memory_equal_a_fresh_stages() {
+    // The same intervals through an aggregator that gets its records back after each one, and
+    // one that never does: every record is the same, field for field (the JSON the log gets).
+    let intervals = || {
+        vec![
+            batch(
+                0,
+                10,
+                vec![
+                    obs(CG_EG, A, 40000, B, 80, TCP, 2, 120, SYN_PKT),
+                    obs(CG_IN, B, 80, A, 40000, TCP, 1, 60, SYN_ACK_PKT),
+                ],
+            ),
+            batch(10, 20, vec![]),
+            batch(20, 30, (0..3000).map(|i| obs(CG_EG, A, 20000 + i, B, 53, UDP, 1, 80, 0)).collect()),
+            batch(
+                30,
+                40,
+                vec![
+                    obs(CG_EG, A, 40000, B, 80, TCP, 3, 180, ACK | FIN),
+                    obs(CG_IN, B, 80, A, 40000, TCP, 2, 120, ACK | FIN),
+                ],
+            ),
+            batch(40, 90, vec![]),
+        ]
+    };
+    let (mut kept, mut fresh) = (agg(), agg());
+    let mut n = 0;
+    for b in intervals() {
+        let a = kept.process(&b);
+        let json = |rs: &[FlowRecord]| rs.iter().map(|r| serde_json::to_string(r).expect("json")).collect::<Vec<_>>();
+        assert_eq!(json(&a), json(&fresh.process(&b)), "interval from {}", b.start_ns);
+        n += a.len();
+        kept.recycle(a);
+    }
+    // Only A's socket is watched (its egress and ingress), so one side each time: the SYN, the
+    // FIN, 3,000 UDP flows and their expiry.
+    assert_eq!(n, 1 + 1 + 3000 + 3000);
+}
+
+#[test]
+fn kept_memory_outlasts_quiet_intervals_and_a_floods_goes_back() {
+    let mut s = Scratch::default();
+    assert_eq!(s.note(100_000, 200_000), (100_000, 200_000));
+    // A quiet interval keeps the flood-sized buffers (1/16 less each interval)...
+    assert_eq!(s.note(0, 0), (93_750, 187_500));
+    let mut v: Vec<u64> = Vec::with_capacity(200_000);
+    v.push(1);
+    recycle(&mut v, s.recent_records);
+    assert_eq!((v.len(), v.capacity()), (0, 200_000));
+    // ...until far smaller batches have followed it for long enough (22 intervals here).
+    let quiet = (0..22).map(|_| s.note(10, 10)).last().expect("22 intervals");
+    assert!(quiet.1 < 200_000 / 4, "{quiet:?}");
+    recycle(&mut v, quiet.1);
+    assert_eq!(v.capacity(), quiet.1);
+    // Small buffers are never given back below 4 x 1024 entries.
+    let mut small: Vec<u64> = Vec::with_capacity(4096);
+    recycle(&mut small, 0);
+    assert_eq!(small.capacity(), 4096);
+}
