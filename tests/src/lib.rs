@@ -77,6 +77,21 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether a test that needs root can run: true as root; else it says `skipped TEST: needs root`
+/// and is false, unless `FLOWAUDIT_REQUIRE_ROOT_TESTS=1` (set by `cargo xtask test`), where it
+/// fails the test.
+pub fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+        "{test} needs root and FLOWAUDIT_REQUIRE_ROOT_TESTS=1 forbids skipping"
+    );
+    eprintln!("skipped {test}: needs root");
+    false
+}
+
 /// The cgroup v2 mount point, from /proc/mounts.
 pub fn cgroup2_root() -> Option<PathBuf> {
     let mounts = fs::read_to_string("/proc/mounts").ok()?;

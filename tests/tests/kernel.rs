@@ -7,20 +7,8 @@
 
 use std::{path::Path, time::Duration};
 
-use flowaudit_lab::{Agent, Lab, is_root, memcg::MemoryCgroup, totals, workspace_bin};
+use flowaudit_lab::{Agent, Lab, memcg::MemoryCgroup, root_or_skip, totals, workspace_bin};
 use serde_json::Value;
-
-fn root_or_skip(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("FLOWAUDIT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-        "{test} needs root and FLOWAUDIT_REQUIRE_ROOT_TESTS=1 forbids skipping"
-    );
-    eprintln!("skipped {test}: needs root");
-    false
-}
 
 fn traffic() -> std::path::PathBuf {
     workspace_bin("fa-traffic")

@@ -24,6 +24,7 @@ pub struct CaptureMetrics {
     pub(super) send_wait_seconds: FloatCounter,
     pub(super) drain_seconds: Histogram,
     pub(super) drain_errors: prometheus::IntCounter,
+    pub(super) table_read_fallbacks: prometheus::IntCounter,
     pub(super) attach_events: IntCounterVec,
     pub(super) attached: IntGaugeVec,
     pub(super) ringbuf_malformed: prometheus::IntCounter,
@@ -179,6 +180,17 @@ impl CaptureMetrics {
                 prometheus::IntCounter::new(
                     "flowaudit_drain_errors_total",
                     "Drains that failed (the counts stay in the kernel table for the next one).",
+                )
+                .expect("valid"),
+            ),
+            table_read_fallbacks: reg(
+                registry,
+                prometheus::IntCounter::new(
+                    "flowaudit_flow_table_read_fallbacks_total",
+                    "Drains whose batched read of the flow table failed (the kernel refused \
+                     BPF_MAP_LOOKUP_AND_DELETE_BATCH, or a batch failed midway): the rest was read \
+                     entry by entry, every entry still counted, and a fresh table is created for \
+                     the next drain instead of the emptied one being reused.",
                 )
                 .expect("valid"),
             ),

@@ -10,8 +10,9 @@
 //! (it is the only module that touches aya), change a packet's fate, or drop a count: a drain
 //! installs an empty table first (the one the previous drain emptied, else a fresh one; the
 //! map-of-maps update waits for running programs), then reads and empties the old one whole in
-//! batches ([`table`]) and keeps it for the next drain; a table that cannot be replaced stays in
-//! place and is read next time.
+//! batches ([`table`]) and keeps it for the next drain (one the batches could not empty is read
+//! entry by entry, counted in `flowaudit_flow_table_read_fallbacks_total` and dropped); a table
+//! that cannot be replaced stays in place and is read next time.
 //!
 //! Attach rules: `cgroup_skb` ingress and egress on the configured cgroup v2 directory (bpf links,
 //! which never displace other programs attached there); TC ingress and egress on every interface
@@ -27,6 +28,8 @@ pub mod bench;
 mod ifaces;
 mod metrics;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
@@ -149,6 +152,10 @@ pub struct Capture {
     last_batch_len: usize,
     /// A batched read of the table failed once (said once in the log).
     batch_refused: bool,
+    /// Tests only: the batch at which reading a swapped-out table is made to fail
+    /// (`fail_at` of [`table::read`]).
+    #[cfg(test)]
+    fail_batch_at: Option<usize>,
     ring: AsyncFd<RingBuf<MapData>>,
     cgroup_links: Vec<(&'static str, CgroupSkbLinkId)>,
     /// With `--pin`: the pinned cgroup links.
@@ -321,6 +328,8 @@ impl Capture {
             spare: None,
             last_batch_len: 0,
             batch_refused: false,
+            #[cfg(test)]
+            fail_batch_at: None,
             ring,
             cgroup_links: Vec::new(),
             cgroup_pins: Vec::new(),
@@ -534,6 +543,10 @@ impl Capture {
         let mut observations = Vec::with_capacity(self.last_batch_len.max(self.pending.len()));
         // Entries, packets and bytes per observation point ([`ObsPoint`] as index).
         let mut per_point = [[0u64; 3]; ObsPoint::ALL.len()];
+        #[cfg(test)]
+        let fail_at = self.fail_batch_at;
+        #[cfg(not(test))]
+        let fail_at = None;
         let (ifaces, gone, pending) = (&self.ifaces, &self.gone, &mut self.pending);
         let mut add = |key: &FlowKey, stats: &FlowStats| {
             if let Some(obs) = observation(key, stats, ifaces, gone, &to_wall) {
@@ -549,6 +562,7 @@ impl Capture {
                 let mut entries = 0i64;
                 let read = table::read(
                     &old,
+                    fail_at,
                     |key, mut stats| {
                         entries += 1;
                         if !pending.is_empty()
@@ -565,7 +579,10 @@ impl Capture {
                 );
                 match read {
                     table::Read::Emptied => self.spare = Some(old),
+                    // Not installed again: entries the fallback read are still in it (it is
+                    // freed when `old` goes out of scope; a fresh table is created next time).
                     table::Read::Iterated(error) => {
+                        self.metrics.table_read_fallbacks.inc();
                         if !std::mem::replace(&mut self.batch_refused, true) {
                             tracing::warn!(message = "Reading the flow table in batches failed; reading it entry by entry (slower, a fresh table per drain).", %error);
                         }
