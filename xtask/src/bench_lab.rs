@@ -415,7 +415,7 @@ fn tables(results: &[Runs], rounds: usize, opts: &Options, started_at: String, l
 /// The three sections of `docs/performance.md` (TCP, UDP, short connections), headings included.
 pub fn sections(t: &Tables) -> [String; 3] {
     let rounds = t.rounds;
-    let (_, coverage) = median_interval(rounds);
+    let coverage = median_interval(rounds).1;
     let pinned = match t.iperf_affinity.as_deref() {
         Some(IPERF_AFFINITY) => format!(" {PINNING}"),
         Some(a) => format!(" iperf3 runs with `-A {a}` (its client on the first CPU, its server on the second)."),
@@ -443,11 +443,17 @@ pub fn sections(t: &Tables) -> [String; 3] {
          shows as the spread of the rounds' ratios (min–max). The interval holds the median \
          ratio with a probability of at least {cov:.0}% whatever the distribution of the noise, \
          as long as the rounds are independent (the sign-test interval: order statistics of the \
-         rounds' ratios; with {rounds} rounds, the interval is the spread with the extremes cut \
-         away). A target counts as met or missed only when its interval lies on one side of \
-         it. Measured {when}.\n\n{table}",
+         rounds' ratios; with {rounds} rounds, from the {nth}smallest to the {nth}largest). A \
+         target counts as met or missed only when its interval lies on one side of it. Measured \
+         {when}.\n\n{table}",
         settle = SETTLE.as_secs(),
         cov = (coverage * 100.0).floor(),
+        nth = match median_interval(rounds).0 + 1 {
+            1 => String::new(),
+            2 => "2nd ".to_owned(),
+            3 => "3rd ".to_owned(),
+            k => format!("{k}th "),
+        },
         when = t.when,
         table = t.tcp,
     );
@@ -456,10 +462,15 @@ pub fn sections(t: &Tables) -> [String; 3] {
          In the same rounds and configurations: `iperf3 -u -l 64 -b 0` from p1 to p2 for \
          {SECONDS} s (64-byte payloads, 92-byte IP packets, as fast as the sender can). Sent is \
          what the client wrote; delivered is what the server received (sent minus iperf3's lost \
-         count); the ratios are those of delivered, paired by round as for TCP. The sender and \
-         the receiver each take one of the two cores, so the agent's userspace competes with \
-         them.\n\n{}",
-        t.udp
+         count); the ratios are those of delivered, paired by round as for TCP. {cores}\n\n{}",
+        t.udp,
+        cores = if t.iperf_affinity.is_some() {
+            "The sender and the receiver run where iperf3's `-A` put them (above); what the \
+             receiver cannot keep up with is lost."
+        } else {
+            "The sender and the receiver each take one of the two cores, so the agent's userspace \
+             competes with them."
+        }
     );
     let conns = format!(
         "## Short-connection rate between two lab pods\n\n\
