@@ -5,7 +5,8 @@
 //!    and the floor of per-flow counting (one hash lookup and one atomic add on a fixed key).
 //! 2. Between two lab pods, each configuration in turn (no programs, empty programs, the agent;
 //!    cgroup hook only, then with TC on both veths): TCP throughput and the UDP 64-byte packet
-//!    rate (iperf3), and the short-connection rate (`fa-traffic tcp-churn`).
+//!    rate (iperf3), and the short-connection rate (`fa-traffic tcp-churn`), as ratios to no
+//!    programs paired by round (`super::bench_lab`).
 //! 3. One fixed workload captured in turn by flowaudit, pmacctd, softflowd and conntrack
 //!    accounting: each one's process CPU time and its counts against nftables counters.
 //! 4. The agent's CPU time per thousand flows, next to the idle agent's over the same wall time
@@ -26,38 +27,13 @@ use anyhow::{Context as _, bail};
 use flowaudit_lab::{Agent, Lab};
 use serde_json::Value;
 
-use crate::{build, cargo, root, setup};
+use crate::{build, build_dir, cargo, root, setup};
 
-const ROUNDS: usize = 3;
-const SECONDS: &str = "5";
 /// Threads of the short-connection generator and of its server.
-const CHURN_THREADS: &str = "2";
+pub(crate) const CHURN_THREADS: &str = "2";
 pub(crate) const CHURN_PORT: &str = "7000";
 /// First source port of a counted run of short connections (each has its own).
 pub(crate) const CHURN_FIRST_SPORT: u16 = 20000;
-
-fn iperf(lab: &Lab, server: &str) -> anyhow::Result<f64> {
-    let mut cmd = lab.pod_command("p1", "iperf3")?;
-    cmd.args(["-c", server, "-t", SECONDS, "-J"]);
-    let out = lab.output(cmd)?;
-    let json: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    json["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 result")
-}
-
-/// UDP with 64-byte payloads as fast as the sender can: (sent, delivered) packets per second.
-fn iperf_udp(lab: &Lab, server: &str) -> anyhow::Result<(f64, f64)> {
-    let mut cmd = lab.pod_command("p1", "iperf3")?;
-    cmd.args(["-c", server, "-u", "-l", "64", "-b", "0", "-t", SECONDS, "-J"]);
-    let out = lab.output(cmd)?;
-    let json: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    let sum = &json["end"]["sum"];
-    let (packets, lost, secs) = (
-        sum["packets"].as_f64().context("iperf3 packets")?,
-        sum["lost_packets"].as_f64().context("iperf3 lost_packets")?,
-        sum["seconds"].as_f64().context("iperf3 seconds")?,
-    );
-    Ok((packets / secs, (packets - lost) / secs))
-}
 
 /// Short connections from p1 to the `tcp-accept` server of p2: (connections, seconds).
 /// With `max` (count, first source port), at most that many, each from its own source port.
@@ -91,11 +67,6 @@ pub(crate) fn churn_setup(lab: &mut Lab, traffic: &Path, server: &str) -> anyhow
     sysctl.args(["-qw", "net.ipv4.tcp_tw_reuse=1"]);
     lab.output(sysctl)?;
     Ok(())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Packets that went to the ring buffer (flow table full) and that were lost, over all hooks.
@@ -147,31 +118,10 @@ pub(crate) fn tree_cpu_split(root: u32) -> (f64, f64) {
     (ours().map(|t| t.0 as f64).sum::<f64>() / hz, ours().map(|t| t.1 as f64).sum::<f64>() / hz)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-/// One configuration of the lab measurements.
-#[derive(Clone, Copy)]
-enum Setup {
-    Nothing,
-    Empty { tc: bool },
-    Agent { tc: bool },
-}
-
-/// Medians and spills of one configuration over the rounds.
-struct Runs {
-    label: &'static str,
-    programs: u32,
-    setup: Setup,
-    tcp: Vec<f64>,
-    udp_sent: Vec<f64>,
-    udp_delivered: Vec<f64>,
-    conns: Vec<f64>,
-    /// Packets of the churn runs that went through the ring buffer, and that were lost.
-    spilled: (u64, u64),
 }
 
 /// Replaces the section of `docs/performance.md` that starts with `section`'s first line (its
@@ -199,15 +149,27 @@ fn splice(doc: &str, section: &str) -> anyhow::Result<String> {
     Ok(format!("{}{section}{}", &doc[..start], &doc[end..]))
 }
 
-/// For a part of the bench run alone (`bench-memory`, `bench-cpu`): installs what is needed,
-/// checks for root (`what` names the part), builds the release binaries and points the lab at
-/// them; returns their directory.
-pub(crate) fn lab_binaries(what: &str) -> anyhow::Result<PathBuf> {
+/// For a part of the bench run alone (`bench-memory`, `bench-cpu`, `bench-lab`): installs what
+/// is needed, checks for root (`what` names the part), builds the release binaries (and the
+/// agent's `examples`, in the same cargo run: a second run would resolve the features of shared
+/// dependencies differently and rebuild them both times) and points the lab at them; returns
+/// their directory.
+pub(crate) fn lab_binaries(what: &str, examples: &[&str]) -> anyhow::Result<PathBuf> {
     setup::run()?;
     if !crate::is_root() {
         bail!("the {what} bench creates namespaces and loads eBPF programs: run as root");
     }
-    let bin = build(true)?;
+    let bin = if examples.is_empty() {
+        build(true)?
+    } else {
+        let mut cmd = cargo();
+        cmd.args(["build", "--release", "-p", "flowaudit", "-p", "flowaudit-lab", "--lib", "--bins"]);
+        for example in examples {
+            cmd.args(["--example", example]);
+        }
+        crate::status(cmd)?;
+        build_dir(true)
+    };
     // SAFETY: single-threaded at this point; the lab reads these when it starts processes.
     unsafe {
         std::env::set_var("FLOWAUDIT_BIN_FLOWAUDIT", bin.join("flowaudit"));
@@ -248,7 +210,7 @@ pub fn run() -> anyhow::Result<()> {
         std::env::set_var("FLOWAUDIT_BIN_FA_TRAFFIC", bin.join("fa-traffic"));
     }
     let traffic = bin.join("fa-traffic");
-    let (iperf_table, udp_table, conn_table) = lab_rates(&bin, &traffic)?;
+    let lab = crate::bench_lab::run(&bin, &crate::bench_lab::Options::default())?;
     let capture_table = side_by_side(&traffic)?;
     let cpu_table = crate::bench_cpu::run(&traffic, crate::bench_cpu::ROUNDS, None)?;
     let memory = crate::bench_memory::run()?;
@@ -257,9 +219,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("load average (1, 5, 15 min): {load}");
     write_doc(&Tables {
         programs: program_table,
-        iperf: iperf_table,
-        udp: udp_table,
-        conns: conn_table,
+        lab,
         capture: capture_table,
         cpu: cpu_table,
         attribution: attribution_table,
@@ -281,128 +241,6 @@ fn cargo_bench(args: &[&str], what: &str) -> anyhow::Result<String> {
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{table}");
     Ok(table)
-}
-
-/// TCP throughput, UDP packet rate and short-connection rate per configuration, in rounds.
-fn lab_rates(bin: &Path, traffic: &Path) -> anyhow::Result<(String, String, String)> {
-    let mut lab = Lab::new(2)?;
-    let server = lab.pod("p2").ipv4.to_string();
-    let mut srv = lab.pod_command("p2", "iperf3")?;
-    srv.args(["-s", "-B", &server]);
-    lab.spawn(srv)?;
-    churn_setup(&mut lab, traffic, &server)?;
-    std::thread::sleep(Duration::from_millis(500));
-    let logs = tempdir("lab")?;
-    let glob = format!("fa{}p*", lab.id);
-    let veths: Vec<String> = lab.pods.iter().map(|p| p.node_veth.clone()).collect();
-    let empty_hooks = bin.join("examples").join("empty_hooks");
-    let runs = |label, programs, setup| Runs {
-        label,
-        programs,
-        setup,
-        tcp: Vec::new(),
-        udp_sent: Vec::new(),
-        udp_delivered: Vec::new(),
-        conns: Vec::new(),
-        spilled: (0, 0),
-    };
-    let mut results = vec![
-        runs("no programs", 0, Setup::Nothing),
-        runs("empty programs on the cgroup", 2, Setup::Empty { tc: false }),
-        runs("agent, cgroup hook only (the default)", 2, Setup::Agent { tc: false }),
-        runs("empty programs on the cgroup + TC on both veths", 4, Setup::Empty { tc: true }),
-        runs("agent, cgroup hook + TC on both veths", 4, Setup::Agent { tc: true }),
-    ];
-    for round in 0..ROUNDS {
-        let mut line = format!("round {}:", round + 1);
-        for r in results.iter_mut() {
-            let mut empty = None;
-            let mut agent = None;
-            match r.setup {
-                Setup::Nothing => {}
-                Setup::Empty { tc } => {
-                    let ifaces = if tc { veths.clone() } else { Vec::new() };
-                    empty = Some(EmptyHooks::attach(&lab, &empty_hooks, &ifaces)?);
-                }
-                Setup::Agent { tc } => {
-                    let mut args = vec!["--flush-interval", "1s"];
-                    if tc {
-                        args.extend(["--interfaces", &glob]);
-                    }
-                    agent = Some(Agent::start(&mut lab, &logs, &args)?);
-                }
-            }
-            let tcp = iperf(&lab, &server)?;
-            let (sent, delivered) = iperf_udp(&lab, &server)?;
-            let (n, secs) = churn(&lab, traffic, &server, SECONDS, None)?;
-            if let Some(agent) = agent {
-                let (spilled, lost) = spills(&agent)?;
-                r.spilled.0 += spilled;
-                r.spilled.1 += lost;
-                agent.stop(&mut lab).context("agent exit")?;
-            }
-            drop(empty);
-            line.push_str(&format!(
-                " {}: {:.2} Gbit/s, {:.0}k udp pkt/s, {:.0} conn/s;",
-                r.label,
-                tcp / 1e9,
-                delivered / 1e3,
-                n as f64 / secs
-            ));
-            r.tcp.push(tcp);
-            r.udp_sent.push(sent);
-            r.udp_delivered.push(delivered);
-            r.conns.push(n as f64 / secs);
-        }
-        println!("{line}");
-    }
-    drop(lab);
-    let tcp_base = median(&mut results[0].tcp.clone());
-    let udp_base = median(&mut results[0].udp_delivered.clone());
-    let conn_base = median(&mut results[0].conns.clone());
-    let mut iperf_table = format!(
-        "| configuration | programs per packet | median of {ROUNDS} × {SECONDS} s | ratio to no programs |\n|---|---:|---:|---:|\n"
-    );
-    let mut udp_table = format!(
-        "| configuration | programs per packet | sent (median of {ROUNDS} × {SECONDS} s) | delivered | delivered, ratio to no programs |\n|---|---:|---:|---:|---:|\n"
-    );
-    let mut conn_table = format!(
-        "| configuration | programs per packet | connections/s (median of {ROUNDS} × {SECONDS} s) | ratio to no programs | packets through the ring buffer / lost (all rounds) |\n|---|---:|---:|---:|---:|\n"
-    );
-    for r in &mut results {
-        let tcp = median(&mut r.tcp);
-        iperf_table.push_str(&format!(
-            "| {} | {} | {:.2} Gbit/s | {:.3} |\n",
-            r.label,
-            r.programs,
-            tcp / 1e9,
-            tcp / tcp_base
-        ));
-        let delivered = median(&mut r.udp_delivered);
-        udp_table.push_str(&format!(
-            "| {} | {} | {:.0}k pkt/s | {:.0}k pkt/s | {:.3} |\n",
-            r.label,
-            r.programs,
-            median(&mut r.udp_sent) / 1e3,
-            delivered / 1e3,
-            delivered / udp_base
-        ));
-        let conns = median(&mut r.conns);
-        let spilled = if matches!(r.setup, Setup::Agent { .. }) {
-            format!("{} / {}", r.spilled.0, r.spilled.1)
-        } else {
-            "-".into()
-        };
-        conn_table.push_str(&format!(
-            "| {} | {} | {:.0} | {:.3} | {spilled} |\n",
-            r.label,
-            r.programs,
-            conns,
-            conns / conn_base
-        ));
-    }
-    println!("{iperf_table}\n{udp_table}\n{conn_table}");
-    Ok((iperf_table, udp_table, conn_table))
 }
 
 /// Packets and bytes of one direction of one flow, as a capture tool reports it.
@@ -855,37 +693,21 @@ fn side_by_side(traffic: &Path) -> anyhow::Result<String> {
     Ok(table)
 }
 
-/// The empty programs attached in the lab's node namespace while this lives.
-struct EmptyHooks(std::process::Child);
-
-impl EmptyHooks {
-    fn attach(lab: &Lab, bin: &Path, ifaces: &[String]) -> anyhow::Result<EmptyHooks> {
-        use std::io::BufRead as _;
-        let mut cmd = lab.node_command(bin)?;
-        cmd.arg(&lab.cgroup).args(ifaces).stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut child = EmptyHooks(cmd.spawn().context("starting empty_hooks")?);
-        let mut line = String::new();
-        std::io::BufReader::new(child.0.stdout.as_mut().expect("piped")).read_line(&mut line)?;
-        if line.trim() != "attached" {
-            bail!("empty_hooks did not attach");
-        }
-        Ok(child)
-    }
-}
-
-impl Drop for EmptyHooks {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
-}
-
 /// A fresh directory for one measurement's files, under target/bench-flows.
 pub(crate) fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = root().join("target").join("bench-flows").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// `date -u FORMAT`: the time now, empty if `date` fails.
+pub(crate) fn utc(format: &str) -> String {
+    Command::new("date")
+        .args(["-u", format])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn machine() -> String {
@@ -908,9 +730,7 @@ fn machine() -> String {
 /// Every table of one run, and the machine's load while it ran.
 struct Tables {
     programs: String,
-    iperf: String,
-    udp: String,
-    conns: String,
+    lab: crate::bench_lab::Tables,
     capture: String,
     cpu: String,
     attribution: String,
@@ -921,11 +741,7 @@ struct Tables {
 }
 
 fn write_doc(t: &Tables) -> anyhow::Result<()> {
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = utc("+%Y-%m-%d");
     let doc = format!(
         "# Performance\n\n\
          Written by `cargo xtask bench` on {date} ({machine}; load average {load}: other builds \
@@ -942,30 +758,7 @@ fn write_doc(t: &Tables) -> anyhow::Result<()> {
          lookup in a 16-entry hash map with a fixed key of `FlowKey`'s 48 bytes, one atomic \
          add, an insert on the first miss). Target (issue 7): at most 1.5× the floor.\n\n{programs}\n\
          {programs_reading}\n\
-         ## TCP throughput between two lab pods\n\n\
-         `cargo xtask bench`: iperf3 from pod p1 to pod p2 of the lab (veth pairs through a node \
-         namespace, offloads off so every skb is a wire packet: the worst case for per-packet \
-         cost). Each round runs every configuration in turn: no programs; flowaudit's empty \
-         programs attached where the agent attaches (the cost of the hooks themselves); the agent \
-         on the pods' cgroup only (the sender's egress and the receiver's ingress program run: two \
-         per packet); the same two with TC on both veths through TCX (four per packet). The agent \
-         flushes every second here (the default is 15 s), which is more work for it, not less. \
-         Target (issue 7): with the agent at least 98% of without.\n\n{iperf}\n\
-         ## UDP small-packet rate between two lab pods\n\n\
-         In the same rounds and configurations: `iperf3 -u -l 64 -b 0` from p1 to p2 for \
-         {SECONDS} s (64-byte payloads, 92-byte IP packets, as fast as the sender can). Sent is \
-         what the client wrote; delivered is what the server received (sent minus iperf3's lost \
-         count). The sender and the receiver each take one of the two cores, so the agent's \
-         userspace competes with them.\n\n{udp}\n\
-         ## Short-connection rate between two lab pods\n\n\
-         In the same rounds and configurations: `fa-traffic tcp-churn` in p1, {CHURN_THREADS} \
-         threads each connecting to p2 and closing at once (the client closes first), for \
-         {SECONDS} s; `fa-traffic tcp-accept` in p2 with {CHURN_THREADS} threads accepting, \
-         reading to EOF and closing. p1 reuses TIME_WAIT ports (`net.ipv4.tcp_tw_reuse=1` in its \
-         namespace). Every connection is a new flow: four new keys in the flow table (each \
-         side's egress and ingress), with the default 65,536-entry table and 1 s flushes. \
-         Target (issue 7): with the agent at least 95% of without.\n\n{conns}\n\
-         {conns_reading}\n\
+         {lab}\n\
          ## The same traffic captured by other tools\n\n\
          `cargo xtask bench` (root; installs the Debian packages `pmacct`, `softflowd` and \
          `conntrack` when missing): one fixed workload from p1 to p2, each capture in a lab of \
@@ -1014,10 +807,7 @@ fn write_doc(t: &Tables) -> anyhow::Result<()> {
         load = t.load,
         programs = t.programs,
         programs_reading = PROGRAMS_READING,
-        iperf = t.iperf,
-        udp = t.udp,
-        conns = t.conns,
-        conns_reading = CONNS_READING,
+        lab = crate::bench_lab::sections(&t.lab).join("\n"),
         capture = t.capture,
         capture_reading = CAPTURE_READING,
         cpu = crate::bench_cpu::section(&t.cpu),
@@ -1042,20 +832,6 @@ by the verifier), a second atomic add, the coarse clock helper and the TCP-flags
 a few ns more than IPv4 (a longer header and the extension-header loop). Since the target is met, \
 the hot path was left as it is; a smaller key would lower the floor and flowaudit alike, but the \
 key is the flow's identity (two IPv6 addresses, ports, interface, observation point).
-";
-/// What the short-connection table shows.
-const CONNS_READING: &str = "Reading it: each short connection is at least four new keys in the \
-kernel's flow table per second of flush interval, so at several thousand connections per second a \
-65,536-entry table can fill between two drains; the packets that do not fit go through the ring \
-buffer, one event each (the last column counts them, and any lost, from the agent's own \
-counters), which costs far more per packet than an update in place. A larger \
-`flow_table_entries` keeps them in the table (see the CPU section below, which uses 262,144). With \
-TC on both veths each connection is eight keys, and in the 2026-11-27 run the default table \
-overflowed: the ring buffer carried about two million packets and about 270,000 were lost, every one \
-of them in the agent's loss counters (none silently). On this loaded machine single runs of one \
-configuration varied by up to ±15% for TCP and UDP (the per-round lines the bench prints), more than \
-most differences between configurations; the TCP and UDP ratios above are not precise enough to check \
-the 98% target, the connection rates (±2%) are.
 ";
 /// What the side-by-side table shows.
 const CAPTURE_READING: &str = "Reading it:

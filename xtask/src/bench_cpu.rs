@@ -298,7 +298,7 @@ pub fn alone(
     agents: Vec<(String, PathBuf)>,
     write_doc: bool,
 ) -> anyhow::Result<()> {
-    let bin = crate::bench::lab_binaries("CPU")?;
+    let bin = crate::bench::lab_binaries("CPU", &[])?;
     if agents.is_empty() {
         let table = run(&bin.join("fa-traffic"), rounds, perf.as_deref())?;
         if write_doc {

@@ -67,7 +67,7 @@ fn sample(agent: &Agent) -> anyhow::Result<Sample> {
 /// `cargo xtask bench-memory`: builds the release binaries and prints the section (with
 /// `write_doc`, also puts it into `docs/performance.md`).
 pub fn alone(write_doc: bool) -> anyhow::Result<()> {
-    crate::bench::lab_binaries("memory")?;
+    crate::bench::lab_binaries("memory", &[])?;
     let section = run()?;
     println!("{section}");
     if write_doc {

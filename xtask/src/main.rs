@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_cpu;
+mod bench_lab;
 mod bench_memory;
 mod demo;
 mod fuzz;
@@ -51,6 +52,21 @@ enum Task {
     #[command(hide = true)]
     BenchMemory {
         /// Replace the section in docs/performance.md.
+        #[arg(long)]
+        write_doc: bool,
+    },
+    /// Only the lab-rates part of `bench` (TCP and UDP iperf3, short connections; each
+    /// configuration's ratio to no programs paired by round): prints its three tables;
+    /// `--write-doc` replaces their sections of docs/performance.md.
+    #[command(hide = true)]
+    BenchLab {
+        /// Rounds, each running every configuration back to back.
+        #[arg(long, default_value_t = bench_lab::ROUNDS)]
+        rounds: usize,
+        /// N,M: iperf3 `-A N,M` (its client on CPU N, its server on CPU M); `none`: not pinned.
+        #[arg(long, default_value = bench_lab::IPERF_AFFINITY)]
+        iperf_affinity: String,
+        /// Replace the three sections in docs/performance.md.
         #[arg(long)]
         write_doc: bool,
     },
@@ -131,8 +147,13 @@ pub fn build(release: bool) -> anyhow::Result<PathBuf> {
         cmd.arg("--release");
     }
     status(cmd)?;
+    Ok(build_dir(release))
+}
+
+/// The directory of the binaries `cargo build` makes (with `--release` or not).
+pub fn build_dir(release: bool) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    Ok(target.join(if release { "release" } else { "debug" }))
+    target.join(if release { "release" } else { "debug" })
 }
 
 fn is_root() -> bool {
@@ -224,6 +245,10 @@ fn main() -> anyhow::Result<()> {
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
         Task::BenchMemory { write_doc } => bench_memory::alone(write_doc),
+        Task::BenchLab { rounds, iperf_affinity, write_doc } => {
+            let iperf_affinity = Some(iperf_affinity).filter(|a| a != "none");
+            bench_lab::alone(&bench_lab::Options { rounds, iperf_affinity }, write_doc)
+        }
         Task::BenchCpu { rounds, perf, agent, write_doc } => bench_cpu::alone(rounds, perf, agent, write_doc),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::KubeApiserver => kube_apiserver::run(),
