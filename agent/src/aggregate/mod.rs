@@ -26,6 +26,9 @@
 //!   while the map is full gets its records from its own observations (counts exact) but is not
 //!   remembered: it gets no completion record, and if seen again it is new again. Each is
 //!   counted ([`Aggregator::untracked`]).
+//!   Its per-batch buffers, and the records the pipeline hands back once written
+//!   ([`Aggregator::recycle`]), are kept emptied for the next batch, and given back after a
+//!   flood once batches have been far smaller for a few dozen intervals.
 //! - Records leave at aggregation level 0 (one per connection and reporter); rollup applies the
 //!   configured level once attribute has given each its verdict.
 
