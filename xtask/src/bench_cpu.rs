@@ -134,8 +134,7 @@ fn round(traffic: &Path, perf: Option<&Path>) -> anyhow::Result<Round> {
     let recorder = perf.map(|out| Recorder::start(agent.pid, out)).transpose()?;
     let start = Instant::now();
     let busy0 = cpu();
-    let first_sport = CHURN_FIRST_SPORT;
-    let (conns, _) = churn(&lab, traffic, &server, "120", Some((CPU_FLOWS, first_sport)))?;
+    let (conns, _) = churn(&lab, traffic, &server, "120", Some((CPU_FLOWS, CHURN_FIRST_SPORT)))?;
     // Three flush intervals: every flow of the run is drained, attributed and written.
     std::thread::sleep(Duration::from_secs(3));
     let busy1 = cpu();
@@ -148,10 +147,8 @@ fn round(traffic: &Path, perf: Option<&Path>) -> anyhow::Result<Round> {
         bail!("the agent did not exit cleanly");
     }
     let port: u64 = CHURN_PORT.parse()?;
-    let measured = |r: &serde_json::Value| {
-        r["dest_port"] == port && r["proto"] == "tcp" && r["source_port"].as_u64() >= Some(u64::from(first_sport))
-    };
-    let records = Agent::records(&flows).iter().filter(|r| measured(r)).count() as f64;
+    let records =
+        Agent::records(&flows).iter().filter(|r| r["dest_port"] == port && r["proto"] == "tcp").count() as f64;
     let (idle, idle_user) = (idle1.0 - idle0.0, idle1.1 - idle0.1);
     let (busy, busy_user) = (busy1.0 - busy0.0, busy1.1 - busy0.1);
     Ok(Round { idle, wall, busy, idle_user, busy_user, conns, records, spilled, lost })
