@@ -281,8 +281,9 @@ intervals (glibc maps a block over 32 MiB fresh for every batch, and the kernel 
 page of it on first touch; kept memory follows a high-water mark that decays by 1/16 per interval, \
 so a flood's goes back after a few dozen far smaller batches), its maps hash with foldhash instead \
 of SipHash, and the pipeline counts records per reporter once per batch. In profiles of a warmed-up \
-agent (15,000 connections first, then 30,000 measured) page faults fell from 23% of the agent's \
-samples to 7%; what remains is aggregate 42% (making the records 15%, their ids 5%, grouping and \
+agent (15,000 connections first, then 30,000 measured) page faults were 7% of the agent's samples, \
+against 23% in the profile of the old build above (a fresh agent, 40,000 connections: not the same \
+run, and the old build was not profiled warmed up, so this is no measured before/after); what remains is aggregate 42% (making the records 15%, their ids 5%, grouping and \
 hashing 10%), output 28% (SHA-256 10%, encoding 10%, the write syscalls 8%) and the drain 18% (the \
 kernel's batch read and delete 14%). The table now splits the net CPU into user space and system \
 time: the system part (the kernel's batch reads, the file writes, page faults) is the part no \

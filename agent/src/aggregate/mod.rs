@@ -397,7 +397,8 @@ impl Aggregator {
         records.extend(s.order.iter().map(|k| self.record(batch, &sides[k.7])));
         // Emptied for the next batch; given back when a flood made them far larger than needed.
         let (recent_n, recent_records) = s.note(n, records.len());
-        recycle(&mut sides, recent_records);
+        // `sides` is reserved for every observation (several per record with TC hooks).
+        recycle(&mut sides, recent_n);
         s.sides = sides;
         recycle(&mut s.order, recent_records);
         recycle(&mut s.keys, recent_n);
