@@ -297,7 +297,10 @@ impl Settings {
             None => DEFAULT_METRICS_ADDR.parse().expect("valid default"),
         };
         let cgroup = match pick(&flags.cgroup, &file.cgroup, &file_name) {
-            Some((v, _)) => v,
+            Some((v, src)) => match cgroup2_dir_problem(&v) {
+                Some(reason) => return Err(ConfigError::new(src, "cgroup", reason)),
+                None => v,
+            },
             None => cgroup_default().ok_or_else(|| {
                 ConfigError::new(CLI, "cgroup", "no cgroup2 mount in /proc/mounts; pass --cgroup PATH")
             })?,
@@ -588,6 +591,33 @@ fn globs(source: &str, values: &[String]) -> Result<Vec<String>, ConfigError> {
     Ok(out)
 }
 
+/// Why `path` cannot take the `cgroup_skb` programs, if it cannot: it must be a directory of the
+/// cgroup v2 hierarchy (the kernel's own refusal, "bad file descriptor", would not say so).
+pub fn cgroup2_dir_problem(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Some(format!("{} holds a NUL byte", path.display()));
+    };
+    // SAFETY: an all-zero `statfs` is valid; the kernel fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a buffer of the right type.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Some(format!("{}: {}", path.display(), std::io::Error::last_os_error()));
+    }
+    if st.f_type != libc::CGROUP2_SUPER_MAGIC {
+        let mount = std::fs::read_to_string("/proc/mounts").ok().and_then(|m| cgroup2_mount(&m));
+        return Some(format!(
+            "{} is not a cgroup v2 directory ({})",
+            path.display(),
+            match mount {
+                Some(m) => format!("cgroup2 is mounted at {}", m.display()),
+                None => "no cgroup2 mount in /proc/mounts".to_owned(),
+            }
+        ));
+    }
+    None
+}
+
 /// The cgroup v2 mount point listed in `mounts` (the text of `/proc/mounts`).
 pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
@@ -863,6 +893,23 @@ mod tests {
             "flow_log_dir {} is not a volume of the DaemonSet",
             s.flow_log_dir.display()
         );
+    }
+
+    #[test]
+    fn a_cgroup_outside_cgroup2_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = RunFlags { cgroup: Some(dir.path().to_owned()), ..Default::default() };
+        let e = resolve(flags).unwrap_err();
+        assert_eq!((e.source_name.as_str(), e.field.as_str()), ("command line", "cgroup"));
+        assert!(e.reason.starts_with(&format!("{} is not a cgroup v2 directory (", dir.path().display())), "{e}");
+        let missing = dir.path().join("gone");
+        let e = resolve(RunFlags { cgroup: Some(missing.clone()), ..Default::default() }).unwrap_err();
+        assert_eq!(e.reason, format!("{}: No such file or directory (os error 2)", missing.display()));
+        // The cgroup2 mount itself is accepted, where this machine has one.
+        if let Some(root) = std::fs::read_to_string("/proc/mounts").ok().and_then(|m| cgroup2_mount(&m)) {
+            let s = resolve(RunFlags { cgroup: Some(root.clone()), ..Default::default() }).unwrap();
+            assert_eq!(s.cgroup, root);
+        }
     }
 
     #[test]

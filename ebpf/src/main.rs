@@ -372,6 +372,16 @@ fn empty_key(family: u8, proto: u8) -> FlowKey {
     }
 }
 
+/// `addr` as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), built from four 32-bit words:
+/// written byte by byte into a zeroed key, the compiler zeroes the first ten bytes with a call to
+/// a `memset` subprogram, twice per packet.
+#[inline(always)]
+fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    let words = [0u32, 0, 0xffffu32.to_be(), u32::from_ne_bytes(addr)];
+    // SAFETY: 16 bytes either way, every bit pattern valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
 #[inline(always)]
 fn parse_ipv4(pkt: &Pkt, l3_len: u32, segs: u64) -> Option<Sample> {
     let ip: Ipv4Hdr = pkt.read(0)?;
@@ -380,12 +390,8 @@ fn parse_ipv4(pkt: &Pkt, l3_len: u32, segs: u64) -> Option<Sample> {
         return None;
     }
     let mut key = empty_key(FAMILY_IPV4, ip.proto);
-    key.src_addr[10] = 0xff;
-    key.src_addr[11] = 0xff;
-    key.src_addr[12..16].copy_from_slice(&ip.saddr);
-    key.dst_addr[10] = 0xff;
-    key.dst_addr[11] = 0xff;
-    key.dst_addr[12..16].copy_from_slice(&ip.daddr);
+    key.src_addr = v4_mapped(ip.saddr);
+    key.dst_addr = v4_mapped(ip.daddr);
     let tot_len = u16::from_be(ip.tot_len) as u32;
     // BIG TCP aggregates carry tot_len 0: fall back to the skb's length.
     let total = if tot_len == 0 { l3_len } else { tot_len };

@@ -185,6 +185,16 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + '
     .expect("netns thread panicked")
 }
 
+/// `ethtool -K` of `dev` in `netns`: TSO, GSO, GRO and the checksum offloads all `on` or off.
+fn offloads(netns: &str, dev: &str, on: bool) -> Result<()> {
+    let state = if on { "on" } else { "off" };
+    let mut args = vec!["netns", "exec", netns, "ethtool", "-K", dev];
+    for feature in ["tso", "gso", "gro", "tx", "rx"] {
+        args.extend([feature, state]);
+    }
+    run("ip", &args).map(drop)
+}
+
 impl Lab {
     /// Creates the node namespace and `pods` pods, and removes leftovers of labs whose creating
     /// process is gone (a run killed with SIGKILL cannot clean up after itself).
@@ -253,13 +263,7 @@ impl Lab {
         // No DAD: the addresses are usable at once, and no extra ND packets are sent.
         for (ns, dev) in [(self.node_netns.as_str(), node_veth.as_str()), (netns.as_str(), "eth0")] {
             run("ip", &["netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")])?;
-            run(
-                "ip",
-                &[
-                    "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off",
-                    "rx", "off",
-                ],
-            )?;
+            offloads(ns, dev, false)?;
         }
         self.ip_node(&["addr", "add", &format!("10.231.{n}.1/24"), "dev", &node_veth])?;
         self.ip_node(&["addr", "add", &format!("fd00:fa:{n:x}::1/64"), "dev", &node_veth, "nodad"])?;
@@ -274,6 +278,17 @@ impl Lab {
         let pod = Pod { name, netns, node_veth, ipv4, ipv6, cgroup };
         self.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Turns the segmentation, receive and checksum offloads of every pod's veth pair (both ends)
+    /// on or off. A new pod has them off, so every skb is a wire packet; on is what a veth starts
+    /// with (large TCP segments through the stack).
+    pub fn set_offloads(&self, on: bool) -> Result<()> {
+        for pod in &self.pods {
+            offloads(&self.node_netns, &pod.node_veth, on)?;
+            offloads(&pod.netns, "eth0", on)?;
+        }
+        Ok(())
     }
 
     /// Deletes a pod's namespace (its veth goes with it) and cgroup.

@@ -69,13 +69,29 @@ impl Round {
     }
 }
 
-/// `perf record` on one process while this lives.
-struct Recorder(Child);
+/// `perf record` while this lives.
+pub(crate) struct Recorder(Child);
 
 impl Recorder {
+    /// Records one process, with DWARF call graphs (user-space stacks of the agent).
     fn start(pid: u32, out: &Path) -> anyhow::Result<Recorder> {
+        Recorder::spawn(&["--call-graph", "dwarf", "-p", &pid.to_string()], out)
+    }
+
+    /// Records everything that runs on `cpu` (every CPU with `None`), with frame-pointer call
+    /// graphs: the kernel's network stack and the BPF programs in it.
+    pub(crate) fn cpu(cpu: Option<u32>, out: &Path) -> anyhow::Result<Recorder> {
+        match cpu {
+            Some(c) => Recorder::spawn(&["-g", "-C", &c.to_string()], out),
+            None => Recorder::spawn(&["-g", "-a"], out),
+        }
+    }
+
+    fn spawn(args: &[&str], out: &Path) -> anyhow::Result<Recorder> {
         let child = Command::new("perf")
-            .args(["record", "-q", "-F", PERF_HZ, "--call-graph", "dwarf", "-p", &pid.to_string(), "-o"])
+            .args(["record", "-q", "-F", PERF_HZ])
+            .args(args)
+            .arg("-o")
             .arg(out)
             .stdout(Stdio::null())
             .spawn()
@@ -86,7 +102,7 @@ impl Recorder {
     }
 
     /// Stops `perf` (SIGINT: it writes the file and exits).
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         self.interrupt();
         let status = self.0.wait().context("waiting for perf")?;
         // perf exits with the signal's code after a clean SIGINT.

@@ -69,6 +69,10 @@ enum Task {
         /// Replace the three sections in docs/performance.md.
         #[arg(long)]
         write_doc: bool,
+        /// Record the first round's plain TCP run of each configuration with `perf record -g`
+        /// into DIR/<configuration number>.data.
+        #[arg(long, value_name = "DIR")]
+        perf: Option<PathBuf>,
     },
     /// Only the CPU-per-flow part of `bench` (short connections, the best of `--rounds`): prints
     /// its table (`--write-doc`: replaces its section of docs/performance.md); `--perf FILE` records the agent's busy phase with
@@ -245,9 +249,9 @@ fn main() -> anyhow::Result<()> {
         Task::DemoRun => demo::run(),
         Task::Bench => bench::run(),
         Task::BenchMemory { write_doc } => bench_memory::alone(write_doc),
-        Task::BenchLab { rounds, iperf_affinity, write_doc } => {
+        Task::BenchLab { rounds, iperf_affinity, write_doc, perf } => {
             let iperf_affinity = Some(iperf_affinity).filter(|a| a != "none");
-            bench_lab::alone(&bench_lab::Options { rounds, iperf_affinity }, write_doc)
+            bench_lab::alone(&bench_lab::Options { rounds, iperf_affinity, perf }, write_doc)
         }
         Task::BenchCpu { rounds, perf, agent, write_doc } => bench_cpu::alone(rounds, perf, agent, write_doc),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
