@@ -69,8 +69,8 @@ enum Task {
         /// Replace the three sections in docs/performance.md.
         #[arg(long)]
         write_doc: bool,
-        /// Record the first round's plain TCP run of each configuration with `perf record -g`
-        /// into DIR/<configuration number>.data.
+        /// Record the first round's TCP runs of each configuration with `perf record -g` into
+        /// DIR/<configuration number>.data (offloads off) and DIR/<number>-offloads.data.
         #[arg(long, value_name = "DIR")]
         perf: Option<PathBuf>,
     },
