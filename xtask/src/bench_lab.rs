@@ -514,22 +514,19 @@ fn tables(results: &[Runs], rounds: usize, opts: &Options, started_at: String, l
         let against = |values: &[f64], base: &[f64], target: f64| {
             if agent { Paired::new(values, base).against(target) } else { "-" }
         };
-        tcp.push_str(&format!(
-            "| {} | {} | {:.2} Gbit/s {} {} |\n",
-            r.label,
-            r.programs,
-            median(&r.tcp) / 1e9,
-            cells(&r.tcp, &base.tcp),
-            against(&r.tcp, &base.tcp, TCP_TARGET)
-        ));
-        tcp_offloads.push_str(&format!(
-            "| {} | {} | {:.2} Gbit/s {} {} |\n",
-            r.label,
-            r.programs,
-            median(&r.tcp_offloads) / 1e9,
-            cells(&r.tcp_offloads, &base.tcp_offloads),
-            against(&r.tcp_offloads, &base.tcp_offloads, TCP_TARGET)
-        ));
+        // One TCP row: offloads off (`tcp`) or on (`tcp_offloads`).
+        let tcp_row = |values: &[f64], base: &[f64]| {
+            format!(
+                "| {} | {} | {:.2} Gbit/s {} {} |\n",
+                r.label,
+                r.programs,
+                median(values) / 1e9,
+                cells(values, base),
+                against(values, base, TCP_TARGET)
+            )
+        };
+        tcp.push_str(&tcp_row(&r.tcp, &base.tcp));
+        tcp_offloads.push_str(&tcp_row(&r.tcp_offloads, &base.tcp_offloads));
         let of = |times: &[ProgramTime], f: fn(&ProgramTime) -> f64| median(&times.iter().map(f).collect::<Vec<_>>());
         let lost = |values: &[f64], base: &[f64]| {
             if i == 0 {
