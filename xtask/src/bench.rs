@@ -823,18 +823,21 @@ fn write_doc(t: &Tables) -> anyhow::Result<()> {
 }
 
 /// What the program table shows and why (from the runs and the live profile of 2026-11-27).
-const PROGRAMS_READING: &str = "Reading it: the floor itself is 38–39 ns above the empty program: \
-hashing a 48-byte key (jhash) and the bucket walk and key compare of `BPF_MAP_TYPE_HASH` are most of \
-the cost of counting per flow, and flowaudit pays them once per packet like the floor. In the run of \
-2026-11-27 flowaudit's programs cost what the floor costs for TCP/IPv4 (0–1 ns above it, at most \
-1.02×) and 2–4 ns more for UDP/IPv6 (at most 1.08×: a longer header and the extension-header loop), \
-within the 1.5× target; the header parse through direct packet access, the `FLOW_TABLES` \
-array-of-maps lookup (inlined by the verifier), the second atomic add, the coarse clock helper and \
-the TCP-flags check fit in that. Until that day they were 6–13 ns above the floor: the key's \
-IPv4-mapped addresses were written byte by byte into a zeroed key, and the compiler zeroed their \
-first ten bytes with a call to a `memset` subprogram, twice per packet (13% of the programs' samples \
-in a live profile of the TCP bench below); they are now built from 32-bit words. A smaller key would \
-lower the floor and flowaudit alike, but the key is the flow's identity (two IPv6 addresses, ports, \
+const PROGRAMS_READING: &str = "Reading it: the floor is 22–24 ns above the empty program: hashing \
+a 48-byte key (jhash), the bucket walk and key compare of `BPF_MAP_TYPE_HASH`, and one atomic add. \
+flowaudit pays them once per packet like the floor and adds 15–22 ns: the header parse through \
+direct packet access, the `FLOW_TABLES` array-of-maps lookup (inlined by the verifier), a second \
+atomic add, the coarse clock helper and the TCP-flags check. In two runs of 2026-11-27 that made \
+TCP/IPv4 1.38–1.50× the floor (the 1.5× target met) and UDP/IPv6 1.49–1.56× (missed by up to \
+0.06×): the IPv6 header is twice as long, its 32 address bytes are read and copied byte by byte \
+(the compiler cannot know the packet's alignment), and the extension-header loop runs. Two kinds of \
+`memset` subprogram calls were found and removed that day. The programs wrote the key's IPv4-mapped \
+addresses byte by byte into a zeroed key, and the compiler zeroed their first ten bytes with two \
+calls per packet (13% of the programs' samples in a live profile of the TCP bench below; TCP/IPv4 \
+went from 57–58 to 52–54 ns). The floor program zeroed its key with one such call, about 15 ns per \
+packet, which had put the floor at 51–53 ns and the programs at 1.1–1.25× of it. The addresses are \
+now built from 32-bit words and the floor's key from six 8-byte stores. A smaller key would lower \
+the floor and flowaudit alike, but the key is the flow's identity (two IPv6 addresses, ports, \
 interface, observation point).
 ";
 /// What the side-by-side table shows.

@@ -696,8 +696,9 @@ of 2026-11-27 11:50 UTC:
 - Offloads off (the worst case): the agent's programs took 102 ns per run against 38 ns for the \
 empty ones, 5.7% of the core against 2.3%, so they cost about 3.4 points of the core more than the \
 hooks themselves. With two runs per wire packet, this case cannot reach 98% of the throughput \
-without programs, and neither could the counting floor: most of the 64 ns is its hash lookup. A \
-live profile of the same run (`cargo xtask bench-lab --rounds 1 --perf DIR`, taken before the \
+without programs: with hot caches the counting floor alone (a hash lookup and an add) is 22–24 of \
+the 38–45 ns flowaudit costs over an empty program (per-packet section), and the rest is the parse, \
+the clock and the second add. A live profile of the same run (`cargo xtask bench-lab --rounds 1 --perf DIR`, taken before the \
 `memset` fix of the per-packet section) put the programs and what they call at 5.6% of the core's \
 samples: the program itself 2.6% (its hottest spots the entry and the two atomic adds), the key's \
 jhash 1.2%, the bucket walk and key compare 0.9%, the `memset` subprogram 0.7%.
