@@ -281,8 +281,8 @@ impl Lab {
     }
 
     /// Turns the segmentation, receive and checksum offloads of every pod's veth pair (both ends)
-    /// on or off. A new pod has them off, so every skb is a wire packet; on is what a veth starts
-    /// with (large TCP segments through the stack).
+    /// on or off. A new pod has them off, so the receiving side gets every wire packet as an skb
+    /// of its own; on is what a veth starts with (large TCP segments through the stack).
     pub fn set_offloads(&self, on: bool) -> Result<()> {
         for pod in &self.pods {
             offloads(&self.node_netns, &pod.node_veth, on)?;

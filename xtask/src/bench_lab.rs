@@ -1,16 +1,19 @@
-//! `cargo xtask bench`, rates between two lab pods: TCP throughput and the UDP 64-byte packet
-//! rate (iperf3) and the short-connection rate (`fa-traffic tcp-churn`), for each configuration
-//! (no programs; flowaudit's empty programs; the agent; the cgroup hook only, then with TC on both
-//! veths). Each round runs every configuration back to back, in reverse order every other round;
-//! a configuration's figure is the median over the rounds of its rate divided by the no-programs
-//! rate of the same round (paired ratios), next to the spread of those ratios and an interval of
-//! their median. `cargo xtask bench-lab` runs only this part.
+//! `cargo xtask bench`, rates between two lab pods: TCP throughput (the veths' offloads off, then
+//! on) and the UDP 64-byte packet rate (iperf3), and the short-connection rate (`fa-traffic
+//! tcp-churn`), for each configuration (no programs; flowaudit's empty programs; the agent; the
+//! cgroup hook only, then with TC on both veths). Each round runs every configuration back to
+//! back, in reverse order every other round; a configuration's figure is the median over the
+//! rounds of its rate divided by the no-programs rate of the same round (paired ratios), next to
+//! the spread of those ratios and an interval of their median. Extra TCP runs with the kernel's
+//! BPF run-time statistics on say how much of the core the programs took; `--perf DIR` records
+//! the first round's TCP runs. `cargo xtask bench-lab` runs only this part.
 //!
 //! Takes: the release binaries (`FLOWAUDIT_BIN_*` set by the caller, `empty_hooks` among the
-//! examples of the same directory), root. Gives: the three sections of `docs/performance.md` and
-//! one line per round on stdout. Must never: assert on a figure, or leave a lab, an agent or
-//! attached empty programs behind (the `Lab` drop removes the lab and the processes it started,
-//! the `EmptyHooks` drop detaches, also on error).
+//! examples of the same directory), root, bpftool (and perf for `--perf`). Gives: the three
+//! sections of `docs/performance.md` and one line per round on stdout. Must never: assert on a
+//! figure, or leave a lab, an agent, attached empty programs, the statistics or the veths'
+//! offloads on behind (the `Lab` drop removes the lab and the processes it started, the
+//! `EmptyHooks` drop detaches, the statistics go with their descriptor, also on error).
 
 use std::{
     collections::HashMap,
@@ -75,7 +78,8 @@ impl Default for Options {
     }
 }
 
-/// The three tables and when they were measured.
+/// The tables (TCP with offloads off and on, the programs' run time, UDP, short connections)
+/// and when they were measured.
 pub struct Tables {
     pub tcp: String,
     /// TCP with the veths' offloads on.
@@ -277,8 +281,8 @@ fn program_time(lab: &Lab, server: &str, affinity: Option<&str>) -> anyhow::Resu
     let (mut runs, mut ns) = (0u64, 0u64);
     for (id, (cnt, time)) in after {
         let (cnt0, time0) = before.get(&id).copied().unwrap_or((cnt, time));
-        runs += cnt - cnt0;
-        ns += time - time0;
+        runs += cnt.saturating_sub(cnt0);
+        ns += time.saturating_sub(time0);
     }
     Ok(ProgramTime {
         runs_per_sec: runs as f64 / secs,
@@ -395,12 +399,12 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Tables> {
                 }
             }
             std::thread::sleep(SETTLE);
-            let cpu_before = agent.as_ref().map(|a| tree_cpu(a.pid));
             let record = |name: String| match &opts.perf {
                 Some(dir) if round == 0 => Recorder::cpu(perf_cpu, &dir.join(name)).map(Some),
                 _ => Ok(None),
             };
             let recorder = record(format!("{i}.data"))?;
+            let cpu_before = agent.as_ref().map(|a| tree_cpu(a.pid));
             let (tcp, tcp_secs) = iperf_tcp(&lab, &server, affinity)?;
             if let Some(recorder) = recorder {
                 recorder.stop()?;
